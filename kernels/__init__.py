@@ -1,0 +1,1 @@
+"""Kernel families of mirasdsl: plain tensor functions, no DSL imports (see README.md)."""

@@ -1,0 +1,1 @@
+"""mirasdsl search: proxy tasks, trainer and the Optuna study."""
