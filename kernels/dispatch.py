@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import Any
 
 BACKENDS = ("naive", "chunk", "triton")
 ENV_VAR = "MIRAS_KERNELS"
@@ -13,22 +12,26 @@ class BackendError(ValueError):
     """An unknown backend name was asked for, or Triton was asked for where it cannot run."""
 
 
-def triton_available(device: torch.device) -> bool:
+def device_type(device: Any) -> str:
+    """'cuda', 'cpu', ... from a torch.device or a string, without importing torch."""
+    return getattr(device, "type", None) or str(device).split(":")[0]
+
+
+def triton_available(device: Any) -> bool:
     """Triton runs on CUDA devices, and anywhere under ``TRITON_INTERPRET=1``."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True
-    return device.type == "cuda"
+    return device_type(device) == "cuda"
 
 
-def resolve(backend: str | None, device: torch.device | str) -> str:
+def resolve(backend: str | None, device: Any) -> str:
     """Return the backend to use: explicit argument, then ``$MIRAS_KERNELS``, then the default.
 
     The default is ``triton`` on CUDA and ``chunk`` elsewhere.
     """
-    device = torch.device(device)
     choice = backend or os.environ.get(ENV_VAR) or None
     if choice is None:
-        return "triton" if device.type == "cuda" else "chunk"
+        return "triton" if device_type(device) == "cuda" else "chunk"
     if choice not in BACKENDS:
         raise BackendError(f"unknown kernel backend {choice!r}; allowed: {', '.join(BACKENDS)}")
     if choice == "triton" and not triton_available(device):

@@ -66,10 +66,15 @@ def allowed(dist: Tensor, causal: bool, window: int | None) -> Tensor:
     return keep
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 stays float64 (for gradient checks); everything else is computed in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def naive_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
                     window: int | None = None, alibi_slopes: Tensor | None = None,
                     scale: float | None = None) -> Tensor:
-    """Softmax attention by its definition, in float32; returns ``o: [B, T, H, V]`` in v's dtype.
+    """Softmax attention by its definition, in float32 (float64 for float64 inputs); returns ``o: [B, T, H, V]`` in v's dtype.
 
     ``q: [B, T, H, D]``, ``k: [B, S, H_kv, D]``, ``v: [B, S, H_kv, V]``, ``S >= T``;
     ``alibi_slopes: [H]`` or None; ``scale`` defaults to ``D ** -0.5``.
@@ -79,12 +84,13 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
     B, T, H, D = q.shape
     S = k.shape[1]
     scale = D ** -0.5 if scale is None else scale
-    kf = repeat_kv(k, H).float()  # [B, S, H, D]
-    vf = repeat_kv(v, H).float()  # [B, S, H, V]
-    logits = torch.einsum("bthd,bshd->bhts", q.float(), kf) * scale  # [B, H, T, S]
+    dt = compute_dtype(q)
+    kf = repeat_kv(k, H).to(dt)  # [B, S, H, D]
+    vf = repeat_kv(v, H).to(dt)  # [B, S, H, V]
+    logits = torch.einsum("bthd,bshd->bhts", q.to(dt), kf) * scale  # [B, H, T, S]
     dist = relative_distance(T, S, q.device)  # [T, S]
     if alibi_slopes is not None:
-        logits = logits - alibi_slopes.float()[:, None, None] * dist.abs()  # [B, H, T, S]
+        logits = logits - alibi_slopes.to(dt)[:, None, None] * dist.abs()  # [B, H, T, S]
     keep = allowed(dist, causal, window)  # [T, S]
     logits = logits.masked_fill(~keep, float("-inf"))  # [B, H, T, S]
     probs = torch.softmax(logits, dim=-1)  # [B, H, T, S]

@@ -1,0 +1,189 @@
+"""Analytic cost of one tuple mixer: parameters, forward FLOPs per token, state, KV, activations.
+
+Conventions (held against the built module and FlopCounterMode in tests/cost):
+- parameters are exact: they must equal ``sum(p.numel())`` of the block that ``blocks`` builds;
+- FLOPs count matrix products only (2 per multiply-add), as ``torch.utils.flop_counter`` does;
+  elementwise work (gates, norms, activations, softmax) is left out;
+- chunked families are counted the way the chunked algorithm computes them (full C×C tiles);
+- softmax attention counts the causal half of the score matrix (what flash kernels compute);
+- state is fp32 per sequence; the KV cache is in the activation dtype.
+"""
+from __future__ import annotations
+
+from mirasdsl.graph.nodes import MixerNode
+from mirasdsl.spec.families import ATTENTION, DEEP, DELTA, GLA
+
+CHUNK = 64  # chunk size of the linear families' chunked kernels
+
+
+def projection_shapes(n: MixerNode) -> list[tuple[int, int]]:
+    """(in, out) of every dense projection of the mixer, in the order blocks build them."""
+    m, d, h, p, v = n.mixer, n.d_model, n.heads, n.proj_dim, n.value_dim
+    kv = n.kv_heads
+    shapes = [(d, h * p), (d, kv * p), (d, kv * v), (h * v, d)]  # q, k, v, o
+    if m.features.output_gate != "none":
+        shapes.append((d, h * v))
+    return shapes
+
+
+def scalar_gates(n: MixerNode) -> list[str]:
+    """The data-dependent per-head scalars, each a ``Linear(d, heads)`` with bias, in build order."""
+    m = n.mixer
+    names = []
+    if m.step == "data_dependent":
+        names.append("step")
+    if m.retention.local.kind == "gated" and m.retention.local.granularity == "head":
+        names.append("decay")
+    if m.update.kind == "gd_momentum" and m.update.momentum == "data_dependent":
+        names.append("momentum")
+    if m.retention.global_.kind == "l2" and m.retention.global_.strength == "data_dependent":
+        names.append("weight_decay")
+    if m.bias.kind == "huber" and m.bias.delta == "data_dependent":
+        names.append("huber_delta")
+    return names
+
+
+def gate_parts(n: MixerNode) -> tuple[int, int]:
+    """(matmul weights, other parameters: biases and A_log) of every gate of the mixer."""
+    m, d, h = n.mixer, n.d_model, n.heads
+    gates = scalar_gates(n)
+    weights, other = d * h * len(gates), h * len(gates)
+    local = m.retention.local
+    if local.kind == "gated" and local.granularity == "channel":
+        weights += d * local.rank + local.rank * h * n.state_dim  # low-rank Linear(d, r) → Linear(r, h·K)
+        other += h * n.state_dim
+    if local.kind == "gated" and local.parameterization == "softplus":
+        other += h  # A_log per head
+    return weights, other
+
+
+def memory_weight_shapes(n: MixerNode) -> list[tuple[int, int]]:
+    """Per-head (in, out) of the deep memory's initial weights (learned, shared over the batch)."""
+    m = n.mixer
+    if n.family != DEEP:
+        return []
+    p, v = n.proj_dim, n.value_dim
+    depth = m.memory.depth if m.memory.kind == "mlp" else 1
+    if depth == 1:
+        return [(p, v)]
+    return [(p, n.hidden)] + [(n.hidden, n.hidden)] * (depth - 2) + [(n.hidden, v)]
+
+
+def conv_channels(n: MixerNode) -> int:
+    return n.heads * n.proj_dim + n.kv_heads * (n.proj_dim + n.value_dim)
+
+
+def mixer_params(n: MixerNode) -> int:
+    """Exact parameter count of the block built for this node."""
+    m, h, p, v = n.mixer, n.heads, n.proj_dim, n.value_dim
+    total = sum(i * o for i, o in projection_shapes(n))
+    total += conv_channels(n) * m.features.short_conv
+    total += sum(gate_parts(n))
+    total += h * sum(i * o for i, o in memory_weight_shapes(n))
+    if m.features.feature_map.kind == "hedgehog":
+        total += 2 * h * p * m.features.feature_map.dim
+    if m.features.qk_norm == "rms":
+        total += 2 * p
+    total += {"none": 0, "rmsnorm": v, "layernorm": 2 * v}[m.features.output_norm]
+    return total
+
+
+def _core_flops_linear(n: MixerNode, context: int) -> float:
+    """Per-token matmul FLOPs of the chunked gla / delta-rule core, all heads."""
+    c = min(CHUNK, context)
+    k, v = n.state_dim, n.value_dim
+    if n.mixer.memory.kind == "vector":
+        k, v = 1, 1  # elementwise: H·V independent 1×1 states
+        heads = n.heads * n.value_dim
+    else:
+        heads = n.heads
+    if n.family == GLA:
+        macs = c * k + c * v + 2 * k * v  # QKᵀ and AV in-chunk; q·S and kᵀv across chunks
+    else:
+        macs = 3 * c * k + 2 * c * v + 3 * k * v + c * c / 3  # + KKᵀ, T·K, T·V, W·S; solve ~C³/3
+    return 2.0 * heads * macs
+
+
+def _core_flops_deep(n: MixerNode, context: int) -> float:
+    """Per-token matmul FLOPs of chunk-wise deep memory (dual form, per layer of the MLP)."""
+    c = n.mixer.update.chunk or 1
+    c = min(c, context)
+    shapes = memory_weight_shapes(n)
+    macs = 0.0
+    for i, o in shapes:
+        macs += 3 * i * o  # forward at W_0 on keys, backward for the gradient (input and weight)
+        macs += i * o + c * i + c * o  # read-out with W_0 on queries + causal dual-form correction
+        macs += i * o  # carry the weights to the next chunk (Σ grads)
+    return 2.0 * n.heads * macs
+
+
+def _attended(context: int, window: int | None) -> float:
+    """Mean number of keys a query attends to over a causal sequence of ``context`` tokens."""
+    if window is None or window >= context:
+        return (context + 1) / 2
+    w = window
+    return (w * (w + 1) / 2 + (context - w) * w) / context
+
+
+def mixer_fwd_flops(n: MixerNode, context: int) -> float:
+    """Forward matmul FLOPs per token at a sequence length ``context``."""
+    m = n.mixer
+    flops = 2.0 * sum(i * o for i, o in projection_shapes(n))
+    flops += 2.0 * conv_channels(n) * m.features.short_conv
+    flops += 2.0 * gate_parts(n)[0]
+    fm = m.features.feature_map
+    if fm.kind in ("hedgehog", "performer"):
+        width = fm.dim if fm.kind == "hedgehog" else fm.features
+        flops += 2.0 * 2 * n.heads * n.proj_dim * width
+    if n.family in (GLA, DELTA):
+        flops += _core_flops_linear(n, context)
+    elif n.family == DEEP:
+        flops += _core_flops_deep(n, context)
+    elif n.family == ATTENTION:
+        flops += 2.0 * n.heads * (n.proj_dim + n.value_dim) * _attended(context, m.memory.window)
+    return flops
+
+
+def state_bytes(n: MixerNode) -> int:
+    """Recurrent state carried between tokens at decode time, per sequence (fp32)."""
+    m = n.mixer
+    conv = 4 * conv_channels(n) * max(0, m.features.short_conv - 1)
+    if n.family == ATTENTION:
+        return conv
+    if n.family == DEEP:
+        weights = n.heads * sum(i * o for i, o in memory_weight_shapes(n))
+        copies = 2 if m.update.kind == "gd_momentum" else 1
+        return 4 * weights * copies + conv
+    if m.memory.kind == "vector":
+        return 4 * n.heads * n.value_dim + conv
+    return 4 * n.heads * n.state_dim * n.value_dim + conv
+
+
+def kv_bytes(n: MixerNode, context: int, dtype_bytes: int) -> tuple[float, float]:
+    """(KV-cache bytes per token while it grows, bytes held at ``context``) per sequence."""
+    if n.family != ATTENTION:
+        return 0.0, 0.0
+    per_token = dtype_bytes * n.kv_heads * (n.proj_dim + n.value_dim)
+    window = n.mixer.memory.window
+    held = min(context, window) if window else context
+    return float(per_token if not window or context < window else 0), float(per_token * held)
+
+
+def activation_bytes(n: MixerNode, batch: int, seq_len: int, dtype_bytes: int) -> float:
+    """Tensors a training step keeps for backward (estimate): inputs, q/k/v, gates, outputs, states."""
+    m, h, p, v = n.mixer, n.heads, n.proj_dim, n.value_dim
+    per_token = n.d_model + h * (2 * p + v) + h * v  # block input, q k v, read-out
+    if m.features.short_conv:
+        per_token += h * (2 * p + v)  # pre-convolution q k v
+    if m.features.output_gate != "none":
+        per_token += h * v
+    if m.features.feature_map.kind != "identity":
+        per_token += 2 * h * n.state_dim
+    total = float(batch * seq_len * per_token * dtype_bytes)
+    if n.family in (GLA, DELTA):  # per-chunk states kept for the backward
+        chunks = -(-seq_len // CHUNK)
+        total += 4.0 * batch * chunks * h * n.state_dim * v
+    if n.family == DEEP:
+        chunks = -(-seq_len // (m.update.chunk or 1))
+        total += 4.0 * batch * min(chunks, seq_len) * h * sum(i * o for i, o in memory_weight_shapes(n))
+    return total
