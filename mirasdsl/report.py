@@ -74,7 +74,7 @@ def groups(report: CostReport) -> "OrderedDict[str, dict[str, Any]]":
 
 def _kernel_text(node: Node, backend: str) -> str:
     if isinstance(node, MixerNode):
-        return f"{node.family} [{backend if node.family != 'softmax_attention' else 'sdpa'}]"
+        return f"{node.family} ({backend if node.family != 'softmax_attention' else 'sdpa'})"
     if isinstance(node, ParallelMixerNode):
         return " ∥ ".join(_kernel_text(b, backend) for b in node.branches)
     return "torch"
