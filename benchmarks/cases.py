@@ -1,0 +1,179 @@
+"""The benchmark cases: each kernel family of ours beside the peer that computes the same thing.
+
+Inputs are bf16 (gates float32, in log space, as fla takes them), drawn fresh for every
+implementation from the same seed, so ours and the peer see identical values. Keys of the delta
+rule families are L2-normalised (the delta rule's stability condition), as in fla's own tests.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness import Prepared, Unavailable
+
+BF16 = torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Batch, time, heads, head dim (keys and values alike)."""
+
+    name: str
+    B: int
+    T: int
+    H: int
+    D: int
+
+    def dims(self) -> dict[str, int]:
+        """The sizes, for the JSON rows."""
+        return {"B": self.B, "T": self.T, "H": self.H, "D": self.D}
+
+
+SHAPES = {
+    "S": Shape("S", 8, 4096, 16, 128),  # 32k tokens
+    "L": Shape("L", 2, 16384, 16, 128),
+}
+# titans-pytorch's NeuralMemory at the size it was measured: dim 1024 = 8 heads x 128
+MEMORY_SHAPE = Shape("M", 4, 4096, 8, 128)
+SWA_WINDOW = 2048
+
+Inputs = dict[str, Tensor]
+
+
+def _rand(*shape: int, dtype: torch.dtype = BF16, g: torch.Generator) -> Tensor:
+    return torch.randn(*shape, generator=g, device="cuda", dtype=dtype)
+
+
+def make_inputs(s: Shape, kind: str, seed: int = 0) -> Inputs:
+    """Fresh random inputs for a family: ``kind`` picks the gates and normalisation."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x: Inputs = {n: _rand(s.B, s.T, s.H, s.D, g=g) for n in ("q", "k", "v")}  # [B, T, H, D]
+    if kind in ("delta", "gated_delta", "kda"):
+        x["k"] = F.normalize(x["k"].float(), dim=-1).to(BF16)
+        x["beta"] = torch.rand(s.B, s.T, s.H, generator=g, device="cuda").to(BF16)  # [B, T, H]
+    if kind == "kda":
+        x["q"] = F.normalize(x["q"].float(), dim=-1).to(BF16)
+    if kind in ("simple_gla", "gated_delta"):
+        x["g"] = F.logsigmoid(_rand(s.B, s.T, s.H, dtype=torch.float32, g=g))  # [B, T, H]
+    if kind in ("gla", "kda"):
+        x["g"] = F.logsigmoid(_rand(s.B, s.T, s.H, s.D, dtype=torch.float32, g=g) + 3)
+    for t in x.values():
+        t.requires_grad_(True)
+    return x
+
+
+def io_bytes(x: Inputs) -> int:
+    """Bytes read once (every input) plus the output written once (shaped like v)."""
+    return sum(t.numel() * t.element_size() for t in x.values()) + x["v"].numel() * 2
+
+
+def prepared(x: Inputs, fn: Callable[[], object]) -> Prepared:
+    """Wrap a call over inputs ``x``: leaves are all of them."""
+    return Prepared(fn=fn, leaves=list(x.values()), floor_bytes=io_bytes(x))
+
+
+def load(module: str, attr: str) -> Callable[..., object]:
+    """``module.attr``, or :class:`Unavailable` saying which import failed."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise Unavailable(f"{module}.{attr}: {type(exc).__name__}: {exc}") from exc
+
+
+# ------------------------------------------------------------------ linear-attention families
+
+
+def ours_gla(s: Shape, kind: str) -> Prepared:
+    """Our gated linear attention (scalar gate for simple_gla, per channel for gla)."""
+    f = load("mirasdsl.kernels.gla", "gated_linear_attention")
+    x = make_inputs(s, kind)
+    return prepared(x, lambda: f(x["q"], x["k"], x["v"], g=x["g"]))
+
+
+def ours_delta(s: Shape, kind: str) -> Prepared:
+    """Our delta rule: plain, scalar-gated (GDN) or per-channel-gated (KDA)."""
+    f = load("mirasdsl.kernels.delta", "delta_rule")
+    x = make_inputs(s, kind)
+    return prepared(x, lambda: f(x["q"], x["k"], x["v"], x["beta"], g=x.get("g")))
+
+
+def fla_op(name: str, s: Shape, kind: str) -> Prepared:
+    """fla's chunk kernel ``fla.ops.<name>``, called as fla documents it."""
+    module, attr = {
+        "simple_gla": ("fla.ops.simple_gla", "chunk_simple_gla"),
+        "gla": ("fla.ops.gla", "chunk_gla"),
+        "delta": ("fla.ops.delta_rule", "chunk_delta_rule"),
+        "gated_delta": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
+        "kda": ("fla.ops.kda", "chunk_kda"),
+    }[name]
+    f = load(module, attr)
+    x = make_inputs(s, kind)
+    q, k, v = x["q"], x["k"], x["v"]
+    calls = {
+        "simple_gla": lambda: f(q, k, v, g=x["g"]),
+        "gla": lambda: f(q, k, v, x["g"]),
+        "delta": lambda: f(q, k, v, x["beta"]),
+        "gated_delta": lambda: f(q, k, v, x["g"], x["beta"]),
+        "kda": lambda: f(q, k, v, x["g"], x["beta"]),
+    }
+    return prepared(x, calls[name])
+
+
+# ------------------------------------------------------------------------- softmax attention
+
+
+def ours_attention(s: Shape, window: int | None = None, alibi: bool = False) -> Prepared:
+    """Our attention entry point ([B, T, H, D]; SDPA, or flex for window/ALiBi on CUDA)."""
+    attention = load("mirasdsl.kernels.attention", "attention")
+    slopes_fn = load("mirasdsl.kernels.attention", "alibi_slopes")
+    x = make_inputs(s, "attention")
+    slopes = slopes_fn(s.H, device="cuda") if alibi else None
+    return prepared(x, lambda: attention(x["q"], x["k"], x["v"], window=window,
+                                         alibi_slopes=slopes))
+
+
+def torch_sdpa(s: Shape, window: int | None = None, alibi: bool = False) -> Prepared:
+    """PyTorch SDPA in its native [B, H, T, D] layout: is_causal, or an explicit mask/bias."""
+    x = make_inputs(s, "attention")
+    q, k, v = (x[n].detach().transpose(1, 2).contiguous().requires_grad_(True) for n in "qkv")
+    mask = None
+    if window is not None or alibi:
+        t = torch.arange(s.T, device="cuda")
+        dist = t[:, None] - t[None, :]  # [T, T]
+        mask = (dist >= 0) & (dist < (window or s.T + 1))  # [T, T] bool
+        if alibi:
+            slopes = load("mirasdsl.kernels.attention", "alibi_slopes")(s.H, device="cuda")
+            bias = -slopes[:, None, None] * dist.float()  # [H, T, T]
+            mask = bias.masked_fill(~mask, float("-inf")).to(BF16)[None]  # [1, H, T, T]
+    causal = mask is None
+    x = {"q": q, "k": k, "v": v}
+    return prepared(x, lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                              is_causal=causal))
+
+
+# ------------------------------------------------------------------------------ deep memory
+
+
+def titans_memory(s: Shape, chunk: int) -> Prepared:
+    """titans-pytorch NeuralMemory, defaults (depth-2 MLP, expansion 4, momentum); dim = H * D.
+
+    It includes its own q/k/v projections, gates and output path, so it does more than our
+    kernel does: the ratio bounds what a block built on our kernel must beat.
+    """
+    NeuralMemory = load("titans_pytorch", "NeuralMemory")
+    dim = s.H * s.D
+    mem = NeuralMemory(dim=dim, chunk_size=chunk, heads=s.H, dim_head=s.D).cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = _rand(s.B, s.T, dim, g=g).requires_grad_(True)  # [B, T, H * D]
+
+    def call() -> Tensor:
+        with torch.autocast("cuda", dtype=BF16):
+            out, _ = mem(x)
+        return out
+
+    return Prepared(fn=call, leaves=[x, *mem.parameters()], floor_bytes=0)

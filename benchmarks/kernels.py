@@ -1,0 +1,150 @@
+"""Time every kernel family of ours beside its peer, in one run on one GPU.
+
+    python benchmarks/kernels.py --out "$OUT"                 # everything
+    python benchmarks/kernels.py --shapes S --families gla,delta --no-e2e
+
+Families (ours | peer): gated linear attention with a scalar gate (| fla chunk_simple_gla) and
+with a per-channel gate (| fla chunk_gla); the delta rule plain (| fla chunk_delta_rule),
+scalar-gated (| fla chunk_gated_delta_rule) and per-channel-gated (| fla chunk_kda); softmax
+attention causal (| PyTorch SDPA, FlashAttention), sliding window and ALiBi (| SDPA with a
+mask / bias); deep memory, depth-2 MLP, chunk 64 and 16 (| titans-pytorch NeuralMemory); and an
+end-to-end model from a spec. Shapes S (B=8, T=4096, H=16, D=128) and L (B=2, T=16384). A peer
+or a family of ours that is missing, refuses, fails or runs out of memory is reported as such.
+Writes ``kernels.json`` and ``kernels.md`` under ``--out`` after every case and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import cases
+import report
+from cases import MEMORY_SHAPE, SHAPES, SWA_WINDOW, Shape
+from end_to_end import run_end_to_end
+from harness import Prepared, Row, Timer, copy_bandwidth_tb_s, matmul_tflops, measure
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One family: our implementation and the peer it is compared with."""
+
+    family: str
+    ours: Callable[[Shape], Prepared]
+    peer_name: str
+    peer: Callable[[Shape], Prepared]
+    shapes: tuple[Shape, ...] = ()  # empty: the --shapes chosen
+    note: str = ""
+
+
+def memory_pair(chunk: int) -> Pair:
+    """Deep memory at titans-pytorch's measured size, one chunk size."""
+    return Pair(f"deep_memory_c{chunk}", lambda s: cases.ours_deep_memory(s, chunk),
+                "titans_pytorch.NeuralMemory", lambda s: cases.titans_memory(s, chunk),
+                (MEMORY_SHAPE,), f"depth-2 MLP, chunk {chunk}; titans includes projections")
+
+
+PAIRS = (
+    Pair("simple_gla", lambda s: cases.ours_gla(s, "simple_gla"), "fla.chunk_simple_gla",
+         lambda s: cases.fla_op("simple_gla", s, "simple_gla"), note="scalar gate"),
+    Pair("gla", lambda s: cases.ours_gla(s, "gla"), "fla.chunk_gla",
+         lambda s: cases.fla_op("gla", s, "gla"), note="per-channel gate"),
+    Pair("delta", lambda s: cases.ours_delta(s, "delta"), "fla.chunk_delta_rule",
+         lambda s: cases.fla_op("delta", s, "delta")),
+    Pair("gated_delta", lambda s: cases.ours_delta(s, "gated_delta"),
+         "fla.chunk_gated_delta_rule", lambda s: cases.fla_op("gated_delta", s, "gated_delta"),
+         note="scalar gate (Gated DeltaNet)"),
+    Pair("kda", lambda s: cases.ours_delta(s, "kda"), "fla.chunk_kda",
+         lambda s: cases.fla_op("kda", s, "kda"), note="per-channel gate (KDA)"),
+    Pair("attention", cases.ours_attention, "torch.sdpa(flash)", cases.torch_sdpa,
+         note="causal"),
+    Pair("attention_swa", lambda s: cases.ours_attention(s, window=SWA_WINDOW),
+         "torch.sdpa+mask", lambda s: cases.torch_sdpa(s, window=SWA_WINDOW),
+         note=f"window {SWA_WINDOW}"),
+    Pair("attention_alibi", lambda s: cases.ours_attention(s, alibi=True), "torch.sdpa+bias",
+         lambda s: cases.torch_sdpa(s, alibi=True), note="ALiBi"),
+    memory_pair(64),
+    memory_pair(16),
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="results folder")
+    p.add_argument("--shapes", default="S,L", help="comma list of S, L")
+    p.add_argument("--families", default="", help="comma list (substring match); empty: all")
+    p.add_argument("--impls", default="ours,peer", help="ours, peer or both")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end models")
+    p.add_argument("--e2e-seq-len", type=int, default=16384)
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="stop starting new cases after this many seconds (0: no limit)")
+    p.add_argument("--warmup-ms", type=int, default=100)
+    p.add_argument("--rep-ms", type=int, default=400)
+    return p.parse_args(argv)
+
+
+def selected(pair: Pair, families: str) -> bool:
+    return not families or any(f and f in pair.family for f in families.split(","))
+
+
+def plan(args: argparse.Namespace) -> list[tuple[Row, Callable[[], Prepared]]]:
+    """Every (row, builder) to run, ours before its peer, in family then shape order."""
+    shapes = [SHAPES[n] for n in args.shapes.split(",") if n]
+    impls = args.impls.split(",")
+    todo = []
+    for pair in PAIRS:
+        if not selected(pair, args.families):
+            continue
+        for s in pair.shapes or shapes:
+            for impl, label, make in (("ours", "ours", pair.ours),
+                                      ("peer", pair.peer_name, pair.peer)):
+                if impl in impls:
+                    row = Row(pair.family, label, s.name, s.dims(), note=pair.note)
+                    todo.append((row, lambda make=make, s=s: make(s)))
+    return todo
+
+
+def print_table(rows: list[Row]) -> None:
+    """The markdown table on stdout, last, so it ends up in the tail of a log."""
+    print("\n" + "\n".join(report.table(rows)), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = True
+    out, timer, started = Path(args.out), Timer(args.warmup_ms, args.rep_ms), time.time()
+    env = report.environment()
+    print(env, flush=True)
+    ceilings = {"copy_TB_s": copy_bandwidth_tb_s(timer), "bf16_matmul_TFLOP_s": matmul_tflops(timer)}
+    print(ceilings, flush=True)
+    rows: list[Row] = []
+    for row, make in plan(args):
+        if args.budget_s and time.time() - started > args.budget_s:
+            row.status, row.message = "skipped", f"time budget of {args.budget_s:.0f} s spent"
+        else:
+            measure(row, make, timer, ceilings["copy_TB_s"])
+        rows.append(row)
+        print(row.to_json(), flush=True)
+        report.write(out, rows, env, ceilings)
+    wanted = not args.families or "end_to_end" in args.families
+    if not args.no_e2e and wanted:
+        if args.budget_s and time.time() - started > args.budget_s:
+            print("end-to-end skipped: time budget spent", flush=True)
+        else:
+            rows += run_end_to_end(timer, args.e2e_seq_len)
+            report.write(out, rows, env, ceilings)
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

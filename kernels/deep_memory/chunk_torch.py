@@ -1,0 +1,234 @@
+"""Chunk-wise deep memory in PyTorch: analytic per-token gradients and the TTT dual form.
+
+Two phases (README.md, "Dual form"):
+1. a loop over chunks (sequential, the weights a chunk starts with depend nonlinearly on the
+   previous chunks): forward the chunk's keys through the MLP at the chunk's starting weights
+   W_0, backpropagate the bias by hand (layer inputs ``a_s`` and output errors ``delta_s``: the
+   per-token gradient of layer l is the outer product ``a_s delta_s^T``), and move the state to
+   the chunk's end with decay-weighted sums of these outer products;
+2. all chunks at once: the read-out of token t with ``W_t = gam_t W_0 + e_t Z_0 + sum_{s<=t}
+   D'_{ts} a_s delta_s^T`` is, layer by layer, ``(gam_t x) W_0 + (e_t x) Z_0 +
+   (tril(x a^T) * D') delta``: a masked matmul, no per-token weights.
+
+Nonlinear global retentions (lq, kl, elastic_net) break the dual form; they take the
+materialised path: per chunk the per-token weights are built ([B, H, C, d_in, d_out] for one
+chunk at a time) and the queries read through them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import DeepMemoryConfig
+from .memory import (
+    DeepMemoryState, Weights, activation, activation_grad, advance_state, bias_grad, check_inputs,
+    finish_output, layer_norm, layer_norm_backward, log_decay, mlp_output, per_token_delta,
+    read_weights, start_state,
+)
+
+# readout(xw [N,C,DW], w [N,DW,DV], x [N,C,DK], a [N,C,DK], d [N,C,C], u [N,C,DV]) -> [N,C,DV]
+Readout = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def readout_torch(xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor) -> Tensor:
+    """``xw @ w + (tril(x a^T) * d) @ u``: the dual-form read-out of one layer, per chunk."""
+    C = x.shape[-2]
+    mask = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()  # [C, C]
+    att = (x @ a.transpose(-1, -2)) * d  # [N, C, C]
+    return xw @ w + att.masked_fill(~mask, 0.0) @ u  # [N, C, DV]
+
+
+def _to_chunks(x: Tensor, C: int) -> Tensor:
+    """[B, T, H, ...] -> [B, H, n, C, ...], zero-padded at the end."""
+    B, T, H = x.shape[:3]
+    n = -(-T // C)
+    pad = [0, 0] * (x.dim() - 3) + [0, 0, 0, n * C - T]
+    x = F.pad(x, pad)  # [B, n*C, H, ...]
+    x = x.reshape(B, n, C, H, *x.shape[3:])  # [B, n, C, H, ...]
+    return x.movedim(3, 1)  # [B, H, n, C, ...]
+
+
+def _masked_ratio(cum: Tensor) -> Tensor:
+    """``exp(cum_t - cum_s)`` for s <= t, 0 above the diagonal: [..., C] -> [..., C, C]."""
+    C = cum.shape[-1]
+    mask = torch.ones(C, C, dtype=torch.bool, device=cum.device).tril()  # [C, C]
+    diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # [..., C, C]
+    return torch.exp(torch.where(mask, diff, torch.full_like(diff, float("-inf"))))
+
+
+def dual_coefficients(log_a: Tensor, eta: Tensor, mu: Tensor | None) -> dict[str, Tensor]:
+    """Intra-chunk coefficients, all [B, H, n, C] or [B, H, n, C, C]:
+
+    ``W_t = gam_t W_0 + e_t Z_0 + sum_{s<=t} dmat_{ts} G_s`` and
+    ``Z_t = mom_t Z_0 + sum_{s<=t} zmat_{ts} G_s`` with ``G_s`` the gradient of token s.
+    """
+    cum = torch.cumsum(log_a, -1)  # [B, H, n, C] = log Gamma
+    lg = _masked_ratio(cum)  # [B, H, n, C, C] Gamma_t / Gamma_s
+    out = {"gam": torch.exp(cum)}
+    if mu is None:
+        out["dmat"] = -lg * eta.unsqueeze(-2)
+        return out
+    cum_m = torch.cumsum(torch.log(mu), -1)  # [B, H, n, C] = log M
+    lm = _masked_ratio(cum_m)  # [B, H, n, C, C] M_r / M_s
+    mom = torch.exp(cum_m)  # [B, H, n, C]
+    out["e"] = (lg @ mom.unsqueeze(-1)).squeeze(-1)  # sum_{r<=t} Gamma_t/Gamma_r M_r
+    out["dmat"] = -(lg @ lm) * eta.unsqueeze(-2)  # [B, H, n, C, C]
+    out["mom"] = mom
+    out["zmat"] = -lm * eta.unsqueeze(-2)
+    return out
+
+
+def key_gradients(
+    w0: Weights, k: Tensor, v: Tensor, d: Tensor | None, cfg: DeepMemoryConfig
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Per-token gradients at ``w0`` as outer-product factors, by hand-written backprop.
+
+    k: [..., C, K], v: [..., C, V], w0 per layer [..., d_in, d_out]. Returns the layer inputs
+    ``ins[l]: [..., C, d_in]`` and output errors ``deltas[l]: [..., C, d_out]``; the gradient of
+    token s for layer l is ``ins[l][s] (outer) deltas[l][s]``.
+    """
+    L = len(w0)
+    ins, pre = [k], []
+    h = k
+    for i, w in enumerate(w0):
+        z = h @ w  # [..., C, d_out]
+        if i < L - 1:
+            pre.append(z)
+            h = activation(z, cfg.activation)
+            ins.append(h)
+    y = z
+    if cfg.norm:
+        y, rstd = layer_norm(z)
+        x_hat = y
+    if cfg.residual:
+        y = y + k
+    dz = bias_grad(y, v, cfg, d)  # [..., C, V]
+    if cfg.norm:
+        dz = layer_norm_backward(dz, x_hat, rstd)
+    deltas = [dz]
+    for i in reversed(range(L - 1)):
+        dz = (dz @ w0[i + 1].transpose(-1, -2)) * activation_grad(pre[i], cfg.activation)
+        deltas.insert(0, dz)
+    return ins, deltas
+
+
+def _outer_sum(coef: Tensor, a: Tensor, u: Tensor) -> Tensor:
+    """``sum_s coef_s a_s u_s^T``: coef [..., C], a [..., C, d_in], u [..., C, d_out]."""
+    return (a * coef.unsqueeze(-1)).transpose(-1, -2) @ u  # [..., d_in, d_out]
+
+
+def _advance_chunk(
+    state: DeepMemoryState, ins: list[Tensor], deltas: list[Tensor], co: dict[str, Tensor],
+    n: int, last: int,
+) -> DeepMemoryState:
+    """State after token ``last`` of chunk ``n`` (linear retention), from the chunk start."""
+    def row(name: str) -> Tensor:
+        return co[name][:, :, n, last]  # [B, H] or [B, H, C]
+
+    gam = row("gam")[..., None, None]  # [B, H, 1, 1]
+    new_w, new_z = [], []
+    for i, w in enumerate(state.weights):
+        w_new = gam * w + _outer_sum(row("dmat"), ins[i], deltas[i])
+        if state.momentum is not None:
+            z = state.momentum[i]
+            w_new = w_new + row("e")[..., None, None] * z
+            new_z.append(row("mom")[..., None, None] * z + _outer_sum(row("zmat"), ins[i], deltas[i]))
+        new_w.append(w_new)
+    return DeepMemoryState(tuple(new_w), tuple(new_z) if state.momentum is not None else None)
+
+
+def _dual_form(
+    qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None, co: dict[str, Tensor], T: int,
+    state: DeepMemoryState, cfg: DeepMemoryConfig, readout: Readout,
+) -> tuple[Tensor, DeepMemoryState]:
+    """Linear retention: phase 1 (chunk loop, keys and state), phase 2 (read-out, all chunks)."""
+    n_chunks, C = qc.shape[2], qc.shape[3]
+    starts, all_ins, all_deltas = [], [], []
+    for n in range(n_chunks):
+        starts.append(state)
+        d_n = dc[:, :, n] if dc is not None else None
+        ins, deltas = key_gradients(state.weights, kc[:, :, n], vc[:, :, n], d_n, cfg)
+        all_ins.append(ins)
+        all_deltas.append(deltas)
+        state = _advance_chunk(state, ins, deltas, co, n, min(C, T - n * C) - 1)
+    x = qc  # [B, H, n, C, K]
+    B, H = qc.shape[:2]
+    for i in range(cfg.depth):
+        w0 = torch.stack([s.weights[i] for s in starts], 2)  # [B, H, n, d_in, d_out]
+        xw = co["gam"].unsqueeze(-1) * x  # [B, H, n, C, d_in]
+        if cfg.momentum:
+            z0 = torch.stack([s.momentum[i] for s in starts], 2)  # [B, H, n, d_in, d_out]
+            xw = torch.cat([xw, co["e"].unsqueeze(-1) * x], -1)  # [B, H, n, C, 2 d_in]
+            w0 = torch.cat([w0, z0], -2)  # [B, H, n, 2 d_in, d_out]
+        a = torch.stack([ins[i] for ins in all_ins], 2)  # [B, H, n, C, d_in]
+        u = torch.stack([dl[i] for dl in all_deltas], 2)  # [B, H, n, C, d_out]
+        out = readout(*(t.flatten(0, 2) for t in (xw, w0, x, a, co["dmat"], u)))
+        out = out.reshape(B, H, n_chunks, C, -1)  # [B, H, n, C, d_out]
+        x = activation(out, cfg.activation) if i < cfg.depth - 1 else out
+    return finish_output(out, qc, cfg), state
+
+
+def _materialised(
+    qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None, log_a: Tensor, eta: Tensor,
+    mu: Tensor | None, T: int, state: DeepMemoryState, cfg: DeepMemoryConfig,
+) -> tuple[Tensor, DeepMemoryState]:
+    """Nonlinear retention: per-token weights of one chunk at a time (reference-speed path)."""
+    n_chunks, C = qc.shape[2], qc.shape[3]
+    outs = []
+    for n in range(n_chunks):
+        d_n = dc[:, :, n] if dc is not None else None
+        w0 = read_weights(state.weights, cfg)
+        ins, deltas = key_gradients(w0, kc[:, :, n], vc[:, :, n], d_n, cfg)
+        per_token: list[list[Tensor]] = [[] for _ in range(cfg.depth)]
+        for j in range(C):
+            if n * C + j < T:  # padded tokens leave the state alone
+                grads = tuple(a[:, :, j, :, None] * u[:, :, j, None, :] for a, u in zip(ins, deltas))
+                m_j = mu[:, :, n, j] if mu is not None else None
+                state = advance_state(state, grads, log_a[:, :, n, j], eta[:, :, n, j], m_j, cfg)
+            for i, w in enumerate(read_weights(state.weights, cfg)):
+                per_token[i].append(w)
+        ws = tuple(torch.stack(p, 2) for p in per_token)  # [B, H, C, d_in, d_out]
+        outs.append(mlp_output(ws, qc[:, :, n], cfg, per_row=True))  # [B, H, C, V]
+    return torch.stack(outs, 2), state
+
+
+def chunk_deep_memory_with(
+    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, init_weights: Weights, cfg: DeepMemoryConfig,
+    g: Tensor | None, mu: Tensor | None, lam: Tensor | None, delta: Tensor | None,
+    initial_state: DeepMemoryState | None, output_final_state: bool, readout: Readout,
+) -> tuple[Tensor, DeepMemoryState | None]:
+    """:func:`chunk_deep_memory` with a pluggable dual-form read-out (the Triton backend's)."""
+    check_inputs(q, k, v, eta, init_weights, cfg, g, mu, lam, delta)
+    B, T, H, _ = q.shape
+    C = cfg.chunk_size
+    qc, kc, vc = (_to_chunks(x.float(), C) for x in (q, k, v))  # [B, H, n, C, D]
+    log_a = _to_chunks(log_decay(g, lam, cfg, q), C)  # [B, H, n, C]
+    eta_c = _to_chunks(eta.float(), C)  # [B, H, n, C], 0 on padding
+    # momentum 1 on padding keeps log(mu) finite; padded tokens never reach a real token
+    mu_c = _to_chunks(mu.float() - 1.0, C) + 1.0 if mu is not None else None
+    dl = per_token_delta(cfg, delta, q)
+    dc = _to_chunks(dl - 1.0, C) + 1.0 if dl is not None else None  # huber delta 1 on padding
+    state = start_state(init_weights, cfg, B, initial_state)
+    if cfg.linear_retention:
+        co = dual_coefficients(log_a, eta_c, mu_c)
+        o, state = _dual_form(qc, kc, vc, dc, co, T, state, cfg, readout)
+    else:
+        o, state = _materialised(qc, kc, vc, dc, log_a, eta_c, mu_c, T, state, cfg)
+    o = o.movedim(1, 3).flatten(1, 2)[:, :T]  # [B, T, H, V]
+    return o.to(v.dtype), (state if output_final_state else None)
+
+
+def chunk_deep_memory(
+    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, init_weights: Weights, cfg: DeepMemoryConfig,
+    g: Tensor | None = None, mu: Tensor | None = None, lam: Tensor | None = None,
+    delta: Tensor | None = None, initial_state: DeepMemoryState | None = None,
+    output_final_state: bool = False,
+) -> tuple[Tensor, DeepMemoryState | None]:
+    """Chunk-wise deep memory in PyTorch; same API and result as ``recurrent_deep_memory``."""
+    return chunk_deep_memory_with(
+        q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state,
+        readout_torch,
+    )
