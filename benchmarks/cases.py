@@ -17,6 +17,7 @@ from torch import Tensor
 from harness import Prepared, Unavailable
 
 BF16 = torch.bfloat16
+DEVICE = "cuda"  # set_device("cpu") for a dry run of the plumbing at tiny shapes
 
 
 @dataclass(frozen=True)
@@ -41,21 +42,37 @@ SHAPES = {
 # titans-pytorch's NeuralMemory at the size it was measured: dim 1024 = 8 heads x 128
 MEMORY_SHAPE = Shape("M", 4, 4096, 8, 128)
 SWA_WINDOW = 2048
+TINY = {"S": Shape("S", 2, 64, 2, 16), "L": Shape("L", 1, 96, 2, 16)}  # dry run only
+TINY_MEMORY = Shape("M", 1, 64, 2, 16)
 
 Inputs = dict[str, Tensor]
 
 
+def set_device(device: str) -> None:
+    """Where the inputs are made (the benchmark proper runs on "cuda")."""
+    global DEVICE
+    DEVICE = device
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator(device=DEVICE).manual_seed(seed)
+
+
 def _rand(*shape: int, dtype: torch.dtype = BF16, g: torch.Generator) -> Tensor:
-    return torch.randn(*shape, generator=g, device="cuda", dtype=dtype)
+    return torch.randn(*shape, generator=g, device=DEVICE, dtype=dtype)
+
+
+def _uniform(*shape: int, g: torch.Generator) -> Tensor:
+    return torch.rand(*shape, generator=g, device=DEVICE)
 
 
 def make_inputs(s: Shape, kind: str, seed: int = 0) -> Inputs:
     """Fresh random inputs for a family: ``kind`` picks the gates and normalisation."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
+    g = _gen(seed)
     x: Inputs = {n: _rand(s.B, s.T, s.H, s.D, g=g) for n in ("q", "k", "v")}  # [B, T, H, D]
     if kind in ("delta", "gated_delta", "kda"):
         x["k"] = F.normalize(x["k"].float(), dim=-1).to(BF16)
-        x["beta"] = torch.rand(s.B, s.T, s.H, generator=g, device="cuda").to(BF16)  # [B, T, H]
+        x["beta"] = _uniform(s.B, s.T, s.H, g=g).to(BF16)  # [B, T, H]
     if kind == "kda":
         x["q"] = F.normalize(x["q"].float(), dim=-1).to(BF16)
     if kind in ("simple_gla", "gated_delta"):
@@ -132,7 +149,7 @@ def ours_attention(s: Shape, window: int | None = None, alibi: bool = False) -> 
     attention = load("mirasdsl.kernels.attention", "attention")
     slopes_fn = load("mirasdsl.kernels.attention", "alibi_slopes")
     x = make_inputs(s, "attention")
-    slopes = slopes_fn(s.H, device="cuda") if alibi else None
+    slopes = slopes_fn(s.H, device=DEVICE) if alibi else None
     return prepared(x, lambda: attention(x["q"], x["k"], x["v"], window=window,
                                          alibi_slopes=slopes))
 
@@ -143,11 +160,11 @@ def torch_sdpa(s: Shape, window: int | None = None, alibi: bool = False) -> Prep
     q, k, v = (x[n].detach().transpose(1, 2).contiguous().requires_grad_(True) for n in "qkv")
     mask = None
     if window is not None or alibi:
-        t = torch.arange(s.T, device="cuda")
+        t = torch.arange(s.T, device=DEVICE)
         dist = t[:, None] - t[None, :]  # [T, T]
         mask = (dist >= 0) & (dist < (window or s.T + 1))  # [T, T] bool
         if alibi:
-            slopes = load("mirasdsl.kernels.attention", "alibi_slopes")(s.H, device="cuda")
+            slopes = load("mirasdsl.kernels.attention", "alibi_slopes")(s.H, device=DEVICE)
             bias = -slopes[:, None, None] * dist.float()  # [H, T, T]
             mask = bias.masked_fill(~mask, float("-inf")).to(BF16)[None]  # [1, H, T, T]
     causal = mask is None
@@ -167,13 +184,39 @@ def titans_memory(s: Shape, chunk: int) -> Prepared:
     """
     NeuralMemory = load("titans_pytorch", "NeuralMemory")
     dim = s.H * s.D
-    mem = NeuralMemory(dim=dim, chunk_size=chunk, heads=s.H, dim_head=s.D).cuda()
-    g = torch.Generator(device="cuda").manual_seed(0)
+    mem = NeuralMemory(dim=dim, chunk_size=chunk, heads=s.H, dim_head=s.D).to(DEVICE)
+    g = _gen(0)
     x = _rand(s.B, s.T, dim, g=g).requires_grad_(True)  # [B, T, H * D]
 
     def call() -> Tensor:
-        with torch.autocast("cuda", dtype=BF16):
+        with torch.autocast(DEVICE, dtype=BF16):
             out, _ = mem(x)
         return out
 
     return Prepared(fn=call, leaves=[x, *mem.parameters()], floor_bytes=0)
+
+
+def ours_deep_memory(s: Shape, chunk: int) -> Prepared:
+    """Our deep memory at titans' setting: depth-2 MLP (hidden 4 D, GELU), LayerNorm and
+    residual on the output, L2 bias, momentum, per-token decay, chunk-wise GD."""
+    f = load("mirasdsl.kernels.deep_memory", "deep_memory")
+    Config = load("mirasdsl.kernels.deep_memory.config", "DeepMemoryConfig")
+    cfg = Config(depth=2, hidden=4 * s.D, activation="gelu", residual=True, norm=True,
+                 bias="l2", momentum=True, chunk_size=chunk)
+    x = make_inputs(s, "deep_memory")
+    gen = _gen(1)
+    with torch.no_grad():
+        for n in ("q", "k"):
+            x[n].copy_(F.normalize(x[n].float(), dim=-1))
+        x["eta"] = 0.01 * _uniform(s.B, s.T, s.H, g=gen)  # [B, T, H]
+        x["g"] = F.logsigmoid(_rand(s.B, s.T, s.H, dtype=torch.float32, g=gen) + 4)  # [B, T, H]
+        x["mu"] = _uniform(s.B, s.T, s.H, g=gen) * 0.9  # [B, T, H]
+        w1 = _rand(s.H, s.D, 4 * s.D, dtype=torch.float32, g=gen) * s.D ** -0.5  # [H, D, 4D]
+        w2 = _rand(s.H, 4 * s.D, s.D, dtype=torch.float32, g=gen) * (4 * s.D) ** -0.5
+    for n in ("eta", "g", "mu"):
+        x[n].requires_grad_(True)
+    weights = (w1.requires_grad_(True), w2.requires_grad_(True))
+    prep = prepared(x, lambda: f(x["q"], x["k"], x["v"], x["eta"], weights, cfg,
+                                 g=x["g"], mu=x["mu"]))
+    floor = prep.floor_bytes + sum(w.numel() * 4 for w in weights)
+    return Prepared(fn=prep.fn, leaves=prep.leaves + list(weights), floor_bytes=floor)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import cases
 from harness import Prepared, Row, Timer, Unavailable, first_tensor, measure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,14 +48,14 @@ def _builders() -> tuple[Any, Any]:
 def prepare_model(data: dict[str, Any], batch: int, seq_len: int) -> Prepared:
     """Build the model on the GPU and a call computing the mean token cross-entropy."""
     spec_from_data, build_model = _builders()
-    model = build_model(spec_from_data(data, source=str(HYBRID_SPEC))).cuda()
+    model = build_model(spec_from_data(data, source=str(HYBRID_SPEC))).to(cases.DEVICE)
     vocab = int(data["model"]["vocab_size"])
-    g = torch.Generator(device="cuda").manual_seed(0)
-    tokens = torch.randint(0, vocab, (batch, seq_len), device="cuda", generator=g)  # [B, T]
-    targets = torch.randint(0, vocab, (batch, seq_len), device="cuda", generator=g)  # [B, T]
+    g = torch.Generator(device=cases.DEVICE).manual_seed(0)
+    tokens = torch.randint(0, vocab, (batch, seq_len), device=cases.DEVICE, generator=g)  # [B, T]
+    targets = torch.randint(0, vocab, (batch, seq_len), device=cases.DEVICE, generator=g)
 
     def call() -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(cases.DEVICE, dtype=torch.bfloat16):
             logits = first_tensor(model(tokens))  # [B, T, vocab]
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 

@@ -74,7 +74,7 @@ def classify(exc: BaseException) -> str:
 def describe(exc: BaseException) -> str:
     """One-line description of an exception."""
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}"
+    return text[:300] if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {text[:300]}"
 
 
 def free_memory() -> None:
@@ -102,13 +102,21 @@ class Timer:
     warmup_ms: int = 100
     rep_ms: int = 400
     warmup_calls: int = 3
+    device: str = "cuda"  # "cpu": a dry run of the plumbing, timed with perf_counter
 
     def median_ms(self, fn: Callable[[], Any]) -> float:
         """Median time of ``fn`` in milliseconds."""
-        import triton.testing
-
         for _ in range(self.warmup_calls):
             fn()
+        if self.device != "cuda":
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1e3)
+            return sorted(times)[1]
+        import triton.testing
+
         torch.cuda.synchronize()
         return float(triton.testing.do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms,
                                              return_mode="median"))
@@ -162,7 +170,7 @@ def measure(row: Row, make: Callable[[], Prepared], timer: Timer, copy_tb_s: flo
 
 def copy_bandwidth_tb_s(timer: Timer, n_bytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth, bytes read plus bytes written, in TB/s."""
-    a = torch.randn(n_bytes // 4, device="cuda")
+    a = torch.randn(n_bytes // 4, device=timer.device)
     b = torch.empty_like(a)
     ms = timer.median_ms(lambda: b.copy_(a))
     del a, b
@@ -172,8 +180,8 @@ def copy_bandwidth_tb_s(timer: Timer, n_bytes: int = 1 << 30) -> float:
 
 def matmul_tflops(timer: Timer, n: int = 8192) -> float:
     """bf16 ``n^3`` matrix product throughput on random data, TFLOP/s."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    a = torch.randn(n, n, device=timer.device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=timer.device, dtype=torch.bfloat16)
     ms = timer.median_ms(lambda: a @ b)
     del a, b
     free_memory()

@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop starting new cases after this many seconds (0: no limit)")
     p.add_argument("--warmup-ms", type=int, default=100)
     p.add_argument("--rep-ms", type=int, default=400)
+    p.add_argument("--dry-run", action="store_true",
+                   help="CPU, tiny shapes, perf_counter: checks the plumbing, measures nothing")
     return p.parse_args(argv)
 
 
@@ -95,13 +97,15 @@ def selected(pair: Pair, families: str) -> bool:
 
 def plan(args: argparse.Namespace) -> list[tuple[Row, Callable[[], Prepared]]]:
     """Every (row, builder) to run, ours before its peer, in family then shape order."""
-    shapes = [SHAPES[n] for n in args.shapes.split(",") if n]
+    table = cases.TINY if args.dry_run else SHAPES
+    shapes = [table[n] for n in args.shapes.split(",") if n]
     impls = args.impls.split(",")
     todo = []
     for pair in PAIRS:
         if not selected(pair, args.families):
             continue
-        for s in pair.shapes or shapes:
+        own = tuple(cases.TINY_MEMORY if args.dry_run else s for s in pair.shapes)
+        for s in own or shapes:
             for impl, label, make in (("ours", "ours", pair.ours),
                                       ("peer", pair.peer_name, pair.peer)):
                 if impl in impls:
@@ -117,14 +121,21 @@ def print_table(rows: list[Row]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA device (or --dry-run)", file=sys.stderr)
         return 2
+    cases.set_device(device)
     torch.backends.cuda.matmul.allow_tf32 = True
-    out, timer, started = Path(args.out), Timer(args.warmup_ms, args.rep_ms), time.time()
+    out, started = Path(args.out), time.time()
+    timer = Timer(args.warmup_ms, args.rep_ms, device=device)
     env = report.environment()
+    env["mode"] = ("DRY RUN on the CPU at tiny shapes, timed with perf_counter: "
+                   "NOT a measurement") if args.dry_run else "measurement"
     print(env, flush=True)
-    ceilings = {"copy_TB_s": copy_bandwidth_tb_s(timer), "bf16_matmul_TFLOP_s": matmul_tflops(timer)}
+    big = not args.dry_run
+    ceilings = {"copy_TB_s": copy_bandwidth_tb_s(timer, 1 << 30 if big else 1 << 24),
+                "bf16_matmul_TFLOP_s": matmul_tflops(timer, 8192 if big else 256)}
     print(ceilings, flush=True)
     rows: list[Row] = []
     for row, make in plan(args):
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget_s and time.time() - started > args.budget_s:
             print("end-to-end skipped: time budget spent", flush=True)
         else:
-            rows += run_end_to_end(timer, args.e2e_seq_len)
+            rows += run_end_to_end(timer, args.e2e_seq_len if big else 32)
             report.write(out, rows, env, ceilings)
     print_table(rows)
     return 0

@@ -83,13 +83,15 @@ def markdown(rows: list[Row], env: dict[str, Any], ceilings: dict[str, float]) -
     lines = [
         f"# Kernel benchmark, {env['date_utc']} UTC",
         "",
+        f"Mode: {env.get('mode', 'measurement')}.",
+        "",
         f"Device: {env['device']}; torch {v['torch']}, triton {v['triton']}, "
         f"fla-core {v['fla-core']}, titans-pytorch {v['titans-pytorch']}; commit {env['commit']}.",
         "Times: medians of triton.testing.do_bench after warm-up, bf16 inputs. "
         "peer/ours above 1 means ours is faster. floor = inputs read once + output written once "
         "at the measured copy bandwidth.",
         "",
-        "Ceilings measured in this run: " + ", ".join(f"{k} {val:.2f}" for k, val in ceilings.items()),
+        "Ceilings measured in this run: " + ", ".join(f"{k} {val:.3g}" for k, val in ceilings.items()),
         "",
     ]
     return "\n".join(lines + table(rows)) + "\n"

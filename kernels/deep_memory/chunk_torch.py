@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .config import DeepMemoryConfig
 from .memory import (
-    DeepMemoryState, Weights, activation, activation_grad, advance_state, bias_grad, check_inputs,
+    DeepMemoryState, Weights, accum_dtype, activation, activation_grad, advance_state, bias_grad, check_inputs,
     finish_output, layer_norm, layer_norm_backward, log_decay, mlp_output, per_token_delta,
     read_weights, start_state,
 )
@@ -204,14 +204,15 @@ def chunk_deep_memory_with(
     check_inputs(q, k, v, eta, init_weights, cfg, g, mu, lam, delta)
     B, T, H, _ = q.shape
     C = cfg.chunk_size
-    qc, kc, vc = (_to_chunks(x.float(), C) for x in (q, k, v))  # [B, H, n, C, D]
+    dt = accum_dtype(q)
+    qc, kc, vc = (_to_chunks(x.to(dt), C) for x in (q, k, v))  # [B, H, n, C, D]
     log_a = _to_chunks(log_decay(g, lam, cfg, q), C)  # [B, H, n, C]
-    eta_c = _to_chunks(eta.float(), C)  # [B, H, n, C], 0 on padding
+    eta_c = _to_chunks(eta.to(dt), C)  # [B, H, n, C], 0 on padding
     # momentum 1 on padding keeps log(mu) finite; padded tokens never reach a real token
-    mu_c = _to_chunks(mu.float() - 1.0, C) + 1.0 if mu is not None else None
+    mu_c = _to_chunks(mu.to(dt) - 1.0, C) + 1.0 if mu is not None else None
     dl = per_token_delta(cfg, delta, q)
     dc = _to_chunks(dl - 1.0, C) + 1.0 if dl is not None else None  # huber delta 1 on padding
-    state = start_state(init_weights, cfg, B, initial_state)
+    state = start_state(init_weights, cfg, B, initial_state, dt)
     if cfg.linear_retention:
         co = dual_coefficients(log_a, eta_c, mu_c)
         o, state = _dual_form(qc, kc, vc, dc, co, T, state, cfg, readout)

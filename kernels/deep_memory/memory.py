@@ -34,6 +34,12 @@ class DeepMemoryState(NamedTuple):
     momentum: Weights | None
 
 
+def accum_dtype(x: Tensor) -> torch.dtype:
+    """Accumulation and state dtype: float64 for float64 inputs (used to measure rounding in
+    tests), float32 for everything else."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 # ---------------------------------------------------------------- activations and norm
 def activation(x: Tensor, name: str) -> Tensor:
     """The activation between MLP layers."""
@@ -121,9 +127,9 @@ def bias_grad(y: Tensor, v: Tensor, cfg: DeepMemoryConfig, delta: Tensor | None)
     if cfg.bias == "lp":
         return r * (r * r + LP_EPS) ** (0.5 * cfg.p - 1.0)
     if cfg.bias == "huber":
-        n = torch.sqrt((r * r).sum(-1, keepdim=True))  # [..., 1]
+        n2 = (r * r).sum(-1, keepdim=True)  # [..., 1] = ||r||^2
         d = delta.unsqueeze(-1)  # [..., 1]
-        return r * (d / torch.maximum(n, d))
+        return r * (d * torch.rsqrt(torch.maximum(n2, d * d)))  # r min(1, d/||r||), no sqrt(0)
     n = torch.sqrt((r * r).sum(-1, keepdim=True) + ROBUST_EPS)  # [..., 1]
     return r * (1.0 + cfg.robust_radius / n)
 
@@ -151,11 +157,12 @@ def soft_threshold(x: Tensor, gamma: Tensor) -> Tensor:
 
 def log_decay(g: Tensor | None, lam: Tensor | None, cfg: DeepMemoryConfig, like: Tensor) -> Tensor:
     """Per-token multiplicative retention in log space: ``g_t + log(1 - lambda_t)`` [B, T, H]."""
-    out = torch.zeros(like.shape[:3], dtype=torch.float32, device=like.device)  # [B, T, H]
+    dt = accum_dtype(like)
+    out = torch.zeros(like.shape[:3], dtype=dt, device=like.device)  # [B, T, H]
     if g is not None:
-        out = out + g.float()
+        out = out + g.to(dt)
     if cfg.retention_global == "l2":
-        out = out + torch.log1p(-lam.float())
+        out = out + torch.log1p(-lam.to(dt))
     return out
 
 
@@ -223,26 +230,27 @@ def _check_optional(cfg: DeepMemoryConfig, mu: Tensor | None, lam: Tensor | None
 
 
 def start_state(
-    init_weights: Weights, cfg: DeepMemoryConfig, batch: int, initial_state: DeepMemoryState | None
+    init_weights: Weights, cfg: DeepMemoryConfig, batch: int, initial_state: DeepMemoryState | None,
+    dt: torch.dtype = torch.float32,
 ) -> DeepMemoryState:
-    """The state before the first token, float32: ``initial_state`` or the broadcast init."""
+    """The state before the first token in ``dt``: ``initial_state`` or the broadcast init."""
     if initial_state is not None:
-        ws = tuple(w.float() for w in initial_state.weights)
+        ws = tuple(w.to(dt) for w in initial_state.weights)
         zs = initial_state.momentum
     else:
-        ws = tuple(w.float().unsqueeze(0).expand(batch, *w.shape) for w in init_weights)
+        ws = tuple(w.to(dt).unsqueeze(0).expand(batch, *w.shape) for w in init_weights)
         zs = None
     if cfg.momentum and zs is None:
         zs = tuple(torch.zeros_like(w) for w in ws)
     elif cfg.momentum:
-        zs = tuple(z.float() for z in zs)
+        zs = tuple(z.to(dt) for z in zs)
     return DeepMemoryState(ws, zs if cfg.momentum else None)
 
 
 def per_token_delta(cfg: DeepMemoryConfig, delta: Tensor | None, like: Tensor) -> Tensor | None:
-    """The huber threshold per token [B, T, H] float32 (None for other biases)."""
+    """The huber threshold per token [B, T, H] in the accumulation dtype (None unless huber)."""
     if cfg.bias != "huber":
         return None
     if delta is not None:
-        return delta.float()
-    return torch.full(like.shape[:3], float(cfg.huber_delta), device=like.device)
+        return delta.to(accum_dtype(like))
+    return torch.full(like.shape[:3], float(cfg.huber_delta), dtype=accum_dtype(like), device=like.device)

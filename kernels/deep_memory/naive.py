@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .config import DeepMemoryConfig
 from .memory import (
-    DeepMemoryState, Weights, advance_state, bias_loss, check_inputs, log_decay, mlp_output, per_token_delta,
+    DeepMemoryState, Weights, accum_dtype, advance_state, bias_loss, check_inputs, log_decay, mlp_output, per_token_delta,
     read_weights, start_state,
 )
 
@@ -35,12 +35,13 @@ def recurrent_deep_memory(
     """
     check_inputs(q, k, v, eta, init_weights, cfg, g, mu, lam, delta)
     B, T, H, _ = q.shape
-    qf, kf, vf, ef = q.float(), k.float(), v.float(), eta.float()
+    dt = accum_dtype(q)
+    qf, kf, vf, ef = q.to(dt), k.to(dt), v.to(dt), eta.to(dt)
     log_a = log_decay(g, lam, cfg, q)  # [B, T, H]
     dl = per_token_delta(cfg, delta, q)  # [B, T, H] or None
-    muf = mu.float() if mu is not None else None
+    muf = mu.to(dt) if mu is not None else None
     grad_fn = torch.func.grad(_token_loss)
-    state = start_state(init_weights, cfg, B, initial_state)
+    state = start_state(init_weights, cfg, B, initial_state, dt)
     outs = []
     for c0 in range(0, T, cfg.chunk_size):
         w0 = read_weights(state.weights, cfg)

@@ -98,7 +98,7 @@ def _chunked(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, st
         state = state * b_last[:, :, n].transpose(-1, -2).exp()  # [B, H, K, V]
         state = state + k_dec[:, :, n].transpose(-1, -2) @ vc[:, :, n]  # [B, H, K, V]
     o = scale * (o_intra + torch.stack(o_inter, dim=2))  # [B, H, N, C, V]
-    o = o.permute(0, 2, 3, 1, 4).reshape(B, T + pad, H, -1)[:, :T]  # [B, T, H, V]
+    o = o.permute(0, 2, 3, 1, 4).reshape(B, T + pad, H, -1)[:, :T].contiguous()  # [B, T, H, V]
     return o, state
 
 

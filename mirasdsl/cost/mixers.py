@@ -88,10 +88,15 @@ def mixer_params(n: MixerNode) -> int:
     return total
 
 
+def state_value_dim(n: MixerNode) -> int:
+    """Value dim of the recurrent state: + 1 for the linear-attention denominator (a ones column)."""
+    return n.value_dim + (1 if n.mixer.features.normalize == "denominator" else 0)
+
+
 def _core_flops_linear(n: MixerNode, context: int) -> float:
     """Per-token matmul FLOPs of the chunked gla / delta-rule core, all heads."""
     c = min(CHUNK, context)
-    k, v = n.state_dim, n.value_dim
+    k, v = n.state_dim, state_value_dim(n)
     if n.mixer.memory.kind == "vector":
         k, v = 1, 1  # elementwise: H·V independent 1×1 states
         heads = n.heads * n.value_dim
@@ -152,11 +157,12 @@ def state_bytes(n: MixerNode) -> int:
         return conv
     if n.family == DEEP:
         weights = n.heads * sum(i * o for i, o in memory_weight_shapes(n))
-        copies = 2 if m.update.kind == "gd_momentum" else 1
+        # current weights, + momentum, + the chunk's starting weights when chunk-wise
+        copies = 1 + (m.update.kind == "gd_momentum") + ((m.update.chunk or 1) > 1)
         return 4 * weights * copies + conv
     if m.memory.kind == "vector":
         return 4 * n.heads * n.value_dim + conv
-    return 4 * n.heads * n.state_dim * n.value_dim + conv
+    return 4 * n.heads * n.state_dim * state_value_dim(n) + conv
 
 
 def kv_bytes(n: MixerNode, context: int, dtype_bytes: int) -> tuple[float, float]:

@@ -41,7 +41,7 @@ def mixer_node(spec: Spec, node_id: str, layer: int, name: str, m: TupleMixer) -
     value_dim = m.value_dim or head_dim
     proj, state = feature_dims(m, head_dim)
     if m.memory.kind == "vector":
-        state = 1  # elementwise: each channel is a 1×1 state
+        state = value_dim  # elementwise: one 1×1 state per channel (gates are per channel)
     hidden = 0
     if m.memory.kind == "mlp" and m.memory.depth >= 2:
         hidden = max(1, math.ceil(m.memory.expansion * proj))

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Run the kernel benchmark on the lent GPU machine, from the repository root.
+#
+#   device tool: run(command="bash benchmarks/run_on_device.sh", carry=[".whl"], timeout_s=600)
+#
+# 1. installs the peer wheels carried in .whl/ (fla-core, titans-pytorch and what they need;
+#    pydantic for the end-to-end specs) into /tmp/site: the machine has no package registry;
+# 2. lays mirasdsl out as pyproject maps it (kernels/ -> mirasdsl.kernels, search/ ->
+#    mirasdsl.search) under /tmp/mirasdsl_pkg, without building anything;
+# 3. optionally (RUN_GPU_TESTS=1) runs the GPU-marked kernel tests;
+# 4. runs benchmarks/kernels.py, which writes kernels.json, kernels.md (and log.txt here)
+#    under $OUT. Extra arguments go to kernels.py (e.g. --shapes S --families gla,delta).
+#
+# BUDGET_S (default 540) stops starting new cases so the call ends inside the 10-minute limit;
+# skipped cases are listed as such. Split a long run with --shapes S / --shapes L.
+set -uo pipefail
+REPO="$(pwd)"
+OUT="${OUT:-$REPO/bench_out}"
+mkdir -p "$OUT"
+SITE=/tmp/site
+PKG=/tmp/mirasdsl_pkg
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$SITE" .whl/*.whl || { echo "wheel install failed" >&2; exit 1; }
+else
+    echo "no .whl/ carried: peers will be reported unavailable" >&2
+fi
+
+rm -rf "$PKG" && mkdir -p "$PKG"
+cp -r mirasdsl "$PKG/"
+cp -r kernels "$PKG/mirasdsl/kernels"
+if [ -d search ]; then cp -r search "$PKG/mirasdsl/search"; fi
+export PYTHONPATH="$PKG:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=/tmp/triton_cache
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
+
+if [ "${RUN_GPU_TESTS:-0}" = "1" ]; then
+    # from /tmp, so the repository's own mirasdsl/ (without kernels/) does not shadow the copy
+    (cd /tmp && python3 -m pytest -q -x -m gpu -p no:cacheprovider "$REPO/tests/kernels" \
+        2>&1 | tee "$OUT/gpu_tests.txt")
+fi
+
+python3 benchmarks/kernels.py --out "$OUT" --budget-s "${BUDGET_S:-540}" "$@" 2>&1 \
+    | tee "$OUT/log.txt"
+exit "${PIPESTATUS[0]}"

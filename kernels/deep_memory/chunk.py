@@ -1,0 +1,169 @@
+"""Triton backend: the chunked algorithm of chunk_torch.py with a fused dual-form read-out.
+
+The fused kernel computes, for every chunk of every (batch, head) at once,
+
+    O = XW @ W + (tril(X A^T) * D) @ U                  [N, C, DV]
+
+without writing the [C, C] score matrix to memory (``XW = [gam X, e X]``, ``W = [W_0; Z_0]``,
+``A`` the keys' layer inputs, ``D`` the decay/step coefficients, ``U`` the keys' output errors).
+Its backward is a second Triton kernel for the masked part (dX, dA, dD, dU in one pass per
+chunk); the two dense products ``dXW = dO W^T`` and ``dW = XW^T dO`` are plain batched GEMMs and
+run through torch (cuBLAS). The per-chunk key forward/backward and the state update are
+batched GEMMs over (batch, head) inside the sequential chunk loop and also run through torch.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .chunk_torch import chunk_deep_memory_with, readout_torch
+from .config import DeepMemoryConfig
+from .memory import DeepMemoryState, Weights
+
+MAX_TRITON_CHUNK = 128  # larger chunks make the [C, C] tile too big for registers
+
+
+@triton.jit
+def _readout_fwd_kernel(
+    XW, W, X, A, D, U, O, C, DW, DK, DV,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """One program: one chunk ``n`` and one block of BV output channels."""
+    i_n = tl.program_id(0).to(tl.int64)
+    i_v = tl.program_id(1)
+    rc = tl.arange(0, BC)
+    rk = tl.arange(0, BK)
+    rv = i_v * BV + tl.arange(0, BV)
+    mc = rc < C
+    mv = rv < DV
+    acc = tl.zeros([BC, BV], dtype=tl.float32)
+    for k0 in range(0, DW, BK):  # dense part: XW @ W
+        kk = k0 + rk
+        mk = kk < DW
+        xw = tl.load(XW + i_n * C * DW + rc[:, None] * DW + kk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
+        w = tl.load(W + i_n * DW * DV + kk[:, None] * DV + rv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
+        acc += tl.dot(xw, w, input_precision="ieee")
+    att = tl.zeros([BC, BC], dtype=tl.float32)
+    for k0 in range(0, DK, BK):  # scores X A^T
+        kk = k0 + rk
+        mk = kk < DK
+        x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
+        a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
+        att += tl.dot(x, tl.trans(a), input_precision="ieee")
+    mcc = mc[:, None] & mc[None, :]
+    d = tl.load(D + i_n * C * C + rc[:, None] * C + rc[None, :], mask=mcc, other=0.0)
+    att = tl.where((rc[:, None] >= rc[None, :]) & mcc, att * d, 0.0)
+    u = tl.load(U + i_n * C * DV + rc[:, None] * DV + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
+    acc += tl.dot(att, u, input_precision="ieee")
+    tl.store(O + i_n * C * DV + rc[:, None] * DV + rv[None, :], acc, mask=mc[:, None] & mv[None, :])
+
+
+@triton.jit
+def _readout_bwd_kernel(
+    X, A, D, U, DO, DX, DA, DD, DU, C, DK, DV,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """One program per chunk: gradients of the masked part ``(tril(X A^T) * D) @ U``."""
+    i_n = tl.program_id(0).to(tl.int64)
+    rc = tl.arange(0, BC)
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    mc = rc < C
+    mcc = mc[:, None] & mc[None, :]
+    causal = (rc[:, None] >= rc[None, :]) & mcc
+    att = tl.zeros([BC, BC], dtype=tl.float32)
+    for k0 in range(0, DK, BK):
+        kk = k0 + rk
+        m = mc[:, None] & (kk < DK)[None, :]
+        x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
+        a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
+        att += tl.dot(x, tl.trans(a), input_precision="ieee")
+    datt = tl.zeros([BC, BC], dtype=tl.float32)
+    for v0 in range(0, DV, BV):
+        vv = v0 + rv
+        m = mc[:, None] & (vv < DV)[None, :]
+        do = tl.load(DO + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=m, other=0.0)
+        u = tl.load(U + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=m, other=0.0)
+        datt += tl.dot(do, tl.trans(u), input_precision="ieee")
+    d = tl.load(D + i_n * C * C + rc[:, None] * C + rc[None, :], mask=mcc, other=0.0)
+    tl.store(DD + i_n * C * C + rc[:, None] * C + rc[None, :], tl.where(causal, datt * att, 0.0), mask=mcc)
+    dp = tl.where(causal, datt * d, 0.0)  # gradient of the raw scores X A^T
+    p = tl.where(causal, att * d, 0.0)
+    for k0 in range(0, DK, BK):
+        kk = k0 + rk
+        m = mc[:, None] & (kk < DK)[None, :]
+        x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
+        a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
+        dx = tl.dot(dp, a, input_precision="ieee")
+        da = tl.dot(tl.trans(dp), x, input_precision="ieee")
+        tl.store(DX + i_n * C * DK + rc[:, None] * DK + kk[None, :], dx, mask=m)
+        tl.store(DA + i_n * C * DK + rc[:, None] * DK + kk[None, :], da, mask=m)
+    for v0 in range(0, DV, BV):
+        vv = v0 + rv
+        m = mc[:, None] & (vv < DV)[None, :]
+        do = tl.load(DO + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=m, other=0.0)
+        du = tl.dot(tl.trans(p), do, input_precision="ieee")
+        tl.store(DU + i_n * C * DV + rc[:, None] * DV + vv[None, :], du, mask=m)
+
+
+def _blocks(C: int, DK: int, DV: int) -> tuple[int, int, int]:
+    """Power-of-two tiles, at least 16 (tl.dot's minimum)."""
+    def fit(n: int, cap: int) -> int:
+        return min(cap, max(16, triton.next_power_of_2(n)))
+
+    return max(16, triton.next_power_of_2(C)), fit(DK, 64), fit(DV, 64)
+
+
+class _FusedReadout(torch.autograd.Function):
+    """Autograd wrapper around the two kernels (float32 in, float32 out)."""
+
+    @staticmethod
+    def forward(ctx, xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor) -> Tensor:
+        xw, w, x, a, d, u = (t.contiguous().float() for t in (xw, w, x, a, d, u))
+        N, C, DW = xw.shape
+        DK, DV = x.shape[-1], u.shape[-1]
+        BC, BK, BV = _blocks(C, max(DK, DW), DV)
+        o = torch.empty(N, C, DV, device=x.device, dtype=torch.float32)  # [N, C, DV]
+        _readout_fwd_kernel[(N, triton.cdiv(DV, BV))](xw, w, x, a, d, u, o, C, DW, DK, DV, BC=BC, BK=BK, BV=BV)
+        ctx.save_for_backward(xw, w, x, a, d, u)
+        return o
+
+    @staticmethod
+    def backward(ctx, do: Tensor) -> tuple[Tensor, ...]:
+        xw, w, x, a, d, u = ctx.saved_tensors
+        do = do.contiguous().float()  # [N, C, DV]
+        N, C, DK = x.shape
+        DV = u.shape[-1]
+        dxw = do @ w.transpose(-1, -2)  # [N, C, DW]  (cuBLAS)
+        dw = xw.transpose(-1, -2) @ do  # [N, DW, DV]  (cuBLAS)
+        dx, da, du = torch.empty_like(x), torch.empty_like(a), torch.empty_like(u)
+        dd = torch.zeros_like(d)  # [N, C, C], zero above the diagonal
+        BC, BK, BV = _blocks(C, DK, DV)
+        _readout_bwd_kernel[(N,)](x, a, d, u, do, dx, da, dd, du, C, DK, DV, BC=BC, BK=BK, BV=BV)
+        return dxw, dw, dx, da, dd, du
+
+
+def readout_triton(xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor) -> Tensor:
+    """Fused ``xw @ w + (tril(x a^T) * d) @ u`` (see the module docstring); same as
+    :func:`chunk_torch.readout_torch`, differentiable once."""
+    return _FusedReadout.apply(xw, w, x, a, d, u)
+
+
+def triton_deep_memory(
+    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, init_weights: Weights, cfg: DeepMemoryConfig,
+    g: Tensor | None = None, mu: Tensor | None = None, lam: Tensor | None = None,
+    delta: Tensor | None = None, initial_state: DeepMemoryState | None = None,
+    output_final_state: bool = False,
+) -> tuple[Tensor, DeepMemoryState | None]:
+    """Chunk-wise deep memory with the Triton read-out; same API as ``recurrent_deep_memory``.
+
+    Nonlinear retentions (no dual form) and chunks above ``MAX_TRITON_CHUNK`` use the PyTorch
+    read-out instead.
+    """
+    use = cfg.linear_retention and cfg.chunk_size <= MAX_TRITON_CHUNK
+    return chunk_deep_memory_with(
+        q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state,
+        readout_triton if use else readout_torch,
+    )

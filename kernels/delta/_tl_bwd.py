@@ -1,0 +1,248 @@
+"""Backward Triton kernels of the chunked gated delta rule (formulas in README.md).
+
+state pass (reverse) -> dS at each chunk end, dṼ, dS_init;  main -> dV, the inter-chunk and
+WY parts of dQ, dK, dβ, dG, and dM, dA;  intra (dense or per channel) -> the intra-chunk parts,
+final dQ, dK, dβ and the per-token dG (an in-chunk reverse cumsum then gives dg).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._tl_common import (
+    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_tile, load_vec, masked_exp,
+    state_tile, store_tile,
+)
+
+
+@triton.jit
+def state_bwd_kernel(
+    q, k, G, W, M, dO, dVN, DHS, dht, dh0, cu, chunk_off, scale, H, K, V,
+    HAS_DHT: tl.constexpr, GATE: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Walk the chunks backwards: store dS_C (the gradient of each chunk's end state), form
+    dṼ = scale·Mᵀ dO + (K ⊙ e^{G_last − G}) dS_C and pass dS_0 = e^{G_last} dS_C
+    + scale (Q ⊙ e^G)ᵀ dO − Wᵀ dṼ to the previous chunk."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    n, h = i_nh // H, i_nh % H
+    bos, eos = tl.load(cu + n), tl.load(cu + n + 1)
+    c_base = tl.load(chunk_off + n)
+    v0 = i_v * BV
+    ds = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        p, msk = state_tile(dht, n, h, H, K, V, BK, BV, v0)
+        ds = tl.load(p, mask=msk, other=0.0).to(tl.float32)
+    n_chunks = tl.cdiv(eos - bos, BT)
+    for cr in range(0, n_chunks):
+        c = n_chunks - 1 - cr
+        t0 = bos + c * BT
+        t_end = tl.minimum(t0 + BT, eos)
+        rows = t0.to(tl.int64) + tl.arange(0, BT)
+        valid = rows < t_end
+        p, msk = state_tile(DHS, c_base + c, h, H, K, V, BK, BV, v0)
+        tl.store(p, ds, mask=msk)
+        last = (t_end - 1).to(tl.int64)
+        gt = gate_tile(G, rows, valid, h, H, K, GATE, BT, BK)
+        kd = load_tile(k, rows, valid, h, H, K, BK, 0) * masked_exp(gate_row(G, last, h, H, K, GATE, BK) - gt, valid[:, None])
+        qg = load_tile(q, rows, valid, h, H, K, BK, 0) * tl.exp(gt)  # [BT, BK]
+        do = load_tile(dO, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+        m = load_tile(M, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
+        dvn = scale * dot(tl.trans(m), do, PREC) + dot(kd, ds, PREC)  # [BT, BV]
+        store_tile(dVN, dvn, rows, valid, h, H, V, BV, v0)
+        wt = load_tile(W, rows, valid, h, H, K, BK, 0)
+        ds = ds * tl.exp(gate_col(G, last, h, H, K, GATE, BK)) + scale * dot(tl.trans(qg), do, PREC) - dot(tl.trans(wt), dvn, PREC)
+    p, msk = state_tile(dh0, n, h, H, K, V, BK, BV, v0)
+    tl.store(p, ds, mask=msk)
+
+
+@triton.jit
+def main_bwd_kernel(
+    q, k, v, beta, G, X, VN, dVN, HS, DHS, dO,
+    dq, dk, dv, dbeta, dG, dM, dA, chunk_seq, cu, chunk_off, scale, H, K, V,
+    GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Per chunk: dV and every gradient term outside the intra-chunk products M and P.
+
+    Writes float32 partials dq, dk, dβ, dG, and dM = scale·lower(dO Ṽᵀ),
+    dA = strictly_lower(−Xᵀ dX Xᵀ) for the intra kernel."""
+    i_c, h = tl.program_id(0), tl.program_id(1)
+    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = t0.to(tl.int64) + tl.arange(0, BT)
+    valid = rows < t_end
+    ii = tl.arange(0, BT)
+    x = load_tile(X, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
+    bt = load_vec(beta, rows, valid, h, H)  # [BT]
+    dq_s = tl.zeros([BT, BK], dtype=tl.float32)  # dO S_0ᵀ
+    dkd = tl.zeros([BT, BK], dtype=tl.float32)  # Ṽ dS_Cᵀ
+    dw = tl.zeros([BT, BK], dtype=tl.float32)  # −dṼ S_0ᵀ
+    dm = tl.zeros([BT, BT], dtype=tl.float32)
+    dx = tl.zeros([BT, BT], dtype=tl.float32)
+    sds = tl.zeros([BK], dtype=tl.float32)  # Σ_v S_0 ⊙ dS_C
+    db = tl.zeros([BT], dtype=tl.float32)
+    for v0 in range(0, V, BV):
+        p, msk = state_tile(HS, i_c, h, H, K, V, BK, BV, v0)
+        s = tl.load(p, mask=msk, other=0.0)  # [BK, BV]
+        p, msk = state_tile(DHS, i_c, h, H, K, V, BK, BV, v0)
+        ds = tl.load(p, mask=msk, other=0.0)
+        vn = load_tile(VN, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+        dvn = load_tile(dVN, rows, valid, h, H, V, BV, v0)
+        do = load_tile(dO, rows, valid, h, H, V, BV, v0)
+        vt = load_tile(v, rows, valid, h, H, V, BV, v0)
+        dq_s += dot(do, tl.trans(s), PREC)
+        dm += dot(do, tl.trans(vn), PREC)
+        dkd += dot(vn, tl.trans(ds), PREC)
+        dw -= dot(dvn, tl.trans(s), PREC)
+        sds += tl.sum(s * ds, 1)
+        y = dot(tl.trans(x), dvn, PREC)  # [BT, BV] = Xᵀ dU
+        store_tile(dv, y * bt[:, None], rows, valid, h, H, V, BV, v0)
+        db += tl.sum(y * vt, 1)
+        dx += dot(dvn, tl.trans(vt * bt[:, None]), PREC)
+    qt = load_tile(q, rows, valid, h, H, K, BK, 0)
+    kt = load_tile(k, rows, valid, h, H, K, BK, 0)
+    gt = gate_tile(G, rows, valid, h, H, K, GATE, BT, BK)
+    last = (t_end - 1).to(tl.int64)
+    gl = gate_row(G, last, h, H, K, GATE, BK)  # [1, BK] or [1, 1]
+    eg = tl.exp(gt)
+    kg = kt * eg  # [BT, BK]
+    y2 = dot(tl.trans(x), dw, PREC)  # Xᵀ dW
+    dkg = y2 * bt[:, None]
+    db += tl.sum(y2 * kg, 1)
+    dx += dot(dw, tl.trans(kg * bt[:, None]), PREC)
+    da = -dot(dot(tl.trans(x), dx, PREC), tl.trans(x), PREC)
+    da = tl.where((ii[:, None] > ii[None, :]) & valid[:, None] & valid[None, :], da, 0.0)
+    dm = tl.where((ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :], dm * scale, 0.0)
+    dq_s = dq_s * scale * eg
+    dk_d = dkd * masked_exp(gl - gt, valid[:, None])
+    dk_g = dkg * eg
+    store_tile(dq, dq_s, rows, valid, h, H, K, BK, 0)
+    store_tile(dk, dk_g + dk_d, rows, valid, h, H, K, BK, 0)
+    tl.store(dbeta + rows * H + h, db, mask=valid)
+    store_tile(dM, dm, rows, valid, h, H, BT, BT, 0)
+    store_tile(dA, da, rows, valid, h, H, BT, BT, 0)
+    if GATE > 0:
+        dg = qt * dq_s + kt * dk_g - kt * dk_d  # [BT, BK]
+        tail = tl.sum(kt * dk_d, 0)[None, :] + tl.exp(gl) * sds[None, :]  # [1, BK]
+        dg += tl.where((rows == last)[:, None], tail, 0.0)
+        if GATE == 2:
+            store_tile(dG, dg, rows, valid, h, H, K, BK, 0)
+        else:
+            tl.store(dG + rows * H + h, tl.sum(dg, 1), mask=valid)
+
+
+@triton.jit
+def finish_rows(
+    dq, dk, dbeta, dG, rows, valid, h, H, K, qt, kt,
+    dq_m, dk_r, dk_c, db_a, GATE: tl.constexpr, BK: tl.constexpr,
+):
+    """Add the intra-chunk terms to the partials of main_bwd_kernel and store them in place.
+
+    dq_m: from M (query side), dk_r / dk_c: key as row / column of M and P, db_a: from P."""
+    dq_t = load_tile(dq, rows, valid, h, H, K, BK, 0) + dq_m
+    store_tile(dq, dq_t, rows, valid, h, H, K, BK, 0)
+    dk_t = load_tile(dk, rows, valid, h, H, K, BK, 0) + dk_r + dk_c
+    store_tile(dk, dk_t, rows, valid, h, H, K, BK, 0)
+    tl.store(dbeta + rows * H + h, load_vec(dbeta, rows, valid, h, H) + db_a, mask=valid)
+    if GATE == 2:
+        dg = load_tile(dG, rows, valid, h, H, K, BK, 0) + qt * dq_m + kt * (dk_r - dk_c)
+        store_tile(dG, dg, rows, valid, h, H, K, BK, 0)
+    elif GATE == 1:
+        dg = load_vec(dG, rows, valid, h, H) + tl.sum(qt * dq_m + kt * (dk_r - dk_c), 1)
+        tl.store(dG + rows * H + h, dg, mask=valid)
+
+
+@triton.jit
+def intra_bwd_dense_kernel(
+    q, k, beta, G, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
+    GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+):
+    """No gate or scalar gate: back through M = lower(Q Kᵀ ⊙ D) and A = diag(β) strictly_lower(K Kᵀ ⊙ D)."""
+    i_c, h = tl.program_id(0), tl.program_id(1)
+    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = t0.to(tl.int64) + tl.arange(0, BT)
+    valid = rows < t_end
+    ii = tl.arange(0, BT)
+    qt = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BT, BK]
+    kt = load_tile(k, rows, valid, h, H, K, BK, 0)
+    bt = load_vec(beta, rows, valid, h, H)  # [BT]
+    keep = (ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :]
+    if GATE == 1:
+        gv = load_vec(G, rows, valid, h, H)
+        decay = masked_exp(gv[:, None] - gv[None, :], keep)  # [BT, BT]
+    else:
+        decay = tl.where(keep, 1.0, 0.0)
+    da = load_tile(dA, rows, valid, h, H, BT, BT, 0)  # [BT, BT], strictly lower
+    dmd = load_tile(dM, rows, valid, h, H, BT, BT, 0) * decay
+    dpd = da * bt[:, None] * decay
+    p = dot(kt, tl.trans(kt), PREC) * decay
+    dq_m = dot(dmd, kt, PREC)
+    dk_r = dot(dpd, kt, PREC)
+    dk_c = dot(tl.trans(dmd), qt, PREC) + dot(tl.trans(dpd), kt, PREC)
+    finish_rows(dq, dk, dbeta, dG, rows, valid, h, H, K, qt, kt, dq_m, dk_r, dk_c, tl.sum(da * p, 1), GATE, BK)
+
+
+@triton.jit
+def intra_bwd_channel_kernel(
+    q, k, beta, G, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+):
+    """Per-channel gate, one sub-chunk a of BC rows per program: its rows of dQ, dK (as row of
+    M and P against sub-chunks b ≤ a, as column against sub-chunks c ≥ a) and dβ."""
+    i_s, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    r0 = t0 + i_s * BC
+    rows = r0.to(tl.int64) + tl.arange(0, BC)
+    valid = rows < t_end
+    ci = tl.arange(0, BC)
+    qa = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BC, BK]
+    ka = load_tile(k, rows, valid, h, H, K, BK, 0)
+    ga = load_tile(G, rows, valid, h, H, K, BK, 0)
+    ba = load_vec(beta, rows, valid, h, H)  # [BC]
+    ref = gate_row(G, tl.minimum(r0, t_end - 1).to(tl.int64), h, H, K, 2, BK)  # [1, BK]
+    ea = masked_exp(ga - ref, valid[:, None])  # [BC, BK]
+    dq_m = tl.zeros([BC, BK], dtype=tl.float32)
+    dk_r = tl.zeros([BC, BK], dtype=tl.float32)
+    dk_c = tl.zeros([BC, BK], dtype=tl.float32)
+    db = tl.zeros([BC], dtype=tl.float32)
+    for b in range(0, i_s):  # blocks left of the diagonal: a is the row
+        rb = t0.to(tl.int64) + b * BC + ci
+        vb = rb < t_end
+        kb = load_tile(k, rb, vb, h, H, K, BK, 0) * masked_exp(ref - load_tile(G, rb, vb, h, H, K, BK, 0), vb[:, None])
+        dm_ab = load_tile(dM, rows, valid, h, H, BT, BC, b * BC)  # [BC, BC]
+        da_ab = load_tile(dA, rows, valid, h, H, BT, BC, b * BC)
+        dq_m += dot(dm_ab, kb, PREC)
+        dk_r += dot(da_ab * ba[:, None], kb, PREC)
+        db += tl.sum(da_ab * dot(ka * ea, tl.trans(kb), PREC), 1)
+    dq_m *= ea
+    dk_r *= ea
+    n_sub = tl.cdiv(t_end - t0, BC)
+    for c in range(i_s + 1, n_sub):  # blocks below the diagonal: a is the column
+        r_c = t0 + c * BC
+        rc = r_c.to(tl.int64) + ci
+        vc = rc < t_end
+        ref_c = gate_row(G, r_c.to(tl.int64), h, H, K, 2, BK)
+        ec = masked_exp(load_tile(G, rc, vc, h, H, K, BK, 0) - ref_c, vc[:, None])  # [BC, BK]
+        qc = load_tile(q, rc, vc, h, H, K, BK, 0) * ec
+        kc = load_tile(k, rc, vc, h, H, K, BK, 0) * ec
+        dm_ca = load_tile(dM, rc, vc, h, H, BT, BC, i_s * BC)  # [BC, BC]
+        dp_ca = load_tile(dA, rc, vc, h, H, BT, BC, i_s * BC) * load_vec(beta, rc, vc, h, H)[:, None]
+        back = dot(tl.trans(dm_ca), qc, PREC) + dot(tl.trans(dp_ca), kc, PREC)  # [BC, BK]
+        dk_c += back * masked_exp(ref_c - ga, valid[:, None])
+    dm_aa = load_tile(dM, rows, valid, h, H, BT, BC, i_s * BC)  # diagonal block, exact
+    da_aa = load_tile(dA, rows, valid, h, H, BT, BC, i_s * BC)
+    cols = tl.arange(0, BK)
+    for j in range(0, BC):
+        rj = r0.to(tl.int64) + j
+        jm = (cols < K) & ((rj + cols * 0) < t_end)  # [BK]
+        kj = tl.load(k + (rj * H + h) * K + cols, mask=jm, other=0.0).to(tl.float32)
+        gj = tl.load(G + (rj * H + h) * K + cols, mask=jm, other=0.0)
+        e = masked_exp(ga - gj[None, :], valid[:, None] & (ci[:, None] >= j) & jm[None, :])  # [BC, BK]
+        dm_col = tl.sum(tl.where(ci[None, :] == j, dm_aa, 0.0), 1)  # [BC]: dM[:, j]
+        da_col = tl.sum(tl.where(ci[None, :] == j, da_aa, 0.0), 1)
+        dp_col = da_col * ba
+        dq_m += dm_col[:, None] * kj[None, :] * e
+        dk_r += dp_col[:, None] * kj[None, :] * e
+        db += da_col * tl.sum(ka * kj[None, :] * e, 1)
+        col_j = tl.sum((dm_col[:, None] * qa + dp_col[:, None] * ka) * e, 0)  # [BK]
+        dk_c += tl.where(ci[:, None] == j, col_j[None, :], 0.0)
+    finish_rows(dq, dk, dbeta, dG, rows, valid, h, H, K, qa, ka, dq_m, dk_r, dk_c, db, 2, BK)

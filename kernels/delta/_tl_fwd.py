@@ -1,0 +1,176 @@
+"""Forward Triton kernels of the chunked gated delta rule (see README.md for the math).
+
+intra (dense or per channel) -> M, A;  solve -> X = (I + A)^{-1}, W, U;
+state pass -> S_0 per chunk and pseudo-values Ṽ;  output -> O.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._tl_common import (
+    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_tile, load_vec, masked_exp,
+    state_tile, store_tile,
+)
+
+
+@triton.jit
+def intra_dense_kernel(
+    q, k, beta, G, M, A, chunk_seq, cu, chunk_off, H, K,
+    GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+):
+    """No gate or scalar gate: M = lower(Q Kᵀ ⊙ D), A = strictly_lower(diag(β) K Kᵀ ⊙ D)."""
+    i_c, h = tl.program_id(0), tl.program_id(1)
+    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = t0.to(tl.int64) + tl.arange(0, BT)
+    valid = rows < t_end
+    ii = tl.arange(0, BT)
+    qt = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BT, BK]
+    kt = load_tile(k, rows, valid, h, H, K, BK, 0)  # [BT, BK]
+    bt = load_vec(beta, rows, valid, h, H)  # [BT]
+    keep = (ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
+    if GATE == 1:
+        gv = load_vec(G, rows, valid, h, H)  # [BT]
+        decay = masked_exp(gv[:, None] - gv[None, :], keep)  # [BT, BT]
+    else:
+        decay = tl.where(keep, 1.0, 0.0)
+    m = dot(qt, tl.trans(kt), PREC) * decay  # [BT, BT]
+    a = dot(kt, tl.trans(kt), PREC) * decay * bt[:, None]
+    a = tl.where(ii[:, None] > ii[None, :], a, 0.0)
+    store_tile(M, m, rows, valid, h, H, BT, BT, 0)
+    store_tile(A, a, rows, valid, h, H, BT, BT, 0)
+
+
+@triton.jit
+def intra_channel_kernel(
+    q, k, beta, G, M, A, chunk_seq, cu, chunk_off, H, K,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+):
+    """Per-channel gate, one sub-chunk of BC rows per program.
+
+    Blocks left of the diagonal use the gate at the sub-chunk's first row as reference, so both
+    factors exp(G_i − ref) and exp(ref − G_j) are ≤ 1; the diagonal block is exact, column by
+    column.
+    """
+    i_s, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    r0 = t0 + i_s * BC
+    rows = r0.to(tl.int64) + tl.arange(0, BC)
+    valid = rows < t_end
+    ci = tl.arange(0, BC)
+    qa = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BC, BK]
+    ka = load_tile(k, rows, valid, h, H, K, BK, 0)
+    ga = load_tile(G, rows, valid, h, H, K, BK, 0)
+    ba = load_vec(beta, rows, valid, h, H)  # [BC]
+    ref = gate_row(G, tl.minimum(r0, t_end - 1).to(tl.int64), h, H, K, 2, BK)  # [1, BK]
+    ea = masked_exp(ga - ref, valid[:, None])  # [BC, BK]
+    qs, ks = qa * ea, ka * ea
+    for b in range(0, i_s):
+        rb = t0.to(tl.int64) + b * BC + ci
+        vb = rb < t_end
+        kb = load_tile(k, rb, vb, h, H, K, BK, 0) * masked_exp(ref - load_tile(G, rb, vb, h, H, K, BK, 0), vb[:, None])
+        store_tile(M, dot(qs, tl.trans(kb), PREC), rows, valid, h, H, BT, BC, b * BC)
+        store_tile(A, dot(ks, tl.trans(kb), PREC) * ba[:, None], rows, valid, h, H, BT, BC, b * BC)
+    m_d = tl.zeros([BC, BC], dtype=tl.float32)
+    p_d = tl.zeros([BC, BC], dtype=tl.float32)
+    cols = tl.arange(0, BK)
+    for j in range(0, BC):
+        rj = r0.to(tl.int64) + j
+        jm = (cols < K) & ((rj + cols * 0) < t_end)  # [BK]: column j exists
+        kj = tl.load(k + (rj * H + h) * K + cols, mask=jm, other=0.0).to(tl.float32)
+        gj = tl.load(G + (rj * H + h) * K + cols, mask=jm, other=0.0)
+        e = masked_exp(ga - gj[None, :], valid[:, None] & (ci[:, None] >= j) & jm[None, :])  # [BC, BK]
+        m_col = tl.sum(qa * kj[None, :] * e, 1)  # [BC]
+        p_col = tl.sum(ka * kj[None, :] * e, 1)
+        m_d = tl.where(ci[None, :] == j, m_col[:, None], m_d)
+        p_d = tl.where((ci[None, :] == j) & (ci[:, None] > j), p_col[:, None], p_d)
+    store_tile(M, m_d, rows, valid, h, H, BT, BC, i_s * BC)
+    store_tile(A, p_d * ba[:, None], rows, valid, h, H, BT, BC, i_s * BC)
+
+
+@triton.jit
+def solve_kernel(
+    k, v, beta, G, A, X, W, U, chunk_seq, cu, chunk_off, H, K, V,
+    SOLVE: tl.constexpr, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """X = (I + A)^{-1} by forward substitution (or loaded when SOLVE is off), then
+    W = X diag(β) (K ⊙ e^G) and U = X diag(β) V."""
+    i_c, h = tl.program_id(0), tl.program_id(1)
+    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = t0.to(tl.int64) + tl.arange(0, BT)
+    valid = rows < t_end
+    ii = tl.arange(0, BT)
+    if SOLVE:
+        a = load_tile(A, rows, valid, h, H, BT, BT, 0)  # [BT, BT], strictly lower
+        low = tl.zeros([BT, BT], dtype=tl.float32)  # X − I, filled row by row
+        for r in range(1, BT):
+            b_row = -tl.sum(tl.where(ii[:, None] == r, a, 0.0), 0)  # [BT]: −A[r, :]
+            new = b_row + tl.sum(b_row[:, None] * low, 0)  # −A_r − Σ_j A_rj (X − I)_j
+            low = tl.where(ii[:, None] == r, new[None, :], low)
+        x = low + tl.where(ii[:, None] == ii[None, :], 1.0, 0.0)
+        store_tile(X, x, rows, valid, h, H, BT, BT, 0)
+    else:
+        x = load_tile(X, rows, valid, h, H, BT, BT, 0)
+    bt = load_vec(beta, rows, valid, h, H)[:, None]  # [BT, 1]
+    kg = load_tile(k, rows, valid, h, H, K, BK, 0) * tl.exp(gate_tile(G, rows, valid, h, H, K, GATE, BT, BK))
+    store_tile(W, dot(x, kg * bt, PREC), rows, valid, h, H, K, BK, 0)
+    for v0 in range(0, V, BV):
+        vt = load_tile(v, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+        store_tile(U, dot(x, vt * bt, PREC), rows, valid, h, H, V, BV, v0)
+
+
+@triton.jit
+def state_fwd_kernel(
+    k, G, W, U, VN, HS, h0, ht, cu, chunk_off, H, K, V,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, GATE: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Walk the chunks of one sequence and head: store S_0 of each chunk, Ṽ = U − W S_0, and
+    S_C = diag(e^{G_last}) S_0 + (K ⊙ e^{G_last − G})ᵀ Ṽ."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    n, h = i_nh // H, i_nh % H
+    bos, eos = tl.load(cu + n), tl.load(cu + n + 1)
+    c_base = tl.load(chunk_off + n)
+    v0 = i_v * BV
+    s = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        p, msk = state_tile(h0, n, h, H, K, V, BK, BV, v0)
+        s = tl.load(p, mask=msk, other=0.0).to(tl.float32)
+    for c in range(0, tl.cdiv(eos - bos, BT)):
+        t0 = bos + c * BT
+        t_end = tl.minimum(t0 + BT, eos)
+        rows = t0.to(tl.int64) + tl.arange(0, BT)
+        valid = rows < t_end
+        p, msk = state_tile(HS, c_base + c, h, H, K, V, BK, BV, v0)
+        tl.store(p, s, mask=msk)
+        wt = load_tile(W, rows, valid, h, H, K, BK, 0)  # [BT, BK]
+        vn = load_tile(U, rows, valid, h, H, V, BV, v0) - dot(wt, s, PREC)  # [BT, BV]
+        store_tile(VN, vn, rows, valid, h, H, V, BV, v0)
+        last = (t_end - 1).to(tl.int64)
+        gt = gate_tile(G, rows, valid, h, H, K, GATE, BT, BK)
+        kd = load_tile(k, rows, valid, h, H, K, BK, 0) * masked_exp(gate_row(G, last, h, H, K, GATE, BK) - gt, valid[:, None])
+        s = s * tl.exp(gate_col(G, last, h, H, K, GATE, BK)) + dot(tl.trans(kd), vn, PREC)
+    if STORE_HT:
+        p, msk = state_tile(ht, n, h, H, K, V, BK, BV, v0)
+        tl.store(p, s, mask=msk)
+
+
+@triton.jit
+def output_kernel(
+    q, G, M, VN, HS, o, chunk_seq, cu, chunk_off, scale, H, K, V,
+    GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """O = scale · [(Q ⊙ e^G) S_0 + M Ṽ] for one chunk and one block of value columns."""
+    i_v, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = t0.to(tl.int64) + tl.arange(0, BT)
+    valid = rows < t_end
+    v0 = i_v * BV
+    qg = load_tile(q, rows, valid, h, H, K, BK, 0) * tl.exp(gate_tile(G, rows, valid, h, H, K, GATE, BT, BK))
+    p, msk = state_tile(HS, i_c, h, H, K, V, BK, BV, v0)
+    s = tl.load(p, mask=msk, other=0.0)  # [BK, BV]
+    m = load_tile(M, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
+    vn = load_tile(VN, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+    out = scale * (dot(qg, s, PREC) + dot(m, vn, PREC))
+    store_tile(o, out, rows, valid, h, H, V, BV, v0)

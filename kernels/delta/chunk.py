@@ -1,0 +1,237 @@
+"""Triton chunked gated delta rule, forward and backward (``torch.autograd.Function``).
+
+Forward: in-chunk gate cumsum -> intra-chunk products (M, A) -> UT transform by forward
+substitution (X = (I + A)^{-1}, W, U) -> sequential state pass over chunks (S_0 per chunk,
+pseudo-values Ṽ) -> outputs. Backward recomputes W, U, S_0 and Ṽ from the saved X, walks the
+chunks backwards for dS, then forms all input gradients chunk-parallel. Accumulation and state
+are float32 whatever the input dtype. See README.md for the formulas.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from . import _tl_bwd as bwd
+from . import _tl_fwd as fwd
+from ._common import Result, Tensor, check_inputs, gate_mode
+from ._tl_common import chunk_cumsum_kernel
+
+BT = 64  # chunk length
+BC = 16  # sub-chunk length for per-channel gates
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Packed layout of a batch: sequence bounds, chunk table and block sizes."""
+
+    cu: Tensor  # [N+1] int32 token offsets
+    chunk_off: Tensor  # [N+1] int32 first global chunk of each sequence
+    chunk_seq: Tensor  # [NC] int32 sequence of each global chunk
+    n_seq: int
+    n_chunks: int
+    heads: int
+    dk: int
+    dv: int
+    bk: int
+    bv: int
+    gate: int
+    prec: str
+
+
+def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None) -> Plan:
+    """Build the chunk table (one host sync on cu_seqlens) and pick block sizes."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    if dk > 256:
+        raise ValueError(f"chunk_delta_rule supports K <= 256; got K={dk}")
+    if cu_seqlens is None:
+        lens = [t] * b
+    else:
+        bounds = cu_seqlens.tolist()
+        lens = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    counts = [-(-n // BT) for n in lens]
+    dev = q.device
+    cu = torch.tensor([0] + lens, device=dev, dtype=torch.int64).cumsum(0).to(torch.int32)
+    chunk_off = torch.tensor([0] + counts, device=dev, dtype=torch.int64).cumsum(0).to(torch.int32)
+    seq_of = [i for i, c in enumerate(counts) for _ in range(c)]
+    chunk_seq = torch.tensor(seq_of, device=dev, dtype=torch.int32)
+    bk = max(16, triton.next_power_of_2(dk))
+    bv = min(64, max(16, triton.next_power_of_2(dv)))
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    return Plan(cu, chunk_off, chunk_seq, len(lens), sum(counts), h, dk, dv, bk, bv, gate_mode(g), prec)
+
+
+def gate_cumsum(g: Tensor, plan: Plan, reverse: bool = False) -> Tensor:
+    """In-chunk (reverse) cumulative sum of a packed gate [TT, H(, K)] in float32."""
+    out = torch.empty(g.shape, device=g.device, dtype=torch.float32)
+    if plan.n_chunks:
+        chunk_cumsum_kernel[(plan.n_chunks, plan.heads)](
+            g, out, plan.chunk_seq, plan.cu, plan.chunk_off, plan.heads, plan.dk,
+            GATE=plan.gate, REVERSE=reverse, BT=BT, BK=plan.bk,
+        )
+    return out
+
+
+def intra(q: Tensor, k: Tensor, beta: Tensor, gc: Tensor, plan: Plan) -> tuple[Tensor, Tensor]:
+    """M = lower(Q Kᵀ ⊙ D) and A = strictly_lower(diag(β) K Kᵀ ⊙ D): [TT, H, BT] each."""
+    m = q.new_zeros(q.shape[0], plan.heads, BT, dtype=torch.float32)
+    a = torch.zeros_like(m)
+    args = (q, k, beta, gc, m, a, plan.chunk_seq, plan.cu, plan.chunk_off, plan.heads, plan.dk)
+    if plan.gate == 2:
+        fwd.intra_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
+            *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec, num_warps=4,
+        )
+    else:
+        fwd.intra_dense_kernel[(plan.n_chunks, plan.heads)](
+            *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec, num_warps=4,
+        )
+    return m, a
+
+
+def solve_wu(
+    k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, a: Tensor | None, x: Tensor | None, plan: Plan
+) -> tuple[Tensor, Tensor, Tensor]:
+    """X = (I + A)^{-1} (solved when ``a`` is given, else taken from ``x``), W and U (float32)."""
+    tt = k.shape[0]
+    solve = a is not None
+    x = torch.empty(tt, plan.heads, BT, device=k.device, dtype=torch.float32) if solve else x
+    w = torch.empty(tt, plan.heads, plan.dk, device=k.device, dtype=torch.float32)
+    u = torch.empty(tt, plan.heads, plan.dv, device=k.device, dtype=torch.float32)
+    fwd.solve_kernel[(plan.n_chunks, plan.heads)](
+        k, v, beta, gc, a if solve else x, x, w, u, plan.chunk_seq, plan.cu, plan.chunk_off,
+        plan.heads, plan.dk, plan.dv, SOLVE=solve, GATE=plan.gate, BT=BT, BK=plan.bk,
+        BV=plan.bv, PREC=plan.prec, num_warps=4,
+    )
+    return x, w, u
+
+
+def state_forward(
+    k: Tensor, gc: Tensor, w: Tensor, u: Tensor, h0: Tensor | None, want_ht: bool, plan: Plan
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Chunk-start states [NC, H, K, V], pseudo-values Ṽ [TT, H, V] and the final state."""
+    hs = k.new_empty(plan.n_chunks, plan.heads, plan.dk, plan.dv, dtype=torch.float32)
+    vn = torch.empty_like(u)
+    ht = k.new_empty(plan.n_seq, plan.heads, plan.dk, plan.dv, dtype=torch.float32) if want_ht else None
+    grid = (triton.cdiv(plan.dv, plan.bv), plan.n_seq * plan.heads)
+    fwd.state_fwd_kernel[grid](
+        k, gc, w, u, vn, hs, h0 if h0 is not None else hs, ht if want_ht else hs, plan.cu,
+        plan.chunk_off, plan.heads, plan.dk, plan.dv, HAS_H0=h0 is not None, STORE_HT=want_ht,
+        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec, num_warps=4,
+    )
+    return hs, vn, ht
+
+
+def forward_packed(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, scale: float,
+    h0: Tensor | None, want_ht: bool, plan: Plan,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Packed forward: returns o [TT, H, V], final state, X and M (saved for the backward)."""
+    m, a = intra(q, k, beta, gc, plan)
+    x, w, u = solve_wu(k, v, beta, gc, a, None, plan)
+    hs, vn, ht = state_forward(k, gc, w, u, h0, want_ht, plan)
+    o = torch.empty_like(v)
+    grid = (triton.cdiv(plan.dv, plan.bv), plan.n_chunks, plan.heads)
+    fwd.output_kernel[grid](
+        q, gc, m, vn, hs, o, plan.chunk_seq, plan.cu, plan.chunk_off, scale, plan.heads,
+        plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec, num_warps=4,
+    )
+    return o, ht, x, m
+
+
+def backward_packed(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, x: Tensor, m: Tensor,
+    h0: Tensor | None, do: Tensor, dht: Tensor | None, scale: float, plan: Plan,
+) -> tuple[Tensor, ...]:
+    """Packed backward: dq, dk, dv, dβ, dG (per token, before the reverse cumsum) and dS_init."""
+    _, w, u = solve_wu(k, v, beta, gc, None, x, plan)
+    hs, vn, _ = state_forward(k, gc, w, u, h0, False, plan)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dhs = torch.empty_like(hs)
+    dvn = torch.empty_like(vn)
+    dh0 = torch.empty(plan.n_seq, plan.heads, plan.dk, plan.dv, **f32)
+    grid = (triton.cdiv(plan.dv, plan.bv), plan.n_seq * plan.heads)
+    bwd.state_bwd_kernel[grid](
+        q, k, gc, w, m, do, dvn, dhs, dht if dht is not None else dh0, dh0, plan.cu,
+        plan.chunk_off, scale, plan.heads, plan.dk, plan.dv, HAS_DHT=dht is not None,
+        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec, num_warps=4,
+    )
+    dq, dk = torch.empty(q.shape, **f32), torch.empty(k.shape, **f32)
+    dv, db = torch.empty_like(v), torch.empty(beta.shape, **f32)
+    dg = torch.zeros(gc.shape, **f32) if plan.gate else dq
+    dm, da = torch.empty_like(m), torch.empty_like(m)
+    common = (plan.chunk_seq, plan.cu, plan.chunk_off)
+    bwd.main_bwd_kernel[(plan.n_chunks, plan.heads)](
+        q, k, v, beta, gc, x, vn, dvn, hs, dhs, do, dq, dk, dv, db, dg, dm, da, *common,
+        scale, plan.heads, plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv,
+        PREC=plan.prec, num_warps=8,
+    )
+    args = (q, k, beta, gc, dm, da, dq, dk, db, dg, *common, plan.heads, plan.dk)
+    if plan.gate == 2:
+        bwd.intra_bwd_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
+            *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec, num_warps=4,
+        )
+    else:
+        bwd.intra_bwd_dense_kernel[(plan.n_chunks, plan.heads)](
+            *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec, num_warps=4,
+        )
+    return dq, dk, dv, db, dg, dh0
+
+
+def _pack(x: Tensor) -> Tensor:
+    """[B, T, H, ...] -> contiguous [B*T, H, ...]."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]).contiguous()
+
+
+class ChunkDeltaRule(torch.autograd.Function):
+    """Autograd wrapper around the packed Triton forward and backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens):  # type: ignore[override]
+        b, t = q.shape[:2]
+        plan = make_plan(q, v, g, cu_seqlens)
+        qp, kp, vp, bp = (_pack(x) for x in (q, k, v, beta))
+        gc = gate_cumsum(_pack(g), plan) if g is not None else qp.new_zeros(1, dtype=torch.float32)
+        h0 = initial_state.float().contiguous() if initial_state is not None else None
+        o, ht, x, m = forward_packed(qp, kp, vp, bp, gc, scale, h0, output_final_state, plan)
+        ctx.save_for_backward(qp, kp, vp, bp, gc, x, m, h0)
+        ctx.meta = (plan, scale, b, t, g.dtype if g is not None else None, initial_state is not None)
+        ctx.shapes = (q.dtype, k.dtype, beta.dtype, None if initial_state is None else initial_state.dtype)
+        return o.reshape(v.shape), ht
+
+    @staticmethod
+    def backward(ctx, do, dht):  # type: ignore[override]
+        qp, kp, vp, bp, gc, x, m, h0 = ctx.saved_tensors
+        plan, scale, b, t, g_dtype, has_h0 = ctx.meta
+        q_dtype, k_dtype, beta_dtype, h0_dtype = ctx.shapes
+        dht = dht.float().contiguous() if dht is not None else None
+        dq, dk, dv, db, dgt, dh0 = backward_packed(
+            qp, kp, vp, bp, gc, x, m, h0, _pack(do), dht, scale, plan
+        )
+        unpack = lambda y, dtype: y.reshape(b, t, *y.shape[1:]).to(dtype)  # noqa: E731
+        dg = unpack(gate_cumsum(dgt, plan, reverse=True), g_dtype) if g_dtype is not None else None
+        dh0 = dh0.to(h0_dtype) if has_h0 else None
+        return (unpack(dq, q_dtype), unpack(dk, k_dtype), unpack(dv, vp.dtype), unpack(db, beta_dtype),
+                dg, None, dh0, None, None)
+
+
+def chunk_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    g: Tensor | None = None,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
+) -> Result:
+    """Gated delta rule with Triton kernels; same contract as ``recurrent_delta_rule``.
+
+    Differentiable in q, k, v, beta, g and initial_state. Chunk length 64, K <= 256.
+    """
+    check_inputs(q, k, v, beta, g, initial_state, cu_seqlens)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    o, ht = ChunkDeltaRule.apply(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens)
+    return o, ht

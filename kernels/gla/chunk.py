@@ -1,0 +1,527 @@
+"""Gated linear attention in Triton: chunked forward and backward (see README.md for the math).
+
+Every batch is handled as packed variable-length sequences: ``[B, T, ...]`` becomes one
+``[B·T, H, D]`` stream with boundaries every ``T``. Chunks never cross a boundary; the chunk
+table (``chunk_seq``, ``chunk_start``) maps a program to its chunk, and ``chunk_first`` maps a
+sequence to its first chunk for the state-passing kernels.
+
+Forward: in-chunk cumulative log-gates ``b`` (fp32) → states entering each chunk ``h`` (one
+program per sequence, head and K/V tile, looping over chunks) → the intra-chunk score matrix
+``A`` (sub-chunks of 16 for stability) → ``o``. Backward recomputes ``h`` and ``A``, then runs the
+reverse state pass ``dh``, ``dA = scale · do vᵀ``, ``dv``, the intra-chunk ``dq, dk`` and finally
+the inter-chunk ``dq, dk`` together with ``dg`` (a reverse cumulative sum inside the chunk).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import check_inputs, default_scale, gate_per_channel
+
+SUB = 16  # sub-chunk size of the intra-chunk kernels
+
+
+@triton.jit
+def _chunk_info(chunk_seq, chunk_start, cu, i_c, C: tl.constexpr):
+    """Sequence id, first row, end row and the rows (with validity) of chunk ``i_c``."""
+    n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(chunk_start + i_c).to(tl.int64)
+    eos = tl.load(cu + n + 1).to(tl.int64)
+    rows = t0 + tl.arange(0, C)
+    return t0, eos, rows, rows < eos
+
+
+@triton.jit
+def _tile(ptr, rows, valid, cols, ncols, stride):
+    """Load ``ptr[rows, cols]`` (row stride ``stride``) as fp32, zero outside."""
+    mask = valid[:, None] & (cols[None, :] < ncols)
+    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row(ptr, row, lim, cols, ncols, stride):
+    """Load one row ``ptr[row, cols]`` as fp32, zero unless ``row < lim``."""
+    mask = (cols < ncols) & (row + cols * 0 < lim)  # a block mask (scalar & block is not portable)
+    return tl.load(ptr + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _cumsum_kernel(g, gc, chunk_seq, chunk_start, cu, H: tl.constexpr, K: tl.constexpr,
+                   C: tl.constexpr, BK: tl.constexpr):
+    """``gc[t] = Σ_{s in chunk, s <= t} g[s]`` in fp32; grid (chunks, heads, K tiles)."""
+    i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    cols = i_k * BK + tl.arange(0, BK)
+    x = _tile(g + i_h * K, rows, valid, cols, K, H * K)  # [C, BK]
+    y = tl.cumsum(x, axis=0)
+    mask = valid[:, None] & (cols[None, :] < K)
+    tl.store(gc + i_h * K + rows[:, None] * (H * K) + cols[None, :], y, mask=mask)
+
+
+@triton.jit
+def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: tl.constexpr,
+                      V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+    """States entering every chunk, ``h[c] : [K, V]``; grid (K tiles, V tiles, N · H)."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu + i_n).to(tl.int64)
+    eos = tl.load(cu + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_first + i_n).to(tl.int64)
+    ck = i_k * BK + tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    smask = (ck[:, None] < K) & (cv[None, :] < V)
+    soff = ck[:, None] * V + cv[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        S += tl.load(h0 + (i_n * H + i_h) * K * V + soff, mask=smask, other=0.0).to(tl.float32)
+    DT = k.dtype.element_ty
+    for i in range(0, tl.cdiv(eos - bos, C)):
+        tl.store(h + ((c0 + i) * H + i_h) * K * V + soff, S.to(h.dtype.element_ty), mask=smask)
+        rows = bos + i * C + tl.arange(0, C)
+        valid = rows < eos
+        last = tl.minimum(bos + i * C + C, eos) - 1
+        kt = _tile(k + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        vt = _tile(v + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        bl = _row(gc + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+        kd = kt * tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
+        S = S * tl.exp(bl)[:, None]
+        S += tl.dot(tl.trans(kd.to(DT)), vt.to(DT), input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht + (i_n * H + i_h) * K * V + soff, S, mask=smask)
+
+
+@triton.jit
+def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
+                  K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                  PREC: tl.constexpr):
+    """Rows of one sub-chunk of ``A = scale · [q_t · (k_j ⊙ e^{b_t − b_j})]_{j<=t}``.
+
+    Grid (chunks · C/BC, heads). Earlier sub-chunks: one matmul against the reference ``b`` at
+    the first row of this sub-chunk; its own diagonal block: element by element.
+    """
+    NS: tl.constexpr = C // BC
+    i_c, i_s, i_h = tl.program_id(0) // NS, tl.program_id(0) % NS, tl.program_id(1)
+    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    DT = q.dtype.element_ty
+    ri = tl.arange(0, BC)
+    cc = tl.arange(0, C)
+    first = t0 + i_s * BC
+    rows_i = first + ri
+    valid_i = rows_i < eos
+    before = (cc < i_s * BC) & valid
+    acc = tl.zeros([BC, C], dtype=tl.float32)
+    for kb in range(0, K, BK):
+        ck = kb + tl.arange(0, BK)
+        qi = _tile(q + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+        bi = _tile(gc + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+        bref = _row(gc + i_h * K, first, eos, ck, K, H * K)  # [BK]
+        ka = _tile(k + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
+        ba = _tile(gc + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
+        qr = qi * tl.exp(tl.where(valid_i[:, None], bi - bref[None, :], 0.0))
+        kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
+        acc += tl.dot(qr.to(DT), tl.trans(kr.to(DT)), input_precision=PREC)
+        for j in range(0, BC):
+            kj = _row(k + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
+            bj = _row(gc + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
+            keep = (ri >= j)[:, None] & valid_i[:, None]
+            e = tl.exp(tl.where(keep, bi - bj[None, :], 0.0))
+            col = tl.sum(tl.where(keep, qi * kj[None, :] * e, 0.0), axis=1)  # [BC]
+            acc += tl.where(cc[None, :] == i_s * BC + j, col[:, None], 0.0)
+    tl.store(A + i_h * C + rows_i[:, None] * (H * C) + cc[None, :], acc * scale,
+             mask=valid_i[:, None])
+
+
+@triton.jit
+def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
+                  K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                  BV: tl.constexpr, PREC: tl.constexpr):
+    """``o = scale · (q ⊙ e^{b}) h + A v``; grid (chunks, V tiles, heads)."""
+    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    DT = v.dtype.element_ty
+    cv = i_v * BV + tl.arange(0, BV)
+    cc = tl.arange(0, C)
+    acc = tl.zeros([C, BV], dtype=tl.float32)
+    for kb in range(0, K, BK):
+        ck = kb + tl.arange(0, BK)
+        qt = _tile(q + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        ht = _tile(h + (i_c * H + i_h) * K * V, ck, ck < K, cv, V, V)  # [BK, BV]
+        acc += tl.dot((qt * tl.exp(bt)).to(DT), ht.to(DT), input_precision=PREC)
+    acc *= scale
+    at = _tile(A + i_h * C, rows, valid, cc, C, H * C)  # [C, C]
+    vt = _tile(v + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+    acc += tl.dot(at.to(DT), vt.to(DT), input_precision=PREC)
+    tl.store(o + i_h * V + rows[:, None] * (H * V) + cv[None, :], acc.to(o.dtype.element_ty),
+             mask=valid[:, None] & (cv[None, :] < V))
+
+
+@triton.jit
+def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.constexpr,
+                      K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+                      PREC: tl.constexpr):
+    """Gradients of the states leaving every chunk, ``dh[c]``, in reverse; grid like the fwd."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu + i_n).to(tl.int64)
+    eos = tl.load(cu + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_first + i_n).to(tl.int64)
+    ck = i_k * BK + tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    smask = (ck[:, None] < K) & (cv[None, :] < V)
+    soff = ck[:, None] * V + cv[None, :]
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        dS += tl.load(dht + (i_n * H + i_h) * K * V + soff, mask=smask, other=0.0).to(tl.float32)
+    DT = q.dtype.element_ty
+    nc = tl.cdiv(eos - bos, C)
+    for r in range(0, nc):
+        i = nc - 1 - r
+        tl.store(dh + ((c0 + i) * H + i_h) * K * V + soff, dS.to(dh.dtype.element_ty), mask=smask)
+        rows = bos + i * C + tl.arange(0, C)
+        valid = rows < eos
+        last = tl.minimum(bos + i * C + C, eos) - 1
+        qt = _tile(q + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        dot_ = _tile(do + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        bl = _row(gc + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+        qd = qt * tl.exp(bt) * scale
+        dS = dS * tl.exp(bl)[:, None]
+        dS += tl.dot(tl.trans(qd.to(DT)), dot_.to(DT), input_precision=PREC)
+    if STORE_DH0:
+        tl.store(dh0 + (i_n * H + i_h) * K * V + soff, dS, mask=smask)
+
+
+@triton.jit
+def _bwd_dA_kernel(do, v, dA, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
+                   V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """``dA = scale · do vᵀ`` on and below the diagonal; grid (chunks, heads)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    DT = v.dtype.element_ty
+    cc = tl.arange(0, C)
+    acc = tl.zeros([C, C], dtype=tl.float32)
+    for vb in range(0, V, BV):
+        cv = vb + tl.arange(0, BV)
+        dot_ = _tile(do + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        vt = _tile(v + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        acc += tl.dot(dot_.to(DT), tl.trans(vt.to(DT)), input_precision=PREC)
+    acc = tl.where(cc[:, None] >= cc[None, :], acc * scale, 0.0)
+    tl.store(dA + i_h * C + rows[:, None] * (H * C) + cc[None, :], acc, mask=valid[:, None])
+
+
+@triton.jit
+def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.constexpr,
+                   K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, PREC: tl.constexpr):
+    """``dv = Aᵀ do + (k ⊙ e^{b_C − b}) dh``; grid (chunks, V tiles, heads)."""
+    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    DT = k.dtype.element_ty
+    cv = i_v * BV + tl.arange(0, BV)
+    cc = tl.arange(0, C)
+    last = tl.minimum(t0 + C, eos) - 1
+    at = _tile(A + i_h * C, rows, valid, cc, C, H * C)  # [C, C]
+    dot_ = _tile(do + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+    acc = tl.dot(tl.trans(at.to(DT)), dot_.to(DT), input_precision=PREC)  # [C, BV]
+    for kb in range(0, K, BK):
+        ck = kb + tl.arange(0, BK)
+        kt = _tile(k + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bl = _row(gc + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+        kd = kt * tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
+        dht = _tile(dh + (i_c * H + i_h) * K * V, ck, ck < K, cv, V, V)  # [BK, BV]
+        acc += tl.dot(kd.to(DT), dht.to(DT), input_precision=PREC)
+    tl.store(dv + i_h * V + rows[:, None] * (H * V) + cv[None, :], acc.to(dv.dtype.element_ty),
+             mask=valid[:, None] & (cv[None, :] < V))
+
+
+@triton.jit
+def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.constexpr,
+                      K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                      PREC: tl.constexpr):
+    """Intra-chunk ``dq, dk`` (fp32) of one sub-chunk; grid (chunks · C/BC, heads, K tiles).
+
+    ``dq_t = Σ_{j<=t} dA_tj k_j ⊙ e^{b_t − b_j}``, ``dk_j = Σ_{t>=j} dA_tj q_t ⊙ e^{b_t − b_j}``;
+    earlier (later) sub-chunks by one matmul against a reference ``b`` at this sub-chunk's first
+    (last) row, the diagonal block element by element.
+    """
+    NS: tl.constexpr = C // BC
+    i_c, i_s = tl.program_id(0) // NS, tl.program_id(0) % NS
+    i_h, i_k = tl.program_id(1), tl.program_id(2)
+    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    DT = q.dtype.element_ty
+    ri = tl.arange(0, BC)
+    cc = tl.arange(0, C)
+    ck = i_k * BK + tl.arange(0, BK)
+    first = t0 + i_s * BC
+    last = tl.minimum(first + BC, eos) - 1
+    rows_i = first + ri
+    valid_i = rows_i < eos
+    qi = _tile(q + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+    ki = _tile(k + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+    bi = _tile(gc + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+    # dq from earlier sub-chunks, reference at the first row of this one
+    before = (cc < i_s * BC) & valid
+    bref = _row(gc + i_h * K, first, eos, ck, K, H * K)  # [BK]
+    ka = _tile(k + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
+    ba = _tile(gc + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
+    kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
+    dAi = _tile(dA + i_h * C, rows_i, valid_i, cc, i_s * BC, H * C)  # [BC, C]
+    dqi = tl.dot(dAi.to(DT), kr.to(DT), input_precision=PREC)
+    dqi *= tl.exp(tl.where(valid_i[:, None], bi - bref[None, :], 0.0))
+    # dk from later sub-chunks, reference at the last row of this one
+    after = (cc >= (i_s + 1) * BC) & valid
+    rref = _row(gc + i_h * K, last, eos, ck, K, H * K)  # [BK]
+    qa = _tile(q + i_h * K, rows, after, ck, K, H * K)  # [C, BK]
+    ba2 = _tile(gc + i_h * K, rows, after, ck, K, H * K)  # [C, BK]
+    qr = qa * tl.exp(tl.where(after[:, None], ba2 - rref[None, :], 0.0))
+    dAc = _tile(dA + i_h * C + i_s * BC, rows, after, ri, BC, H * C)  # [C, BC]
+    dki = tl.dot(tl.trans(dAc.to(DT)), qr.to(DT), input_precision=PREC)
+    dki *= tl.exp(tl.where(valid_i[:, None], rref[None, :] - bi, 0.0))
+    # the diagonal block, element by element
+    for j in range(0, BC):
+        kj = _row(k + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
+        qj = _row(q + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
+        bj = _row(gc + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
+        dcol = tl.load(dA + i_h * C + rows_i * (H * C) + i_s * BC + j, mask=valid_i & (ri >= j),
+                       other=0.0)  # [BC] dA[t, j] for rows t of this sub-chunk
+        drow = tl.load(dA + i_h * C + (first + j) * (H * C) + i_s * BC + ri, mask=(ri <= j) & (first + j + ri * 0 < eos),
+                       other=0.0)  # [BC] dA[j, s] for columns s of this sub-chunk
+        low = (ri >= j)[:, None] & valid_i[:, None]
+        up = (ri <= j)[:, None] & valid_i[:, None]
+        dqi += dcol[:, None] * kj[None, :] * tl.exp(tl.where(low, bi - bj[None, :], 0.0))
+        dki += drow[:, None] * qj[None, :] * tl.exp(tl.where(up, bj[None, :] - bi, 0.0))
+    mask = valid_i[:, None] & (ck[None, :] < K)
+    off = i_h * K + rows_i[:, None] * (H * K) + ck[None, :]
+    tl.store(dq + off, dqi, mask=mask)
+    tl.store(dk + off, dki, mask=mask)
+
+
+@triton.jit
+def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start, cu, scale,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Add the state terms to ``dq, dk`` (fp32, in place) and write ``dg``; grid (chunks, K, H).
+
+    ``dq += scale e^{b} ⊙ (do hᵀ)``, ``dk += e^{b_C − b} ⊙ (v dhᵀ)``; ``db = q ⊙ dq − k ⊙ dk``,
+    ``dg_t = Σ_{s>=t} db_s + e^{b_C} ⊙ Σ_v (h ⊙ dh) + Σ_j k_j ⊙ dk_j^{state}``.
+    """
+    i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    DT = q.dtype.element_ty
+    ck = i_k * BK + tl.arange(0, BK)
+    last = tl.minimum(t0 + C, eos) - 1
+    dq_s = tl.zeros([C, BK], dtype=tl.float32)
+    dk_s = tl.zeros([C, BK], dtype=tl.float32)
+    hdh = tl.zeros([BK], dtype=tl.float32)
+    for vb in range(0, V, BV):
+        cv = vb + tl.arange(0, BV)
+        dot_ = _tile(do + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        vt = _tile(v + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        ht = _tile(h + (i_c * H + i_h) * K * V, ck, ck < K, cv, V, V)  # [BK, BV]
+        dht = _tile(dh + (i_c * H + i_h) * K * V, ck, ck < K, cv, V, V)  # [BK, BV]
+        dq_s += tl.dot(dot_.to(DT), tl.trans(ht.to(DT)), input_precision=PREC)
+        dk_s += tl.dot(vt.to(DT), tl.trans(dht.to(DT)), input_precision=PREC)
+        hdh += tl.sum(ht * dht, axis=1)
+    qt = _tile(q + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+    kt = _tile(k + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+    bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+    bl = _row(gc + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+    mask = valid[:, None] & (ck[None, :] < K)
+    off = i_h * K + rows[:, None] * (H * K) + ck[None, :]
+    dq_s *= scale * tl.exp(bt)
+    dk_s *= tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
+    dqt = tl.load(dq + off, mask=mask, other=0.0) + dq_s
+    dkt = tl.load(dk + off, mask=mask, other=0.0) + dk_s
+    db = qt * dqt - kt * dkt  # [C, BK]
+    extra = tl.exp(bl) * hdh + tl.sum(kt * dk_s, axis=0)  # [BK]
+    dgt = tl.sum(db, axis=0)[None, :] - tl.cumsum(db, axis=0) + db + extra[None, :]
+    tl.store(dq + off, dqt, mask=mask)
+    tl.store(dk + off, dkt, mask=mask)
+    tl.store(dg + off, dgt, mask=mask)
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def _block(d: int) -> int:
+    """Tile size for a head dimension: a power of two in [16, 64]."""
+    return max(16, min(64, triton.next_power_of_2(d)))
+
+
+def _chunk_table(cu: Tensor, C: int, fixed: tuple[int, int] | None) -> tuple[Tensor, ...]:
+    """``(chunk_seq, chunk_start, chunk_first)`` for sequences bounded by ``cu``.
+
+    ``fixed = (B, T)`` builds the table on the device without a host sync.
+    """
+    dev = cu.device
+    if fixed is not None:
+        B, T = fixed
+        nt = triton.cdiv(T, C)
+        idx = torch.arange(B * nt, device=dev)
+        seq = idx // nt  # [B · nt]
+        start = seq * T + (idx % nt) * C  # [B · nt]
+        first = torch.arange(B, device=dev) * nt  # [B]
+        return seq.to(torch.int32), start.to(torch.int64), first.to(torch.int64)
+    bounds = cu.tolist()
+    seq, start, first = [], [], []
+    for n, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
+        first.append(len(seq))
+        for t in range(bos, eos, C):
+            seq.append(n)
+            start.append(t)
+    return (torch.tensor(seq, dtype=torch.int32, device=dev),
+            torch.tensor(start, dtype=torch.int64, device=dev),
+            torch.tensor(first, dtype=torch.int64, device=dev))
+
+
+class _Meta:
+    """Shapes, tiles and the chunk table shared by the forward and backward launches."""
+
+    def __init__(self, q: Tensor, v: Tensor, cu: Tensor, table: tuple[Tensor, ...], C: int,
+                 scale: float) -> None:
+        self.TT, self.H, self.K = q.shape
+        self.V = v.shape[-1]
+        self.N = cu.numel() - 1
+        self.cu = cu
+        self.seq, self.start, self.first = table
+        self.NC = self.seq.numel()
+        self.C, self.scale = C, scale
+        self.BK, self.BV = _block(self.K), _block(self.V)
+        self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        self.state_dtype = torch.float32 if q.dtype == torch.float32 else q.dtype
+
+    def state_grid(self) -> tuple[int, int, int]:
+        return triton.cdiv(self.K, self.BK), triton.cdiv(self.V, self.BV), self.N * self.H
+
+
+def _gate_cumsum(g: Tensor, m: _Meta) -> Tensor:
+    """In-chunk cumulative log-gates, fp32 ``[TT, H, K]``."""
+    gc = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=g.device)
+    grid = (m.NC, m.H, triton.cdiv(m.K, m.BK))
+    _cumsum_kernel[grid](g, gc, m.seq, m.start, m.cu, m.H, m.K, m.C, m.BK)
+    return gc
+
+
+def _states(k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, want_ht: bool,
+            m: _Meta) -> tuple[Tensor, Tensor | None]:
+    """States entering each chunk ``[NC, H, K, V]`` and the final states ``[N, H, K, V]``."""
+    h = torch.empty(m.NC, m.H, m.K, m.V, dtype=m.state_dtype, device=k.device)
+    ht = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=k.device) if want_ht else None
+    _fwd_state_kernel[m.state_grid()](k, v, gc, h, h0 if h0 is not None else h, ht if want_ht else h,
+                                      m.first, m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
+                                      h0 is not None, want_ht, m.prec)
+    return h, ht
+
+
+def _scores(q: Tensor, k: Tensor, gc: Tensor, m: _Meta) -> Tensor:
+    """Intra-chunk scores ``A: [TT, H, C]`` (fp32, scale included)."""
+    A = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
+    grid = (m.NC * (m.C // SUB), m.H)
+    _intra_kernel[grid](q, k, gc, A, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.C, SUB, m.BK,
+                        m.prec)
+    return A
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, want_ht: bool,
+             m: _Meta) -> tuple[Tensor, Tensor | None]:
+    """``o: [TT, H, V]`` and the final states."""
+    h, ht = _states(k, v, gc, h0, want_ht, m)
+    A = _scores(q, k, gc, m)
+    o = torch.empty_like(v)
+    grid = (m.NC, triton.cdiv(m.V, m.BV), m.H)
+    _fwd_o_kernel[grid](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V, m.C,
+                        m.BK, m.BV, m.prec)
+    return o, ht
+
+
+def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, do: Tensor,
+              dht: Tensor | None, m: _Meta) -> tuple[Tensor, ...]:
+    """``dq, dk, dv, dg`` (dq, dk, dg fp32) and ``dh0`` (or None), recomputing ``h`` and ``A``."""
+    h, _ = _states(k, v, gc, h0, False, m)
+    A = _scores(q, k, gc, m)
+    dh = torch.empty(m.NC, m.H, m.K, m.V, dtype=m.state_dtype, device=q.device)
+    dh0 = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=q.device)
+    _bwd_state_kernel[m.state_grid()](q, do, gc, dh, dht if dht is not None else dh, dh0, m.first,
+                                      m.cu, m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV,
+                                      dht is not None, h0 is not None, m.prec)
+    dA = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
+    _bwd_dA_kernel[(m.NC, m.H)](do, v, dA, m.seq, m.start, m.cu, m.scale, m.H, m.V, m.C, m.BV,
+                                m.prec)
+    dv = torch.empty_like(v)
+    _bwd_dv_kernel[(m.NC, triton.cdiv(m.V, m.BV), m.H)](k, gc, A, do, dh, dv, m.seq, m.start,
+                                                        m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
+                                                        m.prec)
+    dq = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=q.device)
+    dk = torch.empty_like(dq)
+    nk = triton.cdiv(m.K, m.BK)
+    _bwd_intra_kernel[(m.NC * (m.C // SUB), m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start, m.cu,
+                                                      m.H, m.K, m.C, SUB, m.BK, m.prec)
+    dg = torch.empty_like(dq)
+    _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dg, m.seq, m.start, m.cu,
+                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, m.prec)
+    return dq, dk, dv, dg, (dh0 if h0 is not None else None)
+
+
+class _ChunkGLA(torch.autograd.Function):
+    """Flattened ``[TT, H, D]`` inputs; forward and backward by the kernels above."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, h0: Tensor | None,
+                m: _Meta, want_ht: bool) -> tuple[Tensor, Tensor | None]:
+        gc = (_gate_cumsum(g, m) if g is not None
+              else torch.zeros(m.TT, m.H, m.K, dtype=torch.float32, device=q.device))
+        o, ht = _forward(q, k, v, gc, h0, want_ht, m)
+        ctx.save_for_backward(q, k, v, gc, h0)
+        ctx.m = m
+        ctx.g_dtype = None if g is None else g.dtype
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do: Tensor, dht: Tensor | None):
+        q, k, v, gc, h0 = ctx.saved_tensors
+        dht = None if dht is None else dht.float().contiguous()
+        dq, dk, dv, dg, dh0 = _backward(q, k, v, gc, h0, do.contiguous(), dht, ctx.m)
+        dg = None if ctx.g_dtype is None else dg.to(ctx.g_dtype)
+        dh0 = None if dh0 is None else dh0.to(h0.dtype)
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, dh0, None, None
+
+
+def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None,
+              scale: float | None = None, initial_state: Tensor | None = None,
+              output_final_state: bool = False, cu_seqlens: Tensor | None = None,
+              chunk_size: int = 64) -> tuple[Tensor, Tensor | None]:
+    """Gated linear attention by the Triton chunk kernels; contract of ``naive.recurrent_gla``.
+
+    Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``. ``chunk_size`` is 16, 32, 64
+    or 128. Scalar gates ``[B, T, H]`` are broadcast over K (their gradient is summed back).
+    """
+    check_inputs(q, k, v, g, initial_state, cu_seqlens)
+    if chunk_size not in (16, 32, 64, 128):
+        raise ValueError(f"chunk_size must be 16, 32, 64 or 128 for Triton, got {chunk_size}")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if T == 0:
+        n = B if cu_seqlens is None else cu_seqlens.numel() - 1
+        final = (initial_state.float() if initial_state is not None
+                 else q.new_zeros(n, H, K, V, dtype=torch.float32))
+        return v.new_zeros(v.shape), (final if output_final_state else None)
+    if cu_seqlens is None:
+        cu = torch.arange(0, B * T + 1, T, device=q.device, dtype=torch.int64)  # [B + 1]
+        table = _chunk_table(cu, chunk_size, (B, T))
+    else:
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int64)  # [N + 1]
+        table = _chunk_table(cu, chunk_size, None)
+    g = gate_per_channel(g, K)
+    flat = [x.reshape(B * T, H, x.shape[-1]).contiguous() for x in (q, k, v)]  # [TT, H, D]
+    gf = None if g is None else g.reshape(B * T, H, K).contiguous()  # [TT, H, K]
+    h0 = None if initial_state is None else initial_state.contiguous()  # [N, H, K, V]
+    m = _Meta(flat[0], flat[2], cu, table, chunk_size, default_scale(scale, K))
+    o, ht = _ChunkGLA.apply(*flat, gf, h0, m, output_final_state)
+    return o.reshape(B, T, H, V), ht
