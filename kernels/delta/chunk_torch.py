@@ -97,5 +97,7 @@ def chunk_delta_rule_torch(
     for n in range(qc.shape[2]):
         o, s = _chunk_step(qc[:, :, n], kc[:, :, n], vc[:, :, n], bc[:, :, n], gcum[:, :, n], s, scale)
         outs.append(o)  # [B, H, C, V]
+    if not outs:  # an empty sequence: no output, the state passes through
+        return v.new_zeros(b, 0, h, dv), (s if output_final_state else None)
     o = torch.stack(outs, dim=2).flatten(2, 3)[:, :, :t]  # [B, H, T, V]
     return o.transpose(1, 2).to(v.dtype), (s if output_final_state else None)

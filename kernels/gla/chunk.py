@@ -112,7 +112,7 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
     first = t0 + i_s * BC
     rows_i = first + ri
     valid_i = rows_i < eos
-    before = (cc < i_s * BC) & valid
+    before = (cc < i_s * BC) & valid & (first + cc * 0 < eos)  # none if this block is empty
     acc = tl.zeros([BC, C], dtype=tl.float32)
     for kb in range(0, K, BK):
         ck = kb + tl.arange(0, BK)
@@ -127,7 +127,7 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
         for j in range(0, BC):
             kj = _row(k + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
             bj = _row(gc + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
-            keep = (ri >= j)[:, None] & valid_i[:, None]
+            keep = ((ri >= j) & valid_i & (first + j + ri * 0 < eos))[:, None]
             e = tl.exp(tl.where(keep, bi - bj[None, :], 0.0))
             col = tl.sum(tl.where(keep, qi * kj[None, :] * e, 0.0), axis=1)  # [BC]
             acc += tl.where(cc[None, :] == i_s * BC + j, col[:, None], 0.0)
@@ -267,7 +267,7 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     ki = _tile(k + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
     bi = _tile(gc + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
     # dq from earlier sub-chunks, reference at the first row of this one
-    before = (cc < i_s * BC) & valid
+    before = (cc < i_s * BC) & valid & (first + cc * 0 < eos)  # none if this block is empty
     bref = _row(gc + i_h * K, first, eos, ck, K, H * K)  # [BK]
     ka = _tile(k + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
     ba = _tile(gc + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
@@ -293,8 +293,9 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
                        other=0.0)  # [BC] dA[t, j] for rows t of this sub-chunk
         drow = tl.load(dA + i_h * C + (first + j) * (H * C) + i_s * BC + ri, mask=(ri <= j) & (first + j + ri * 0 < eos),
                        other=0.0)  # [BC] dA[j, s] for columns s of this sub-chunk
-        low = (ri >= j)[:, None] & valid_i[:, None]
-        up = (ri <= j)[:, None] & valid_i[:, None]
+        ok_j = first + j + ri * 0 < eos  # [BC] (row j of this block exists)
+        low = ((ri >= j) & valid_i & ok_j)[:, None]
+        up = ((ri <= j) & valid_i & ok_j)[:, None]
         dqi += dcol[:, None] * kj[None, :] * tl.exp(tl.where(low, bi - bj[None, :], 0.0))
         dki += drow[:, None] * qj[None, :] * tl.exp(tl.where(up, bj[None, :] - bi, 0.0))
     mask = valid_i[:, None] & (ck[None, :] < K)

@@ -80,6 +80,8 @@ def _chunked(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, st
              C: int) -> tuple[Tensor, Tensor]:
     """Sequences of equal length, compute dtype; ``state: [B, H, K, V]``."""
     B, T, H, K = q.shape
+    if T == 0:
+        return v.new_zeros(v.shape), state
     pad = (-T) % C
     if g is None:
         g = q.new_zeros(B, T, H, K)

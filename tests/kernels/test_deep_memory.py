@@ -29,7 +29,7 @@ def rel_rms(a: Tensor, b: Tensor) -> float:
 
 def make_inputs(
     cfg: DeepMemoryConfig, T: int, B: int = 2, H: int = 2, K: int = 12, V: int = 12,
-    hidden: int = 20, seed: int = 0, with_state: bool = False,
+    hidden: int = 20, seed: int = 0, with_state: bool = False, eta_hi: float = 0.25,
 ) -> tuple[tuple, dict]:
     """Random inputs for ``cfg`` (all leaves require grad): positional args and keyword args."""
     gen = torch.Generator().manual_seed(seed)
@@ -42,7 +42,7 @@ def make_inputs(
 
     dims = [K] + [hidden] * (cfg.depth - 1) + [V]
     ws = tuple(rnd(H, dims[i], dims[i + 1]) / dims[i] ** 0.5 for i in range(cfg.depth))
-    args = (rnd(B, T, H, K), rnd(B, T, H, K) / K**0.5, rnd(B, T, H, V), uni(0.02, 0.25), ws)
+    args = (rnd(B, T, H, K), rnd(B, T, H, K) / K**0.5, rnd(B, T, H, V), uni(0.02, eta_hi), ws)
     kw: dict = {"g": -uni(0.0, 0.15)}
     if cfg.momentum:
         kw["mu"] = uni(0.3, 0.9)

@@ -1,0 +1,264 @@
+"""Gated delta rule: naive (truth) vs chunked PyTorch vs Triton, forward and every gradient."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mirasdsl.kernels.delta import chunk_delta_rule_torch, delta_rule, longhorn_beta, recurrent_delta_rule
+from mirasdsl.kernels.dispatch import BackendError
+
+GATES = ("none", "scalar", "channel")
+
+
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative RMS error of a against the reference b."""
+    a, b = a.double(), b.double()
+    return ((a - b).pow(2).mean() / b.pow(2).mean().clamp_min(1e-30)).sqrt().item()
+
+
+def make_inputs(
+    b: int, t: int, h: int, dk: int, dv: int, gate: str, regime: str = "mixed",
+    n_state: int | None = None, seed: int = 0,
+) -> dict[str, torch.Tensor | None]:
+    """Random inputs as the models use them: L2-normalised keys, beta in (0, 1), log gates.
+
+    regime: 'near0' (alpha in (0.001, 0.05)), 'near1' (alpha in (0.99, 1)) or 'mixed'."""
+    gen = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    shape = {"none": None, "scalar": (b, t, h), "channel": (b, t, h, dk)}[gate]
+    g = None
+    if shape is not None:
+        u = torch.rand(*shape, generator=gen)
+        lo, hi = {"near0": (0.001, 0.05), "near1": (0.99, 1.0), "mixed": (0.3, 1.0)}[regime]
+        g = torch.log(lo + (hi - lo) * u)  # [B, T, H(, K)], log alpha <= 0
+    return dict(
+        q=rnd(b, t, h, dk),
+        k=F.normalize(rnd(b, t, h, dk), dim=-1),
+        v=rnd(b, t, h, dv),
+        beta=0.02 + 0.96 * torch.rand(b, t, h, generator=gen),
+        g=g,
+        initial_state=rnd(n_state or b, h, dk, dv),
+    )
+
+
+def run_with_grads(fn, inputs: dict, cu_seqlens=None, dtype=torch.float32, **kw):
+    """Run fn, backprop random cotangents of o and the final state; return (o, S, grads)."""
+    leaves = {n: x.to(dtype).detach().requires_grad_() for n, x in inputs.items() if x is not None}
+    if "initial_state" in leaves:
+        leaves["initial_state"] = inputs["initial_state"].detach().requires_grad_()
+    o, s = fn(
+        leaves["q"], leaves["k"], leaves["v"], leaves["beta"], leaves.get("g"),
+        initial_state=leaves.get("initial_state"), output_final_state=True, cu_seqlens=cu_seqlens, **kw,
+    )
+    gen = torch.Generator().manual_seed(123)
+    do = torch.randn(o.shape, generator=gen)
+    ds = torch.randn(s.shape, generator=gen)
+    loss = (o.float() * do).sum() + (s.float() * ds).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return o, s, dict(zip(leaves, grads))
+
+
+def assert_close(got, ref, tol: float) -> None:
+    """Outputs, final state and every input gradient within relative RMS ``tol``."""
+    o, s, gr = got
+    o_r, s_r, gr_r = ref
+    assert torch.isfinite(o).all() and torch.isfinite(s).all()
+    errs = {"o": rel_rms(o, o_r), "S": rel_rms(s, s_r)}
+    errs.update({f"d{n}": rel_rms(gr[n], gr_r[n]) for n in gr_r})
+    assert set(gr) == set(gr_r)
+    bad = {n: e for n, e in errs.items() if not e <= tol}
+    assert not bad, f"relative RMS errors above {tol}: {bad} (all: {errs})"
+
+
+# ---------------------------------------------------------------- chunked PyTorch vs naive
+
+
+@pytest.mark.parametrize("t", [63, 100])
+@pytest.mark.parametrize("gate", GATES)
+def test_chunk_torch_matches_naive(t: int, gate: str) -> None:
+    inputs = make_inputs(2, t, 2, 60, 36, gate)
+    ref = run_with_grads(recurrent_delta_rule, inputs)
+    assert_close(run_with_grads(chunk_delta_rule_torch, inputs), ref, 1e-5)
+
+
+@pytest.mark.parametrize("regime", ["near0", "near1"])
+@pytest.mark.parametrize("gate", ["scalar", "channel"])
+def test_chunk_torch_extreme_gates(gate: str, regime: str) -> None:
+    inputs = make_inputs(1, 100, 2, 60, 36, gate, regime, seed=1)
+    ref = run_with_grads(recurrent_delta_rule, inputs)
+    assert_close(run_with_grads(chunk_delta_rule_torch, inputs, chunk_size=32), ref, 1e-5)
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_chunk_torch_varlen(gate: str) -> None:
+    cu = torch.tensor([0, 17, 81, 100])
+    inputs = make_inputs(1, 100, 2, 60, 36, gate, n_state=3, seed=2)
+    ref = run_with_grads(recurrent_delta_rule, inputs, cu_seqlens=cu)
+    assert_close(run_with_grads(chunk_delta_rule_torch, inputs, cu_seqlens=cu), ref, 1e-5)
+
+
+def test_varlen_equals_separate_sequences() -> None:
+    """The naive reference restarts the state at each boundary (checked against plain calls)."""
+    cu = torch.tensor([0, 5, 12])
+    x = make_inputs(1, 12, 1, 8, 4, "scalar", n_state=2, seed=3)
+    o, s = recurrent_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=x["initial_state"],
+                                output_final_state=True, cu_seqlens=cu)
+    for i, (a, b) in enumerate([(0, 5), (5, 12)]):
+        oi, si = recurrent_delta_rule(x["q"][:, a:b], x["k"][:, a:b], x["v"][:, a:b], x["beta"][:, a:b],
+                                      x["g"][:, a:b], initial_state=x["initial_state"][i:i + 1],
+                                      output_final_state=True)
+        torch.testing.assert_close(o[:, a:b], oi)
+        torch.testing.assert_close(s[i:i + 1], si)
+
+
+def test_naive_single_step_by_hand() -> None:
+    """One token from a zero state: S = beta k vᵀ, o = scale beta (q·k) v."""
+    q, k, v = torch.randn(1, 1, 1, 3), torch.randn(1, 1, 1, 3), torch.randn(1, 1, 1, 2)
+    beta = torch.full((1, 1, 1), 0.5)
+    o, s = recurrent_delta_rule(q, k, v, beta, scale=1.0, output_final_state=True)
+    torch.testing.assert_close(s[0, 0], 0.5 * k[0, 0, 0][:, None] * v[0, 0, 0][None, :])
+    torch.testing.assert_close(o[0, 0, 0], 0.5 * (q * k).sum() * v[0, 0, 0])
+
+
+def test_longhorn_is_a_delta_rule() -> None:
+    """S_t = S_{t-1}(I − ε k kᵀ) + ε v kᵀ with ε = β/(1 + β‖k‖²) (MIRAS.md, V×K convention)."""
+    x = make_inputs(1, 9, 1, 5, 3, "none", seed=4)
+    k = x["k"] * 1.7  # unnormalised keys make the implicit step differ from beta
+    eps = longhorn_beta(x["beta"], k)
+    _, s = recurrent_delta_rule(x["q"], k, x["v"], eps, output_final_state=True)
+    m = torch.zeros(3, 5)  # [V, K]
+    for t in range(9):
+        kt, vt, e = k[0, t, 0], x["v"][0, t, 0], eps[0, t, 0]
+        m = m @ (torch.eye(5) - e * torch.outer(kt, kt)) + e * torch.outer(vt, kt)
+    torch.testing.assert_close(s[0, 0].T, m)
+
+
+def test_bad_shapes_raise() -> None:
+    x = make_inputs(2, 8, 1, 4, 4, "none")
+    with pytest.raises(ValueError, match="beta"):
+        recurrent_delta_rule(x["q"], x["k"], x["v"], x["beta"][..., None])
+    with pytest.raises(ValueError, match="B == 1"):
+        chunk_delta_rule_torch(x["q"], x["k"], x["v"], x["beta"], cu_seqlens=torch.tensor([0, 8]))
+    with pytest.raises(BackendError):
+        delta_rule(x["q"], x["k"], x["v"], x["beta"], backend="cuda")
+
+
+@pytest.mark.parametrize("backend", ["naive", "chunk", "triton"])
+def test_dispatch_backends_agree(backend: str) -> None:
+    x = make_inputs(1, 20, 1, 8, 8, "scalar", seed=5)
+    ref, _ = recurrent_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"])
+    o, s = delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], backend=backend)
+    assert s is None and o.shape == ref.shape
+    assert rel_rms(o, ref) < 1e-5
+
+
+# ---------------------------------------------------------------- Triton (interpreter on CPU)
+
+
+def triton_fn():
+    from mirasdsl.kernels.delta.chunk import chunk_delta_rule
+
+    return chunk_delta_rule
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", GATES)
+def test_triton_fp32_matches_naive(gate: str) -> None:
+    inputs = make_inputs(2, 100, 2, 20, 12, gate, seed=6)
+    ref = run_with_grads(recurrent_delta_rule, inputs)
+    assert_close(run_with_grads(triton_fn(), inputs), ref, 1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate,regime", [("scalar", "near0"), ("channel", "near0"), ("channel", "near1")])
+def test_triton_extreme_gates_odd_t(gate: str, regime: str) -> None:
+    inputs = make_inputs(1, 71, 1, 20, 12, gate, regime, seed=7)
+    ref = run_with_grads(recurrent_delta_rule, inputs)
+    assert_close(run_with_grads(triton_fn(), inputs), ref, 1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", GATES)
+def test_triton_varlen(gate: str) -> None:
+    cu = torch.tensor([0, 5, 70, 93])
+    inputs = make_inputs(1, 93, 1, 20, 12, gate, n_state=3, seed=8)
+    ref = run_with_grads(recurrent_delta_rule, inputs, cu_seqlens=cu)
+    assert_close(run_with_grads(triton_fn(), inputs, cu_seqlens=cu), ref, 1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_half_precision(gate: str, dtype: torch.dtype) -> None:
+    """Half inputs, float32 state: compared with the fp32 truth on the same rounded inputs."""
+    inputs = make_inputs(1, 77, 2, 20, 12, gate, seed=9)
+    rounded = {n: (x.to(dtype).float() if x is not None and n != "initial_state" else x) for n, x in inputs.items()}
+    ref = run_with_grads(recurrent_delta_rule, rounded)
+    o, s, gr = run_with_grads(triton_fn(), inputs, dtype=dtype)
+    assert o.dtype == dtype and s.dtype == torch.float32 and gr["q"].dtype == dtype
+    assert_close((o, s, gr), ref, 5e-3)
+
+
+@pytest.mark.slow
+def test_triton_without_state_and_short() -> None:
+    """No initial state, no final state, a single partial chunk (T = 7)."""
+    x = make_inputs(2, 7, 1, 20, 12, "channel", seed=10)
+    leaves = [x[n].requires_grad_() for n in ("q", "k", "v", "beta", "g")]
+    do = torch.randn(2, 7, 1, 12)
+    outs = []
+    for fn in (recurrent_delta_rule, triton_fn()):
+        o, s = fn(*leaves)
+        assert s is None
+        outs.append((o, torch.autograd.grad((o * do).sum(), leaves)))
+    assert rel_rms(outs[1][0], outs[0][0]) < 1e-4
+    for a, b in zip(outs[1][1], outs[0][1]):
+        assert rel_rms(a, b) < 1e-4
+
+
+# ---------------------------------------------------------------- GPU (real sizes)
+
+
+def gpu_case(t: int, gate: str, dtype: torch.dtype, b: int = 2, h: int = 4, d: int = 128) -> None:
+    """Triton on CUDA vs the fp32 chunked reference on the same rounded inputs, all gradients."""
+    inputs = make_inputs(b, t, h, d, d, gate, seed=11)
+    inputs = {n: (x.cuda() if x is not None else None) for n, x in inputs.items()}
+    rounded = {n: (x.to(dtype).float() if x is not None and n != "initial_state" else x) for n, x in inputs.items()}
+    ref = run_with_grads(chunk_delta_rule_torch, rounded)
+    got = run_with_grads(triton_fn(), inputs, dtype=dtype)
+    assert all(torch.isfinite(gv).all() for gv in got[2].values())
+    assert_close(got, ref, 1e-4 if dtype == torch.float32 else 5e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_real_size(gate: str, dtype: torch.dtype) -> None:
+    """B=2, T=1000 (partial last chunk), H=4, D=128: catches a miscompiled gated backward."""
+    gpu_case(1000, gate, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gate", GATES)
+def test_gpu_long_bf16(gate: str) -> None:
+    """T = 65536 in bf16: finite and within tolerance of the fp32 reference."""
+    gpu_case(65536, gate, torch.bfloat16, b=1, h=2, d=64)
+
+
+@pytest.mark.gpu
+def test_gpu_varlen_bf16() -> None:
+    cu = torch.tensor([0, 300, 2100, 4096], device="cuda")
+    inputs = make_inputs(1, 4096, 4, 128, 128, "channel", n_state=3, seed=12)
+    inputs = {n: x.cuda() for n, x in inputs.items()}
+    rounded = {n: (x.bfloat16().float() if n != "initial_state" else x) for n, x in inputs.items()}
+    ref = run_with_grads(chunk_delta_rule_torch, rounded, cu_seqlens=cu)
+    assert_close(run_with_grads(triton_fn(), inputs, cu_seqlens=cu, dtype=torch.bfloat16), ref, 5e-3)
+
+
+def test_scale_default_is_inverse_sqrt_k() -> None:
+    x = make_inputs(1, 6, 1, 16, 4, "none")
+    o1, _ = chunk_delta_rule_torch(x["q"], x["k"], x["v"], x["beta"])
+    o2, _ = chunk_delta_rule_torch(x["q"], x["k"], x["v"], x["beta"], scale=1 / math.sqrt(16))
+    torch.testing.assert_close(o1, o2)
