@@ -125,7 +125,7 @@ def train(model: nn.Module, task: Task, *, steps: int, batch_size: int, lr: floa
     torch.manual_seed(seed)
     model.to(device).train()
     optimizer = make_optimizer(model, lr, weight_decay)
-    held_out = [_to(task.batch("heldout", i, batch_size, seed), device) for i in range(eval_batches)]
+    held_out = _held_out(task, batch_size, eval_batches, seed, device)
     every = eval_every or steps
     tokens_per_step = batch_size * task.seq_len
     history: list[EvalPoint] = []
@@ -157,7 +157,7 @@ def evaluate(model: nn.Module, task: Task, *, batch_size: int, eval_batches: int
              device: str | torch.device = "cpu") -> tuple[float, float]:
     """(accuracy, loss) of ``model`` on the first ``eval_batches`` held-out batches of ``task``."""
     device = torch.device(device)
-    held_out = [_to(task.batch("heldout", i, batch_size, seed), device) for i in range(eval_batches)]
+    held_out = _held_out(task, batch_size, eval_batches, seed, device)
     return _evaluate(model.to(device), held_out, 0)
 
 
@@ -225,6 +225,12 @@ def _check_args(**args: Any) -> None:
         bad.append(f"eval_every must be >= 1, got {args['eval_every']}")
     if bad:
         raise ValueError("; ".join(bad))
+
+
+def _held_out(task: Task, batch_size: int, eval_batches: int, seed: int,
+              device: torch.device) -> list[Batch]:
+    """The evaluation set: held-out batches ``0 .. eval_batches - 1``, on ``device``."""
+    return [_to(task.batch("heldout", i, batch_size, seed), device) for i in range(eval_batches)]
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:

@@ -13,6 +13,8 @@ the inter-chunk ``dq, dk`` together with ``dg`` (a reverse cumulative sum inside
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -63,7 +65,7 @@ def _cumsum_kernel(g, gc, chunk_seq, chunk_start, cu, H: tl.constexpr, K: tl.con
 @triton.jit
 def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: tl.constexpr,
                       V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """States entering every chunk, ``h[c] : [K, V]``; grid (K tiles, V tiles, N · H)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
@@ -77,7 +79,10 @@ def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: 
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         S += tl.load(h0 + (i_n * H + i_h) * K * V + soff, mask=smask, other=0.0).to(tl.float32)
-    DT = k.dtype.element_ty
+    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+        DT = tl.float32
+    else:
+        DT = k.dtype.element_ty
     for i in range(0, tl.cdiv(eos - bos, C)):
         tl.store(h + ((c0 + i) * H + i_h) * K * V + soff, S.to(h.dtype.element_ty), mask=smask)
         rows = bos + i * C + tl.arange(0, C)
@@ -97,7 +102,7 @@ def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: 
 @triton.jit
 def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
                   K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                  PREC: tl.constexpr):
+                  PREC: tl.constexpr, F32: tl.constexpr):
     """Rows of one sub-chunk of ``A = scale · [q_t · (k_j ⊙ e^{b_t − b_j})]_{j<=t}``.
 
     Grid (chunks · C/BC, heads). Earlier sub-chunks: one matmul against the reference ``b`` at
@@ -106,7 +111,10 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
     NS: tl.constexpr = C // BC
     i_c, i_s, i_h = tl.program_id(0) // NS, tl.program_id(0) % NS, tl.program_id(1)
     t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    DT = q.dtype.element_ty
+    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+        DT = tl.float32
+    else:
+        DT = q.dtype.element_ty
     ri = tl.arange(0, BC)
     cc = tl.arange(0, C)
     first = t0 + i_s * BC
@@ -138,11 +146,14 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
 @triton.jit
 def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
                   K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, PREC: tl.constexpr):
+                  BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """``o = scale · (q ⊙ e^{b}) h + A v``; grid (chunks, V tiles, heads)."""
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    DT = v.dtype.element_ty
+    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+        DT = tl.float32
+    else:
+        DT = v.dtype.element_ty
     cv = i_v * BV + tl.arange(0, BV)
     cc = tl.arange(0, C)
     acc = tl.zeros([C, BV], dtype=tl.float32)
@@ -164,7 +175,7 @@ def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.co
 def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.constexpr,
                       K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                      PREC: tl.constexpr):
+                      PREC: tl.constexpr, F32: tl.constexpr):
     """Gradients of the states leaving every chunk, ``dh[c]``, in reverse; grid like the fwd."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
@@ -178,7 +189,10 @@ def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.con
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         dS += tl.load(dht + (i_n * H + i_h) * K * V + soff, mask=smask, other=0.0).to(tl.float32)
-    DT = q.dtype.element_ty
+    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+        DT = tl.float32
+    else:
+        DT = q.dtype.element_ty
     nc = tl.cdiv(eos - bos, C)
     for r in range(0, nc):
         i = nc - 1 - r
@@ -199,11 +213,14 @@ def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.con
 
 @triton.jit
 def _bwd_dA_kernel(do, v, dA, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
-                   V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                   V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """``dA = scale · do vᵀ`` on and below the diagonal; grid (chunks, heads)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    DT = v.dtype.element_ty
+    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+        DT = tl.float32
+    else:
+        DT = v.dtype.element_ty
     cc = tl.arange(0, C)
     acc = tl.zeros([C, C], dtype=tl.float32)
     for vb in range(0, V, BV):
@@ -218,11 +235,14 @@ def _bwd_dA_kernel(do, v, dA, chunk_seq, chunk_start, cu, scale, H: tl.constexpr
 @triton.jit
 def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.constexpr,
                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, PREC: tl.constexpr):
+                   BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """``dv = Aᵀ do + (k ⊙ e^{b_C − b}) dh``; grid (chunks, V tiles, heads)."""
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    DT = k.dtype.element_ty
+    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+        DT = tl.float32
+    else:
+        DT = k.dtype.element_ty
     cv = i_v * BV + tl.arange(0, BV)
     cc = tl.arange(0, C)
     last = tl.minimum(t0 + C, eos) - 1
@@ -244,7 +264,7 @@ def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.const
 @triton.jit
 def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.constexpr,
                       K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                      PREC: tl.constexpr):
+                      PREC: tl.constexpr, F32: tl.constexpr):
     """Intra-chunk ``dq, dk`` (fp32) of one sub-chunk; grid (chunks · C/BC, heads, K tiles).
 
     ``dq_t = Σ_{j<=t} dA_tj k_j ⊙ e^{b_t − b_j}``, ``dk_j = Σ_{t>=j} dA_tj q_t ⊙ e^{b_t − b_j}``;
@@ -255,7 +275,10 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     i_c, i_s = tl.program_id(0) // NS, tl.program_id(0) % NS
     i_h, i_k = tl.program_id(1), tl.program_id(2)
     t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    DT = q.dtype.element_ty
+    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+        DT = tl.float32
+    else:
+        DT = q.dtype.element_ty
     ri = tl.arange(0, BC)
     cc = tl.arange(0, C)
     ck = i_k * BK + tl.arange(0, BK)
@@ -307,7 +330,7 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
 @triton.jit
 def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start, cu, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """Add the state terms to ``dq, dk`` (fp32, in place) and write ``dg``; grid (chunks, K, H).
 
     ``dq += scale e^{b} ⊙ (do hᵀ)``, ``dk += e^{b_C − b} ⊙ (v dhᵀ)``; ``db = q ⊙ dq − k ⊙ dk``,
@@ -315,7 +338,10 @@ def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start
     """
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    DT = q.dtype.element_ty
+    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+        DT = tl.float32
+    else:
+        DT = q.dtype.element_ty
     ck = i_k * BK + tl.arange(0, BK)
     last = tl.minimum(t0 + C, eos) - 1
     dq_s = tl.zeros([C, BK], dtype=tl.float32)
@@ -396,6 +422,11 @@ class _Meta:
         self.C, self.scale = C, scale
         self.BK, self.BV = _block(self.K), _block(self.V)
         self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        # the interpreter's bf16 is off: its dot multiplies raw bits and its stores truncate,
+        # so there bf16 runs dot products in fp32 and writes o, dv in fp32 (then rounded by torch)
+        self.f32 = q.dtype == torch.float32 or (interpreted and q.dtype == torch.bfloat16)
+        self.out_f32 = interpreted and q.dtype == torch.bfloat16
         self.state_dtype = torch.float32 if q.dtype == torch.float32 else q.dtype
 
     def state_grid(self) -> tuple[int, int, int]:
@@ -417,7 +448,7 @@ def _states(k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, want_ht: bool,
     ht = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=k.device) if want_ht else None
     _fwd_state_kernel[m.state_grid()](k, v, gc, h, h0 if h0 is not None else h, ht if want_ht else h,
                                       m.first, m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                      h0 is not None, want_ht, m.prec)
+                                      h0 is not None, want_ht, m.prec, m.f32)
     return h, ht
 
 
@@ -426,7 +457,7 @@ def _scores(q: Tensor, k: Tensor, gc: Tensor, m: _Meta) -> Tensor:
     A = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     grid = (m.NC * (m.C // SUB), m.H)
     _intra_kernel[grid](q, k, gc, A, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.C, SUB, m.BK,
-                        m.prec)
+                        m.prec, m.f32)
     return A
 
 
@@ -435,11 +466,11 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, wan
     """``o: [TT, H, V]`` and the final states."""
     h, ht = _states(k, v, gc, h0, want_ht, m)
     A = _scores(q, k, gc, m)
-    o = torch.empty_like(v)
+    o = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
     grid = (m.NC, triton.cdiv(m.V, m.BV), m.H)
     _fwd_o_kernel[grid](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V, m.C,
-                        m.BK, m.BV, m.prec)
-    return o, ht
+                        m.BK, m.BV, m.prec, m.f32)
+    return o.to(v.dtype), ht
 
 
 def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, do: Tensor,
@@ -451,23 +482,23 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, do
     dh0 = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=q.device)
     _bwd_state_kernel[m.state_grid()](q, do, gc, dh, dht if dht is not None else dh, dh0, m.first,
                                       m.cu, m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                      dht is not None, h0 is not None, m.prec)
+                                      dht is not None, h0 is not None, m.prec, m.f32)
     dA = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     _bwd_dA_kernel[(m.NC, m.H)](do, v, dA, m.seq, m.start, m.cu, m.scale, m.H, m.V, m.C, m.BV,
-                                m.prec)
-    dv = torch.empty_like(v)
+                                m.prec, m.f32)
+    dv = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
     _bwd_dv_kernel[(m.NC, triton.cdiv(m.V, m.BV), m.H)](k, gc, A, do, dh, dv, m.seq, m.start,
                                                         m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                                        m.prec)
+                                                        m.prec, m.f32)
     dq = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
     nk = triton.cdiv(m.K, m.BK)
     _bwd_intra_kernel[(m.NC * (m.C // SUB), m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start, m.cu,
-                                                      m.H, m.K, m.C, SUB, m.BK, m.prec)
+                                                      m.H, m.K, m.C, SUB, m.BK, m.prec, m.f32)
     dg = torch.empty_like(dq)
     _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dg, m.seq, m.start, m.cu,
-                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, m.prec)
-    return dq, dk, dv, dg, (dh0 if h0 is not None else None)
+                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, m.prec, m.f32)
+    return dq, dk, dv.to(v.dtype), dg, (dh0 if h0 is not None else None)
 
 
 class _ChunkGLA(torch.autograd.Function):

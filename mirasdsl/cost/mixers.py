@@ -105,24 +105,41 @@ def _core_flops_linear(n: MixerNode, context: int) -> float:
     if n.family == GLA:
         macs = c * k + c * v + 2 * k * v  # QKᵀ and AV in-chunk; q·S and kᵀv across chunks
     else:
-        macs = 3 * c * k + 2 * c * v + 3 * k * v + c * c / 3  # + KKᵀ, T·K, T·V, W·S; solve ~C³/3
+        # + KKᵀ, T·K, T·V and W·S; the UT transform's triangular solve (~C³/3 per chunk) is a
+        # substitution, not a matrix product, and is left out like other non-matmul work
+        macs = 3 * c * k + 2 * c * v + 3 * k * v
     return 2.0 * heads * macs
 
 
 def _core_flops_deep(n: MixerNode, context: int) -> float:
-    """Per-token matmul FLOPs of chunk-wise deep memory (dual form, per layer of the MLP)."""
-    c = n.mixer.update.chunk or 1
-    c = min(c, context)
+    """Per-token matmul FLOPs of chunk-wise deep memory, as kernels/deep_memory/chunk_torch.py computes them.
+
+    Per chunk of C tokens and per head, with layers (d_i → o_i):
+    - gradients at W_0 by hand-written backprop: forward ``C·Σ d_i o_i`` + backward ``C·Σ_{i≥1} d_i o_i``;
+    - dual form (linear retention): state carried by outer-product sums ``C·Σ d_i o_i`` (×2 with
+      momentum), read-out ``C·Σ (d_i o_i·(2 with momentum, else 1) + C·d_i + C·o_i)``, and with
+      momentum the decay/momentum coefficient products ``C² + C³``;
+    - materialised path (lq, kl, elastic net): each token reads through its own weights ``Σ d_i o_i``
+      (the per-token outer products are elementwise, not matmuls).
+    """
+    m = n.mixer
+    c = min(m.update.chunk or 1, context)
     shapes = memory_weight_shapes(n)
-    macs = 0.0
-    for i, o in shapes:
-        macs += 3 * i * o  # forward at W_0 on keys, backward for the gradient (input and weight)
-        macs += i * o + c * i + c * o  # read-out with W_0 on queries + causal dual-form correction
-        macs += i * o  # carry the weights to the next chunk (Σ grads)
-    return 2.0 * n.heads * macs
+    dense = sum(i * o for i, o in shapes)
+    macs = c * dense + c * sum(i * o for i, o in shapes[1:])  # gradients at the chunk's start
+    momentum = m.update.kind == "gd_momentum"
+    if m.retention.global_.kind in ("lq", "kl", "elastic_net"):
+        macs += c * dense  # per-token read-out through materialised weights
+    else:
+        factor = 2 if momentum else 1
+        macs += c * dense * factor  # carry the state to the chunk's end
+        macs += sum(c * i * o * factor + c * c * (i + o) for i, o in shapes)  # dual-form read-out
+        if momentum:
+            macs += c * c + c ** 3
+    return 2.0 * n.heads * macs / c
 
 
-def _attended(context: int, window: int | None) -> float:
+def attended_keys(context: int, window: int | None) -> float:
     """Mean number of keys a query attends to over a causal sequence of ``context`` tokens."""
     if window is None or window >= context:
         return (context + 1) / 2
@@ -145,7 +162,7 @@ def mixer_fwd_flops(n: MixerNode, context: int) -> float:
     elif n.family == DEEP:
         flops += _core_flops_deep(n, context)
     elif n.family == ATTENTION:
-        flops += 2.0 * n.heads * (n.proj_dim + n.value_dim) * _attended(context, m.memory.window)
+        flops += 2.0 * n.heads * (n.proj_dim + n.value_dim) * attended_keys(context, m.memory.window)
     return flops
 
 

@@ -65,7 +65,8 @@ class TaskConfig:
     def __post_init__(self) -> None:
         problems = _type_problems(self) or self._problems()
         if problems:
-            raise TaskError(f"invalid settings for task {self.name!r}", problems)
+            fields = ", ".join(dict.fromkeys(p.path for p in problems))
+            raise TaskError(f"invalid settings for task {self.name!r}: {fields}", problems)
 
     def _problems(self) -> list[Problem]:
         """Cross-field checks; an empty list when the config is usable."""
@@ -135,4 +136,9 @@ def to_batch(inputs: np.ndarray, targets: np.ndarray) -> Batch:
 
 def row_permutations(rng: np.random.Generator, n: int, size: int, k: int) -> np.ndarray:
     """For each of ``n`` rows, ``k`` distinct integers of ``[0, size)`` in random order. [n, k]"""
-    return np.argsort(rng.random((n, size)), axis=1)[:, :k]
+    noise = rng.random((n, size))  # [n, size] the k smallest, in increasing order, pick
+    if k < size:
+        smallest = np.argpartition(noise, k - 1, axis=1)[:, :k]  # [n, k] in no particular order
+        order = np.argsort(np.take_along_axis(noise, smallest, axis=1), axis=1)
+        return np.take_along_axis(smallest, order, axis=1)
+    return np.argsort(noise, axis=1)

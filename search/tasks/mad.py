@@ -58,9 +58,10 @@ def _recall_batch(n: int, rng: np.random.Generator, seq_len: int, data: int,
     pick = np.where(noise[:, :-1], -1.0, rng.random((n, pairs - 1)))  # [n, P-1]
     keys[:, -1] = keys[rows, pick.argmax(axis=1)]  # the last pair repeats an earlier real key
     values = table[rows[:, None], keys]  # [n, P]
-    onehot = (keys[..., None] == np.arange(nk)) & ~noise[..., None]  # [n, P, nk]
-    before = np.cumsum(onehot, axis=1) - onehot  # [n, P, nk] occurrences strictly before
-    seen = np.take_along_axis(before, keys[..., None], axis=2)[..., 0] > 0  # [n, P]
+    codes = np.where(noise, -1, rows[:, None] * nk + keys).ravel()  # [n*P] (row, key) ids
+    first = np.zeros(n * pairs, dtype=bool)
+    first[np.unique(codes, return_index=True)[1]] = True  # first pair of each (row, key)
+    seen = ~first.reshape(n, pairs) & ~noise  # [n, P] a real pair whose key came before
     pair_tokens = np.stack([keys, values], axis=2)  # [n, P, 2]
     if noise_vocab:
         noise_tokens = rng.integers(data, data + noise_vocab, size=(n, pairs, 2))  # [n, P, 2]

@@ -11,11 +11,13 @@ from mirasdsl.kernels.delta import chunk_delta_rule_torch, delta_rule, longhorn_
 from mirasdsl.kernels.dispatch import BackendError
 
 GATES = ("none", "scalar", "channel")
+# Triton runs on CUDA where there is one, else on the CPU under TRITON_INTERPRET=1 (conftest.py)
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative RMS error of a against the reference b."""
-    a, b = a.double(), b.double()
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).pow(2).mean() / b.pow(2).mean().clamp_min(1e-30)).sqrt().item()
 
 
@@ -44,18 +46,21 @@ def make_inputs(
     )
 
 
-def run_with_grads(fn, inputs: dict, cu_seqlens=None, dtype=torch.float32, **kw):
-    """Run fn, backprop random cotangents of o and the final state; return (o, S, grads)."""
-    leaves = {n: x.to(dtype).detach().requires_grad_() for n, x in inputs.items() if x is not None}
+def run_with_grads(fn, inputs: dict, cu_seqlens=None, dtype=torch.float32, device="cpu", **kw):
+    """Run fn on ``device``, backprop fixed random cotangents of o and the final state;
+    return (o, S, grads). Every input but the float32 initial state is cast to ``dtype``."""
+    leaves = {n: x.to(device, dtype).detach().requires_grad_() for n, x in inputs.items() if x is not None}
     if "initial_state" in leaves:
-        leaves["initial_state"] = inputs["initial_state"].detach().requires_grad_()
+        leaves["initial_state"] = inputs["initial_state"].to(device).detach().requires_grad_()
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.to(device)
     o, s = fn(
         leaves["q"], leaves["k"], leaves["v"], leaves["beta"], leaves.get("g"),
         initial_state=leaves.get("initial_state"), output_final_state=True, cu_seqlens=cu_seqlens, **kw,
     )
     gen = torch.Generator().manual_seed(123)
-    do = torch.randn(o.shape, generator=gen)
-    ds = torch.randn(s.shape, generator=gen)
+    do = torch.randn(o.shape, generator=gen).to(device)
+    ds = torch.randn(s.shape, generator=gen).to(device)
     loss = (o.float() * do).sum() + (s.float() * ds).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return o, s, dict(zip(leaves, grads))
@@ -94,8 +99,8 @@ def test_chunk_torch_extreme_gates(gate: str, regime: str) -> None:
 
 @pytest.mark.parametrize("gate", GATES)
 def test_chunk_torch_varlen(gate: str) -> None:
-    cu = torch.tensor([0, 17, 81, 100])
-    inputs = make_inputs(1, 100, 2, 60, 36, gate, n_state=3, seed=2)
+    cu = torch.tensor([0, 17, 17, 81, 100])  # the second sequence is empty
+    inputs = make_inputs(1, 100, 2, 60, 36, gate, n_state=4, seed=2)
     ref = run_with_grads(recurrent_delta_rule, inputs, cu_seqlens=cu)
     assert_close(run_with_grads(chunk_delta_rule_torch, inputs, cu_seqlens=cu), ref, 1e-5)
 
@@ -150,6 +155,8 @@ def test_bad_shapes_raise() -> None:
 def test_dispatch_backends_agree(backend: str) -> None:
     x = make_inputs(1, 20, 1, 8, 8, "scalar", seed=5)
     ref, _ = recurrent_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"])
+    if backend == "triton":
+        x = {n: t.to(TRITON_DEVICE) for n, t in x.items()}
     o, s = delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], backend=backend)
     assert s is None and o.shape == ref.shape
     assert rel_rms(o, ref) < 1e-5
@@ -169,7 +176,7 @@ def triton_fn():
 def test_triton_fp32_matches_naive(gate: str) -> None:
     inputs = make_inputs(2, 100, 2, 20, 12, gate, seed=6)
     ref = run_with_grads(recurrent_delta_rule, inputs)
-    assert_close(run_with_grads(triton_fn(), inputs), ref, 1e-4)
+    assert_close(run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE), ref, 1e-4)
 
 
 @pytest.mark.slow
@@ -177,16 +184,16 @@ def test_triton_fp32_matches_naive(gate: str) -> None:
 def test_triton_extreme_gates_odd_t(gate: str, regime: str) -> None:
     inputs = make_inputs(1, 71, 1, 20, 12, gate, regime, seed=7)
     ref = run_with_grads(recurrent_delta_rule, inputs)
-    assert_close(run_with_grads(triton_fn(), inputs), ref, 1e-4)
+    assert_close(run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE), ref, 1e-4)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("gate", GATES)
 def test_triton_varlen(gate: str) -> None:
-    cu = torch.tensor([0, 5, 70, 93])
-    inputs = make_inputs(1, 93, 1, 20, 12, gate, n_state=3, seed=8)
+    cu = torch.tensor([0, 5, 5, 70, 93])  # the second sequence is empty
+    inputs = make_inputs(1, 93, 1, 20, 12, gate, n_state=4, seed=8)
     ref = run_with_grads(recurrent_delta_rule, inputs, cu_seqlens=cu)
-    assert_close(run_with_grads(triton_fn(), inputs, cu_seqlens=cu), ref, 1e-4)
+    assert_close(run_with_grads(triton_fn(), inputs, cu_seqlens=cu, device=TRITON_DEVICE), ref, 1e-4)
 
 
 @pytest.mark.slow
@@ -197,7 +204,7 @@ def test_triton_half_precision(gate: str, dtype: torch.dtype) -> None:
     inputs = make_inputs(1, 77, 2, 20, 12, gate, seed=9)
     rounded = {n: (x.to(dtype).float() if x is not None and n != "initial_state" else x) for n, x in inputs.items()}
     ref = run_with_grads(recurrent_delta_rule, rounded)
-    o, s, gr = run_with_grads(triton_fn(), inputs, dtype=dtype)
+    o, s, gr = run_with_grads(triton_fn(), inputs, dtype=dtype, device=TRITON_DEVICE)
     assert o.dtype == dtype and s.dtype == torch.float32 and gr["q"].dtype == dtype
     assert_close((o, s, gr), ref, 5e-3)
 
@@ -206,28 +213,42 @@ def test_triton_half_precision(gate: str, dtype: torch.dtype) -> None:
 def test_triton_without_state_and_short() -> None:
     """No initial state, no final state, a single partial chunk (T = 7)."""
     x = make_inputs(2, 7, 1, 20, 12, "channel", seed=10)
-    leaves = [x[n].requires_grad_() for n in ("q", "k", "v", "beta", "g")]
+    names = ("q", "k", "v", "beta", "g")
     do = torch.randn(2, 7, 1, 12)
     outs = []
-    for fn in (recurrent_delta_rule, triton_fn()):
+    for fn, dev in ((recurrent_delta_rule, "cpu"), (triton_fn(), TRITON_DEVICE)):
+        leaves = [x[n].to(dev).requires_grad_() for n in names]
         o, s = fn(*leaves)
         assert s is None
-        outs.append((o, torch.autograd.grad((o * do).sum(), leaves)))
+        outs.append((o, torch.autograd.grad((o * do.to(dev)).sum(), leaves)))
     assert rel_rms(outs[1][0], outs[0][0]) < 1e-4
-    for a, b in zip(outs[1][1], outs[0][1]):
-        assert rel_rms(a, b) < 1e-4
+    for got, ref in zip(outs[1][1], outs[0][1]):
+        assert rel_rms(got, ref) < 1e-4
+
+
+@pytest.mark.slow
+def test_triton_wide_heads() -> None:
+    """K = 72 and V = 80: padded key block and two value blocks."""
+    inputs = make_inputs(1, 40, 1, 72, 80, "scalar", seed=13)
+    ref = run_with_grads(recurrent_delta_rule, inputs)
+    assert_close(run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE), ref, 1e-4)
 
 
 # ---------------------------------------------------------------- GPU (real sizes)
 
 
-def gpu_case(t: int, gate: str, dtype: torch.dtype, b: int = 2, h: int = 4, d: int = 128) -> None:
-    """Triton on CUDA vs the fp32 chunked reference on the same rounded inputs, all gradients."""
-    inputs = make_inputs(b, t, h, d, d, gate, seed=11)
-    inputs = {n: (x.cuda() if x is not None else None) for n, x in inputs.items()}
-    rounded = {n: (x.to(dtype).float() if x is not None and n != "initial_state" else x) for n, x in inputs.items()}
-    ref = run_with_grads(chunk_delta_rule_torch, rounded)
-    got = run_with_grads(triton_fn(), inputs, dtype=dtype)
+def rounded_copy(inputs: dict, dtype: torch.dtype) -> dict:
+    """The inputs as the half-precision kernel sees them, back in float32 (state kept)."""
+    return {n: (x.to(dtype).float() if x is not None and n != "initial_state" else x) for n, x in inputs.items()}
+
+
+def gpu_case(t: int, gate: str, dtype: torch.dtype, b: int = 2, h: int = 4, d: int = 128, cu=None) -> None:
+    """Triton on CUDA vs the fp32 chunked reference (also on CUDA, no TF32) on the same rounded
+    inputs: output, final state and every input gradient."""
+    n_state = b if cu is None else len(cu) - 1
+    inputs = make_inputs(b, t, h, d, d, gate, n_state=n_state, seed=11)
+    ref = run_with_grads(chunk_delta_rule_torch, rounded_copy(inputs, dtype), cu_seqlens=cu, device="cuda")
+    got = run_with_grads(triton_fn(), inputs, cu_seqlens=cu, dtype=dtype, device="cuda")
     assert all(torch.isfinite(gv).all() for gv in got[2].values())
     assert_close(got, ref, 1e-4 if dtype == torch.float32 else 5e-3)
 
@@ -236,8 +257,17 @@ def gpu_case(t: int, gate: str, dtype: torch.dtype, b: int = 2, h: int = 4, d: i
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_real_size(gate: str, dtype: torch.dtype) -> None:
-    """B=2, T=1000 (partial last chunk), H=4, D=128: catches a miscompiled gated backward."""
+    """B=2, T=1000 (partial last chunk), H=4, D=128, compiled for the GPU: a miscompiled
+    (gated) backward shows up as a gradient far off the reference."""
     gpu_case(1000, gate, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("regime", ["near0", "near1"])
+def test_gpu_extreme_channel_gates(regime: str) -> None:
+    inputs = make_inputs(1, 700, 2, 128, 128, "channel", regime, seed=14)
+    ref = run_with_grads(chunk_delta_rule_torch, inputs, device="cuda")
+    assert_close(run_with_grads(triton_fn(), inputs, device="cuda"), ref, 1e-4)
 
 
 @pytest.mark.gpu
@@ -249,12 +279,7 @@ def test_gpu_long_bf16(gate: str) -> None:
 
 @pytest.mark.gpu
 def test_gpu_varlen_bf16() -> None:
-    cu = torch.tensor([0, 300, 2100, 4096], device="cuda")
-    inputs = make_inputs(1, 4096, 4, 128, 128, "channel", n_state=3, seed=12)
-    inputs = {n: x.cuda() for n, x in inputs.items()}
-    rounded = {n: (x.bfloat16().float() if n != "initial_state" else x) for n, x in inputs.items()}
-    ref = run_with_grads(chunk_delta_rule_torch, rounded, cu_seqlens=cu)
-    assert_close(run_with_grads(triton_fn(), inputs, cu_seqlens=cu, dtype=torch.bfloat16), ref, 5e-3)
+    gpu_case(4096, "channel", torch.bfloat16, b=1, cu=torch.tensor([0, 300, 2100, 4096]))
 
 
 def test_scale_default_is_inverse_sqrt_k() -> None:

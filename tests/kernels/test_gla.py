@@ -42,8 +42,9 @@ def run_with_grads(fn, x: dict, seed: int = 1, **kwargs) -> dict:
     o, s = fn(x["q"], x["k"], x["v"], x.get("g"), initial_state=x["initial_state"],
               output_final_state=True, **kwargs)
     gen = torch.Generator().manual_seed(seed)
-    do = torch.randn(o.shape, generator=gen).to(o.device)
-    ds = torch.randn(s.shape, generator=gen).to(s.device)
+    # bf16-representable cotangents: the same values reach a bf16 kernel and an fp32 reference
+    do = torch.randn(o.shape, generator=gen).bfloat16().float().to(o.device)
+    ds = torch.randn(s.shape, generator=gen).bfloat16().float().to(s.device)
     loss = (o.float() * do).sum() + (s.float() * ds).sum()
     names = list(x)
     grads = torch.autograd.grad(loss, [x[n] for n in names])
