@@ -76,7 +76,8 @@ PAIRS = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="results folder")
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp/mirasdsl_bench"),
+                   help="results folder (default $OUT)")
     p.add_argument("--shapes", default="S,L", help="comma list of S, L")
     p.add_argument("--families", default="", help="comma list (substring match); empty: all")
     p.add_argument("--impls", default="ours,peer", help="ours, peer or both")

@@ -91,7 +91,8 @@ def markdown(rows: list[Row], env: dict[str, Any], ceilings: dict[str, float]) -
         "peer/ours above 1 means ours is faster. floor = inputs read once + output written once "
         "at the measured copy bandwidth.",
         "",
-        "Ceilings measured in this run: " + ", ".join(f"{k} {val:.3g}" for k, val in ceilings.items()),
+        "Ceilings measured in this run: "
+        + ", ".join(f"{k} {val:.3g}" for k, val in ceilings.items()),
         "",
     ]
     return "\n".join(lines + table(rows)) + "\n"

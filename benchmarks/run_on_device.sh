@@ -15,7 +15,7 @@
 # skipped cases are listed as such. Split a long run with --shapes S / --shapes L.
 set -uo pipefail
 REPO="$(pwd)"
-OUT="${OUT:-$REPO/bench_out}"
+OUT="${OUT:-/tmp/mirasdsl_bench}"
 mkdir -p "$OUT"
 SITE=/tmp/site
 PKG=/tmp/mirasdsl_pkg

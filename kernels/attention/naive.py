@@ -74,7 +74,9 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 def naive_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
                     window: int | None = None, alibi_slopes: Tensor | None = None,
                     scale: float | None = None) -> Tensor:
-    """Softmax attention by its definition, in float32 (float64 for float64 inputs); returns ``o: [B, T, H, V]`` in v's dtype.
+    """Softmax attention by its definition, in float32 (float64 for float64 inputs).
+
+    Returns ``o: [B, T, H, V]`` in v's dtype.
 
     ``q: [B, T, H, D]``, ``k: [B, S, H_kv, D]``, ``v: [B, S, H_kv, V]``, ``S >= T``;
     ``alibi_slopes: [H]`` or None; ``scale`` defaults to ``D ** -0.5``.

@@ -48,7 +48,8 @@ def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0
     if positions is None:
         positions = torch.arange(T, device=x.device)  # [T]
     if positions.shape[-1] != T or positions.dim() not in (1, 2):
-        raise ValueError(f"positions must be [T] or [B, T] with T={T}, got {tuple(positions.shape)}")
+        raise ValueError(f"positions must be [T] or [B, T] with T={T}, "
+                         f"got {tuple(positions.shape)}")
     cos, sin = rope_frequencies(D, positions, base)  # [(B,) T, D/2]
     if cos.dim() == 2:
         cos, sin = cos[None], sin[None]  # [1, T, D/2]

@@ -12,8 +12,9 @@ bottom-right aligned against the keys, GQA by head groups). Backends:
   elsewhere.
 - ``"naive"``: the float32 reference.
 - ``None``: ``$MIRAS_KERNELS=naive`` gives the reference; otherwise ``flex`` on CUDA when there
-  is a window or ALiBi and flex attention exists, else ``sdpa``. The generic dispatch names
-  ``"chunk"`` and ``"triton"`` mean the same automatic choice.
+  is a window or ALiBi, as many queries as keys, and flex attention exists; else ``sdpa``
+  (decoding against a cache goes to SDPA: flex is compiled per shape). The generic dispatch
+  names ``"chunk"`` and ``"triton"`` mean the same automatic choice.
 """
 from __future__ import annotations
 
@@ -36,12 +37,18 @@ BACKENDS = ("naive", "sdpa", "flex")
 _AUTO = (None, "chunk", "triton")
 
 
-def resolve_backend(backend: str | None, device: torch.device, special: bool) -> str:
-    """Pick ``naive``, ``sdpa`` or ``flex`` (``special``: a window or ALiBi is asked for)."""
+def resolve_backend(backend: str | None, device: torch.device, special: bool,
+                    same_length: bool = True) -> str:
+    """Pick ``naive``, ``sdpa`` or ``flex``.
+
+    ``special``: a window or ALiBi is asked for. ``same_length``: as many queries as keys (a
+    training or prefill call). The automatic choice sends only those calls to flex: decoding
+    steps (few queries against a growing cache) would recompile flex at every new length.
+    """
     if backend is None and os.environ.get("MIRAS_KERNELS") == "naive":
         return "naive"
     if backend in _AUTO:
-        if special and device.type == "cuda" and flex_attention is not None:
+        if special and same_length and device.type == "cuda" and flex_attention is not None:
             return "flex"
         return "sdpa"
     if backend not in BACKENDS:
@@ -63,7 +70,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, window: int 
     check_shapes(q, k, v, alibi_slopes)
     check_window(window)
     special = window is not None or alibi_slopes is not None
-    choice = resolve_backend(backend, q.device, special)
+    choice = resolve_backend(backend, q.device, special, q.shape[1] == k.shape[1])
     if choice == "naive":
         return naive_attention(q, k, v, causal, window, alibi_slopes, scale)
     if choice == "flex":

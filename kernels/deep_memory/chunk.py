@@ -116,6 +116,11 @@ def _blocks(C: int, DK: int, DV: int) -> tuple[int, int, int]:
     return max(16, triton.next_power_of_2(C)), fit(DK, 64), fit(DV, 64)
 
 
+def _warps(bc: int) -> int:
+    """More warps for the big [C, C] tiles of long chunks (keeps registers per thread down)."""
+    return 8 if bc >= 128 else 4
+
+
 class _FusedReadout(torch.autograd.Function):
     """Autograd wrapper around the two kernels (float32 in, float32 out)."""
 
@@ -126,7 +131,9 @@ class _FusedReadout(torch.autograd.Function):
         DK, DV = x.shape[-1], u.shape[-1]
         BC, BK, BV = _blocks(C, max(DK, DW), DV)
         o = torch.empty(N, C, DV, device=x.device, dtype=torch.float32)  # [N, C, DV]
-        _readout_fwd_kernel[(N, triton.cdiv(DV, BV))](xw, w, x, a, d, u, o, C, DW, DK, DV, BC=BC, BK=BK, BV=BV)
+        _readout_fwd_kernel[(N, triton.cdiv(DV, BV))](
+            xw, w, x, a, d, u, o, C, DW, DK, DV, BC=BC, BK=BK, BV=BV, num_warps=_warps(BC)
+        )
         ctx.save_for_backward(xw, w, x, a, d, u)
         return o
 
@@ -141,7 +148,9 @@ class _FusedReadout(torch.autograd.Function):
         dx, da, du = torch.empty_like(x), torch.empty_like(a), torch.empty_like(u)
         dd = torch.zeros_like(d)  # [N, C, C], zero above the diagonal
         BC, BK, BV = _blocks(C, DK, DV)
-        _readout_bwd_kernel[(N,)](x, a, d, u, do, dx, da, dd, du, C, DK, DV, BC=BC, BK=BK, BV=BV)
+        _readout_bwd_kernel[(N,)](
+            x, a, d, u, do, dx, da, dd, du, C, DK, DV, BC=BC, BK=BK, BV=BV, num_warps=_warps(BC)
+        )
         return dxw, dw, dx, da, dd, du
 
 

@@ -86,6 +86,10 @@ def intra_channel_kernel(
         p_d = tl.where((ci[None, :] == j) & (ci[:, None] > j), p_col[:, None], p_d)
     store_tile(M, m_d, rows, valid, h, H, BT, BC, i_s * BC)
     store_tile(A, p_d * ba[:, None], rows, valid, h, H, BT, BC, i_s * BC)
+    zero = tl.zeros([BC, BC], dtype=tl.float32)
+    for c in range(i_s + 1, BT // BC):  # right of the diagonal
+        store_tile(M, zero, rows, valid, h, H, BT, BC, c * BC)
+        store_tile(A, zero, rows, valid, h, H, BT, BC, c * BC)
 
 
 @triton.jit
@@ -102,10 +106,10 @@ def solve_kernel(
     valid = rows < t_end
     ii = tl.arange(0, BT)
     if SOLVE:
-        a = load_tile(A, rows, valid, h, H, BT, BT, 0)  # [BT, BT], strictly lower
         low = tl.zeros([BT, BT], dtype=tl.float32)  # X − I, filled row by row
         for r in range(1, BT):
-            b_row = -tl.sum(tl.where(ii[:, None] == r, a, 0.0), 0)  # [BT]: −A[r, :]
+            rr = (t0 + r).to(tl.int64)
+            b_row = -tl.load(A + (rr * H + h) * BT + ii, mask=(rr + ii * 0) < t_end, other=0.0)  # −A[r, :]
             new = b_row + tl.sum(b_row[:, None] * low, 0)  # −A_r − Σ_j A_rj (X − I)_j
             low = tl.where(ii[:, None] == r, new[None, :], low)
         x = low + tl.where(ii[:, None] == ii[None, :], 1.0, 0.0)

@@ -76,8 +76,8 @@ def gate_cumsum(g: Tensor, plan: Plan, reverse: bool = False) -> Tensor:
 
 def intra(q: Tensor, k: Tensor, beta: Tensor, gc: Tensor, plan: Plan) -> tuple[Tensor, Tensor]:
     """M = lower(Q Kᵀ ⊙ D) and A = strictly_lower(diag(β) K Kᵀ ⊙ D): [TT, H, BT] each."""
-    m = q.new_zeros(q.shape[0], plan.heads, BT, dtype=torch.float32)
-    a = torch.zeros_like(m)
+    m = q.new_empty(q.shape[0], plan.heads, BT, dtype=torch.float32)  # every valid row is written
+    a = torch.empty_like(m)
     args = (q, k, beta, gc, m, a, plan.chunk_seq, plan.cu, plan.chunk_off, plan.heads, plan.dk)
     if plan.gate == 2:
         fwd.intra_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
@@ -159,7 +159,7 @@ def backward_packed(
     )
     dq, dk = torch.empty(q.shape, **f32), torch.empty(k.shape, **f32)
     dv, db = torch.empty_like(v), torch.empty(beta.shape, **f32)
-    dg = torch.zeros(gc.shape, **f32) if plan.gate else dq
+    dg = torch.empty(gc.shape, **f32) if plan.gate else dq
     dm, da = torch.empty_like(m), torch.empty_like(m)
     common = (plan.chunk_seq, plan.cu, plan.chunk_off)
     bwd.main_bwd_kernel[(plan.n_chunks, plan.heads)](

@@ -23,23 +23,27 @@ from torch import Tensor
 from .common import check_inputs, default_scale, gate_per_channel
 
 SUB = 16  # sub-chunk size of the intra-chunk kernels
+WARPS = 8  # for the 64×64-tile kernels: with 4, sm_90 builds spill registers (checked with ptxas)
 
 
 @triton.jit
 def _chunk_info(chunk_seq, chunk_start, cu, i_c, C: tl.constexpr):
-    """Sequence id, first row, end row and the rows (with validity) of chunk ``i_c``."""
+    """First token ``t0`` (int64) of chunk ``i_c``, how many of its rows exist (``nv``, may exceed
+    C), the local rows ``0..C-1`` and their validity. Tiles address rows relative to ``t0`` so
+    that only the scalar base pointer is 64-bit."""
     n = tl.load(chunk_seq + i_c)
     t0 = tl.load(chunk_start + i_c).to(tl.int64)
-    eos = tl.load(cu + n + 1).to(tl.int64)
-    rows = t0 + tl.arange(0, C)
-    return t0, eos, rows, rows < eos
+    nv = (tl.load(cu + n + 1).to(tl.int64) - t0).to(tl.int32)
+    rows = tl.arange(0, C)
+    return t0, nv, rows, rows < nv
 
 
 @triton.jit
 def _tile(ptr, rows, valid, cols, ncols, stride):
     """Load ``ptr[rows, cols]`` (row stride ``stride``) as fp32, zero outside."""
     mask = valid[:, None] & (cols[None, :] < ncols)
-    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
+    return x.to(tl.float32)
 
 
 @triton.jit
@@ -54,44 +58,47 @@ def _cumsum_kernel(g, gc, chunk_seq, chunk_start, cu, H: tl.constexpr, K: tl.con
                    C: tl.constexpr, BK: tl.constexpr):
     """``gc[t] = Σ_{s in chunk, s <= t} g[s]`` in fp32; grid (chunks, heads, K tiles)."""
     i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
     cols = i_k * BK + tl.arange(0, BK)
-    x = _tile(g + i_h * K, rows, valid, cols, K, H * K)  # [C, BK]
-    y = tl.cumsum(x, axis=0)
+    base = t0 * (H * K) + i_h * K
+    y = tl.cumsum(_tile(g + base, rows, valid, cols, K, H * K), axis=0)  # [C, BK]
     mask = valid[:, None] & (cols[None, :] < K)
-    tl.store(gc + i_h * K + rows[:, None] * (H * K) + cols[None, :], y, mask=mask)
+    tl.store(gc + base + rows[:, None] * (H * K) + cols[None, :], y, mask=mask)
 
 
 @triton.jit
 def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: tl.constexpr,
                       V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+                      F32: tl.constexpr):
     """States entering every chunk, ``h[c] : [K, V]``; grid (K tiles, V tiles, N · H)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu + i_n).to(tl.int64)
     eos = tl.load(cu + i_n + 1).to(tl.int64)
     c0 = tl.load(chunk_first + i_n).to(tl.int64)
+    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+        DT = tl.float32
+    else:
+        DT = k.dtype.element_ty
     ck = i_k * BK + tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
+    rows = tl.arange(0, C)
     smask = (ck[:, None] < K) & (cv[None, :] < V)
     soff = ck[:, None] * V + cv[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         S += tl.load(h0 + (i_n * H + i_h) * K * V + soff, mask=smask, other=0.0).to(tl.float32)
-    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
-        DT = tl.float32
-    else:
-        DT = k.dtype.element_ty
     for i in range(0, tl.cdiv(eos - bos, C)):
         tl.store(h + ((c0 + i) * H + i_h) * K * V + soff, S.to(h.dtype.element_ty), mask=smask)
-        rows = bos + i * C + tl.arange(0, C)
-        valid = rows < eos
-        last = tl.minimum(bos + i * C + C, eos) - 1
-        kt = _tile(k + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        vt = _tile(v + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-        bl = _row(gc + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+        t0 = bos + i * C
+        nv = (eos - t0).to(tl.int32)
+        valid = rows < nv
+        last = tl.minimum(nv, C) - 1
+        kt = _tile(k + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _tile(gc + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        vt = _tile(v + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        bl = _row(gc + t0 * (H * K) + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
         kd = kt * tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
         S = S * tl.exp(bl)[:, None]
         S += tl.dot(tl.trans(kd.to(DT)), vt.to(DT), input_precision=PREC)
@@ -110,36 +117,36 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
     """
     NS: tl.constexpr = C // BC
     i_c, i_s, i_h = tl.program_id(0) // NS, tl.program_id(0) % NS, tl.program_id(1)
-    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    if F32:
         DT = tl.float32
     else:
         DT = q.dtype.element_ty
+    qb, kb_, gb = q + t0 * (H * K) + i_h * K, k + t0 * (H * K) + i_h * K, gc + t0 * (H * K) + i_h * K
     ri = tl.arange(0, BC)
-    cc = tl.arange(0, C)
-    first = t0 + i_s * BC
+    first = i_s * BC
     rows_i = first + ri
-    valid_i = rows_i < eos
-    before = (cc < i_s * BC) & valid & (first + cc * 0 < eos)  # none if this block is empty
+    valid_i = rows_i < nv
+    before = (rows < first) & valid & (first + rows * 0 < nv)  # none if this block is empty
     acc = tl.zeros([BC, C], dtype=tl.float32)
     for kb in range(0, K, BK):
         ck = kb + tl.arange(0, BK)
-        qi = _tile(q + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
-        bi = _tile(gc + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
-        bref = _row(gc + i_h * K, first, eos, ck, K, H * K)  # [BK]
-        ka = _tile(k + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
-        ba = _tile(gc + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
+        qi = _tile(qb, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+        bi = _tile(gb, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+        bref = _row(gb, first, nv, ck, K, H * K)  # [BK]
+        ka = _tile(kb_, rows, before, ck, K, H * K)  # [C, BK]
+        ba = _tile(gb, rows, before, ck, K, H * K)  # [C, BK]
         qr = qi * tl.exp(tl.where(valid_i[:, None], bi - bref[None, :], 0.0))
         kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
         acc += tl.dot(qr.to(DT), tl.trans(kr.to(DT)), input_precision=PREC)
         for j in range(0, BC):
-            kj = _row(k + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
-            bj = _row(gc + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
-            keep = ((ri >= j) & valid_i & (first + j + ri * 0 < eos))[:, None]
+            kj = _row(kb_, first + j, nv, ck, K, H * K)  # [BK]
+            bj = _row(gb, first + j, nv, ck, K, H * K)  # [BK]
+            keep = ((ri >= j) & valid_i & (first + j + ri * 0 < nv))[:, None]
             e = tl.exp(tl.where(keep, bi - bj[None, :], 0.0))
             col = tl.sum(tl.where(keep, qi * kj[None, :] * e, 0.0), axis=1)  # [BC]
-            acc += tl.where(cc[None, :] == i_s * BC + j, col[:, None], 0.0)
-    tl.store(A + i_h * C + rows_i[:, None] * (H * C) + cc[None, :], acc * scale,
+            acc += tl.where(rows[None, :] == first + j, col[:, None], 0.0)
+    tl.store(A + t0 * (H * C) + i_h * C + rows_i[:, None] * (H * C) + rows[None, :], acc * scale,
              mask=valid_i[:, None])
 
 
@@ -149,26 +156,26 @@ def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.co
                   BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """``o = scale · (q ⊙ e^{b}) h + A v``; grid (chunks, V tiles, heads)."""
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    if F32:
         DT = tl.float32
     else:
         DT = v.dtype.element_ty
     cv = i_v * BV + tl.arange(0, BV)
-    cc = tl.arange(0, C)
+    hb = h + (i_c.to(tl.int64) * H + i_h) * K * V
     acc = tl.zeros([C, BV], dtype=tl.float32)
     for kb in range(0, K, BK):
         ck = kb + tl.arange(0, BK)
-        qt = _tile(q + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        ht = _tile(h + (i_c * H + i_h) * K * V, ck, ck < K, cv, V, V)  # [BK, BV]
+        qt = _tile(q + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _tile(gc + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        ht = _tile(hb, ck, ck < K, cv, V, V)  # [BK, BV]
         acc += tl.dot((qt * tl.exp(bt)).to(DT), ht.to(DT), input_precision=PREC)
     acc *= scale
-    at = _tile(A + i_h * C, rows, valid, cc, C, H * C)  # [C, C]
-    vt = _tile(v + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+    at = _tile(A + t0 * (H * C) + i_h * C, rows, valid, rows, C, H * C)  # [C, C]
+    vt = _tile(v + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
     acc += tl.dot(at.to(DT), vt.to(DT), input_precision=PREC)
-    tl.store(o + i_h * V + rows[:, None] * (H * V) + cv[None, :], acc.to(o.dtype.element_ty),
-             mask=valid[:, None] & (cv[None, :] < V))
+    tl.store(o + t0 * (H * V) + i_h * V + rows[:, None] * (H * V) + cv[None, :],
+             acc.to(o.dtype.element_ty), mask=valid[:, None] & (cv[None, :] < V))
 
 
 @triton.jit
@@ -182,28 +189,30 @@ def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.con
     bos = tl.load(cu + i_n).to(tl.int64)
     eos = tl.load(cu + i_n + 1).to(tl.int64)
     c0 = tl.load(chunk_first + i_n).to(tl.int64)
+    if F32:
+        DT = tl.float32
+    else:
+        DT = q.dtype.element_ty
     ck = i_k * BK + tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
+    rows = tl.arange(0, C)
     smask = (ck[:, None] < K) & (cv[None, :] < V)
     soff = ck[:, None] * V + cv[None, :]
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         dS += tl.load(dht + (i_n * H + i_h) * K * V + soff, mask=smask, other=0.0).to(tl.float32)
-    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
-        DT = tl.float32
-    else:
-        DT = q.dtype.element_ty
     nc = tl.cdiv(eos - bos, C)
     for r in range(0, nc):
         i = nc - 1 - r
         tl.store(dh + ((c0 + i) * H + i_h) * K * V + soff, dS.to(dh.dtype.element_ty), mask=smask)
-        rows = bos + i * C + tl.arange(0, C)
-        valid = rows < eos
-        last = tl.minimum(bos + i * C + C, eos) - 1
-        qt = _tile(q + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        dot_ = _tile(do + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-        bl = _row(gc + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+        t0 = bos + i * C
+        nv = (eos - t0).to(tl.int32)
+        valid = rows < nv
+        last = tl.minimum(nv, C) - 1
+        qt = _tile(q + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _tile(gc + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        dot_ = _tile(do + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        bl = _row(gc + t0 * (H * K) + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
         qd = qt * tl.exp(bt) * scale
         dS = dS * tl.exp(bl)[:, None]
         dS += tl.dot(tl.trans(qd.to(DT)), dot_.to(DT), input_precision=PREC)
@@ -213,23 +222,24 @@ def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.con
 
 @triton.jit
 def _bwd_dA_kernel(do, v, dA, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
-                   V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+                   V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                   F32: tl.constexpr):
     """``dA = scale · do vᵀ`` on and below the diagonal; grid (chunks, heads)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    if F32:
         DT = tl.float32
     else:
         DT = v.dtype.element_ty
-    cc = tl.arange(0, C)
     acc = tl.zeros([C, C], dtype=tl.float32)
     for vb in range(0, V, BV):
         cv = vb + tl.arange(0, BV)
-        dot_ = _tile(do + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-        vt = _tile(v + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        dot_ = _tile(do + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        vt = _tile(v + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
         acc += tl.dot(dot_.to(DT), tl.trans(vt.to(DT)), input_precision=PREC)
-    acc = tl.where(cc[:, None] >= cc[None, :], acc * scale, 0.0)
-    tl.store(dA + i_h * C + rows[:, None] * (H * C) + cc[None, :], acc, mask=valid[:, None])
+    acc = tl.where(rows[:, None] >= rows[None, :], acc * scale, 0.0)
+    tl.store(dA + t0 * (H * C) + i_h * C + rows[:, None] * (H * C) + rows[None, :], acc,
+             mask=valid[:, None])
 
 
 @triton.jit
@@ -238,27 +248,28 @@ def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.const
                    BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """``dv = Aᵀ do + (k ⊙ e^{b_C − b}) dh``; grid (chunks, V tiles, heads)."""
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    if F32:
         DT = tl.float32
     else:
         DT = k.dtype.element_ty
     cv = i_v * BV + tl.arange(0, BV)
-    cc = tl.arange(0, C)
-    last = tl.minimum(t0 + C, eos) - 1
-    at = _tile(A + i_h * C, rows, valid, cc, C, H * C)  # [C, C]
-    dot_ = _tile(do + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+    last = tl.minimum(nv, C) - 1
+    gb = gc + t0 * (H * K) + i_h * K
+    dhb = dh + (i_c.to(tl.int64) * H + i_h) * K * V
+    at = _tile(A + t0 * (H * C) + i_h * C, rows, valid, rows, C, H * C)  # [C, C]
+    dot_ = _tile(do + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
     acc = tl.dot(tl.trans(at.to(DT)), dot_.to(DT), input_precision=PREC)  # [C, BV]
     for kb in range(0, K, BK):
         ck = kb + tl.arange(0, BK)
-        kt = _tile(k + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        bl = _row(gc + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+        kt = _tile(k + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _tile(gb, rows, valid, ck, K, H * K)  # [C, BK]
+        bl = _row(gb, last, last + 1, ck, K, H * K)  # [BK]
         kd = kt * tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
-        dht = _tile(dh + (i_c * H + i_h) * K * V, ck, ck < K, cv, V, V)  # [BK, BV]
+        dht = _tile(dhb, ck, ck < K, cv, V, V)  # [BK, BV]
         acc += tl.dot(kd.to(DT), dht.to(DT), input_precision=PREC)
-    tl.store(dv + i_h * V + rows[:, None] * (H * V) + cv[None, :], acc.to(dv.dtype.element_ty),
-             mask=valid[:, None] & (cv[None, :] < V))
+    tl.store(dv + t0 * (H * V) + i_h * V + rows[:, None] * (H * V) + cv[None, :],
+             acc.to(dv.dtype.element_ty), mask=valid[:, None] & (cv[None, :] < V))
 
 
 @triton.jit
@@ -267,111 +278,117 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
                       PREC: tl.constexpr, F32: tl.constexpr):
     """Intra-chunk ``dq, dk`` (fp32) of one sub-chunk; grid (chunks · C/BC, heads, K tiles).
 
-    ``dq_t = Σ_{j<=t} dA_tj k_j ⊙ e^{b_t − b_j}``, ``dk_j = Σ_{t>=j} dA_tj q_t ⊙ e^{b_t − b_j}``;
+    ``dq_t = Σ_{j<=t} dA_tj k_j ⊙ e^{b_t − b_j}``, ``dk_j = Σ_{t>=j} dA_tj q_t ⊙ e^{b_t − b_j}``:
     earlier (later) sub-chunks by one matmul against a reference ``b`` at this sub-chunk's first
     (last) row, the diagonal block element by element.
     """
     NS: tl.constexpr = C // BC
     i_c, i_s = tl.program_id(0) // NS, tl.program_id(0) % NS
     i_h, i_k = tl.program_id(1), tl.program_id(2)
-    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    if F32:
         DT = tl.float32
     else:
         DT = q.dtype.element_ty
+    qb, kb_, gb = q + t0 * (H * K) + i_h * K, k + t0 * (H * K) + i_h * K, gc + t0 * (H * K) + i_h * K
+    dAb = dA + t0 * (H * C) + i_h * C
     ri = tl.arange(0, BC)
-    cc = tl.arange(0, C)
     ck = i_k * BK + tl.arange(0, BK)
-    first = t0 + i_s * BC
-    last = tl.minimum(first + BC, eos) - 1
+    first = i_s * BC
+    last = tl.minimum(first + BC, nv) - 1
     rows_i = first + ri
-    valid_i = rows_i < eos
-    qi = _tile(q + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
-    ki = _tile(k + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
-    bi = _tile(gc + i_h * K, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+    valid_i = rows_i < nv
+    qi = _tile(qb, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+    ki = _tile(kb_, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
+    bi = _tile(gb, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
     # dq from earlier sub-chunks, reference at the first row of this one
-    before = (cc < i_s * BC) & valid & (first + cc * 0 < eos)  # none if this block is empty
-    bref = _row(gc + i_h * K, first, eos, ck, K, H * K)  # [BK]
-    ka = _tile(k + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
-    ba = _tile(gc + i_h * K, rows, before, ck, K, H * K)  # [C, BK]
+    before = (rows < first) & valid & (first + rows * 0 < nv)  # none if this block is empty
+    bref = _row(gb, first, nv, ck, K, H * K)  # [BK]
+    ka = _tile(kb_, rows, before, ck, K, H * K)  # [C, BK]
+    ba = _tile(gb, rows, before, ck, K, H * K)  # [C, BK]
     kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
-    dAi = _tile(dA + i_h * C, rows_i, valid_i, cc, i_s * BC, H * C)  # [BC, C]
+    dAi = _tile(dAb, rows_i, valid_i, rows, first, H * C)  # [BC, C]
     dqi = tl.dot(dAi.to(DT), kr.to(DT), input_precision=PREC)
     dqi *= tl.exp(tl.where(valid_i[:, None], bi - bref[None, :], 0.0))
     # dk from later sub-chunks, reference at the last row of this one
-    after = (cc >= (i_s + 1) * BC) & valid
-    rref = _row(gc + i_h * K, last, eos, ck, K, H * K)  # [BK]
-    qa = _tile(q + i_h * K, rows, after, ck, K, H * K)  # [C, BK]
-    ba2 = _tile(gc + i_h * K, rows, after, ck, K, H * K)  # [C, BK]
+    after = (rows >= first + BC) & valid
+    rref = _row(gb, last, nv, ck, K, H * K)  # [BK]
+    qa = _tile(qb, rows, after, ck, K, H * K)  # [C, BK]
+    ba2 = _tile(gb, rows, after, ck, K, H * K)  # [C, BK]
     qr = qa * tl.exp(tl.where(after[:, None], ba2 - rref[None, :], 0.0))
-    dAc = _tile(dA + i_h * C + i_s * BC, rows, after, ri, BC, H * C)  # [C, BC]
+    dAc = _tile(dAb + first, rows, after, ri, BC, H * C)  # [C, BC]
     dki = tl.dot(tl.trans(dAc.to(DT)), qr.to(DT), input_precision=PREC)
     dki *= tl.exp(tl.where(valid_i[:, None], rref[None, :] - bi, 0.0))
     # the diagonal block, element by element
     for j in range(0, BC):
-        kj = _row(k + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
-        qj = _row(q + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
-        bj = _row(gc + i_h * K, first + j, eos, ck, K, H * K)  # [BK]
-        dcol = tl.load(dA + i_h * C + rows_i * (H * C) + i_s * BC + j, mask=valid_i & (ri >= j),
+        kj = _row(kb_, first + j, nv, ck, K, H * K)  # [BK]
+        qj = _row(qb, first + j, nv, ck, K, H * K)  # [BK]
+        bj = _row(gb, first + j, nv, ck, K, H * K)  # [BK]
+        ok_j = first + j + ri * 0 < nv  # [BC] (row j of this block exists)
+        dcol = tl.load(dAb + rows_i * (H * C) + first + j, mask=valid_i & (ri >= j),
                        other=0.0)  # [BC] dA[t, j] for rows t of this sub-chunk
-        drow = tl.load(dA + i_h * C + (first + j) * (H * C) + i_s * BC + ri, mask=(ri <= j) & (first + j + ri * 0 < eos),
-                       other=0.0)  # [BC] dA[j, s] for columns s of this sub-chunk
-        ok_j = first + j + ri * 0 < eos  # [BC] (row j of this block exists)
+        drow = tl.load(dAb + (first + j) * (H * C) + first + ri,
+                       mask=(ri <= j) & ok_j, other=0.0)  # [BC] dA[j, s], columns s of the block
         low = ((ri >= j) & valid_i & ok_j)[:, None]
         up = ((ri <= j) & valid_i & ok_j)[:, None]
         dqi += dcol[:, None] * kj[None, :] * tl.exp(tl.where(low, bi - bj[None, :], 0.0))
         dki += drow[:, None] * qj[None, :] * tl.exp(tl.where(up, bj[None, :] - bi, 0.0))
     mask = valid_i[:, None] & (ck[None, :] < K)
-    off = i_h * K + rows_i[:, None] * (H * K) + ck[None, :]
-    tl.store(dq + off, dqi, mask=mask)
-    tl.store(dk + off, dki, mask=mask)
+    off = t0 * (H * K) + i_h * K
+    loc = rows_i[:, None] * (H * K) + ck[None, :]
+    tl.store(dq + off + loc, dqi, mask=mask)
+    tl.store(dk + off + loc, dki, mask=mask)
 
 
 @triton.jit
 def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start, cu, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                      F32: tl.constexpr):
     """Add the state terms to ``dq, dk`` (fp32, in place) and write ``dg``; grid (chunks, K, H).
 
     ``dq += scale e^{b} ⊙ (do hᵀ)``, ``dk += e^{b_C − b} ⊙ (v dhᵀ)``; ``db = q ⊙ dq − k ⊙ dk``,
     ``dg_t = Σ_{s>=t} db_s + e^{b_C} ⊙ Σ_v (h ⊙ dh) + Σ_j k_j ⊙ dk_j^{state}``.
     """
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
+    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    if F32:
         DT = tl.float32
     else:
         DT = q.dtype.element_ty
     ck = i_k * BK + tl.arange(0, BK)
-    last = tl.minimum(t0 + C, eos) - 1
+    last = tl.minimum(nv, C) - 1
+    hb = h + (i_c.to(tl.int64) * H + i_h) * K * V
+    dhb = dh + (i_c.to(tl.int64) * H + i_h) * K * V
     dq_s = tl.zeros([C, BK], dtype=tl.float32)
     dk_s = tl.zeros([C, BK], dtype=tl.float32)
     hdh = tl.zeros([BK], dtype=tl.float32)
     for vb in range(0, V, BV):
         cv = vb + tl.arange(0, BV)
-        dot_ = _tile(do + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-        vt = _tile(v + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-        ht = _tile(h + (i_c * H + i_h) * K * V, ck, ck < K, cv, V, V)  # [BK, BV]
-        dht = _tile(dh + (i_c * H + i_h) * K * V, ck, ck < K, cv, V, V)  # [BK, BV]
+        dot_ = _tile(do + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        vt = _tile(v + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
+        ht = _tile(hb, ck, ck < K, cv, V, V)  # [BK, BV]
+        dht = _tile(dhb, ck, ck < K, cv, V, V)  # [BK, BV]
         dq_s += tl.dot(dot_.to(DT), tl.trans(ht.to(DT)), input_precision=PREC)
         dk_s += tl.dot(vt.to(DT), tl.trans(dht.to(DT)), input_precision=PREC)
         hdh += tl.sum(ht * dht, axis=1)
-    qt = _tile(q + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-    kt = _tile(k + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-    bt = _tile(gc + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-    bl = _row(gc + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+    off = t0 * (H * K) + i_h * K
+    qt = _tile(q + off, rows, valid, ck, K, H * K)  # [C, BK]
+    kt = _tile(k + off, rows, valid, ck, K, H * K)  # [C, BK]
+    bt = _tile(gc + off, rows, valid, ck, K, H * K)  # [C, BK]
+    bl = _row(gc + off, last, last + 1, ck, K, H * K)  # [BK]
     mask = valid[:, None] & (ck[None, :] < K)
-    off = i_h * K + rows[:, None] * (H * K) + ck[None, :]
+    loc = rows[:, None] * (H * K) + ck[None, :]
     dq_s *= scale * tl.exp(bt)
     dk_s *= tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
-    dqt = tl.load(dq + off, mask=mask, other=0.0) + dq_s
-    dkt = tl.load(dk + off, mask=mask, other=0.0) + dk_s
+    dqt = tl.load(dq + off + loc, mask=mask, other=0.0) + dq_s
+    dkt = tl.load(dk + off + loc, mask=mask, other=0.0) + dk_s
     db = qt * dqt - kt * dkt  # [C, BK]
     extra = tl.exp(bl) * hdh + tl.sum(kt * dk_s, axis=0)  # [BK]
     dgt = tl.sum(db, axis=0)[None, :] - tl.cumsum(db, axis=0) + db + extra[None, :]
-    tl.store(dq + off, dqt, mask=mask)
-    tl.store(dk + off, dkt, mask=mask)
-    tl.store(dg + off, dgt, mask=mask)
+    tl.store(dq + off + loc, dqt, mask=mask)
+    tl.store(dk + off + loc, dkt, mask=mask)
+    tl.store(dg + off + loc, dgt, mask=mask)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -446,9 +463,9 @@ def _states(k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, want_ht: bool,
     """States entering each chunk ``[NC, H, K, V]`` and the final states ``[N, H, K, V]``."""
     h = torch.empty(m.NC, m.H, m.K, m.V, dtype=m.state_dtype, device=k.device)
     ht = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=k.device) if want_ht else None
-    _fwd_state_kernel[m.state_grid()](k, v, gc, h, h0 if h0 is not None else h, ht if want_ht else h,
-                                      m.first, m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                      h0 is not None, want_ht, m.prec, m.f32)
+    _fwd_state_kernel[m.state_grid()](k, v, gc, h, h0 if h0 is not None else h,
+                                      ht if want_ht else h, m.first, m.cu, m.H, m.K, m.V, m.C,
+                                      m.BK, m.BV, h0 is not None, want_ht, m.prec, m.f32, num_warps=WARPS)
     return h, ht
 
 
@@ -457,7 +474,7 @@ def _scores(q: Tensor, k: Tensor, gc: Tensor, m: _Meta) -> Tensor:
     A = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     grid = (m.NC * (m.C // SUB), m.H)
     _intra_kernel[grid](q, k, gc, A, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.C, SUB, m.BK,
-                        m.prec, m.f32)
+                        m.prec, m.f32, num_warps=WARPS)
     return A
 
 
@@ -469,7 +486,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, wan
     o = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
     grid = (m.NC, triton.cdiv(m.V, m.BV), m.H)
     _fwd_o_kernel[grid](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V, m.C,
-                        m.BK, m.BV, m.prec, m.f32)
+                        m.BK, m.BV, m.prec, m.f32, num_warps=WARPS)
     return o.to(v.dtype), ht
 
 
@@ -482,22 +499,22 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, do
     dh0 = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=q.device)
     _bwd_state_kernel[m.state_grid()](q, do, gc, dh, dht if dht is not None else dh, dh0, m.first,
                                       m.cu, m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                      dht is not None, h0 is not None, m.prec, m.f32)
+                                      dht is not None, h0 is not None, m.prec, m.f32, num_warps=WARPS)
     dA = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     _bwd_dA_kernel[(m.NC, m.H)](do, v, dA, m.seq, m.start, m.cu, m.scale, m.H, m.V, m.C, m.BV,
-                                m.prec, m.f32)
+                                m.prec, m.f32, num_warps=WARPS)
     dv = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
     _bwd_dv_kernel[(m.NC, triton.cdiv(m.V, m.BV), m.H)](k, gc, A, do, dh, dv, m.seq, m.start,
                                                         m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                                        m.prec, m.f32)
+                                                        m.prec, m.f32, num_warps=WARPS)
     dq = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
     nk = triton.cdiv(m.K, m.BK)
     _bwd_intra_kernel[(m.NC * (m.C // SUB), m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start, m.cu,
-                                                      m.H, m.K, m.C, SUB, m.BK, m.prec, m.f32)
+                                                      m.H, m.K, m.C, SUB, m.BK, m.prec, m.f32, num_warps=WARPS)
     dg = torch.empty_like(dq)
     _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dg, m.seq, m.start, m.cu,
-                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, m.prec, m.f32)
+                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, m.prec, m.f32, num_warps=WARPS)
     return dq, dk, dv.to(v.dtype), dg, (dh0 if h0 is not None else None)
 
 

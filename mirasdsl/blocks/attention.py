@@ -24,8 +24,7 @@ class AttentionMixer(ProjectedMixer):
         if "k" in state:  # decoding / continued prefill: attend over cache + new tokens
             k = torch.cat([state["k"], k], dim=1)  # [B, S, Hkv, P]
             v = torch.cat([state["v"], v], dim=1)  # [B, S, Hkv, V]
-        slopes = self.slopes.to(q.dtype) if self.slopes is not None else None
-        o = attention(q, k, v, causal=True, window=self.window, alibi_slopes=slopes)  # [B, T, H, V]
+        o = attention(q, k, v, causal=True, window=self.window, alibi_slopes=self.slopes)  # fp32 slopes  # [B, T, H, V]
         if return_state:
             keep = k.shape[1] if self.window is None else min(k.shape[1], self.window - 1)
             state["k"], state["v"] = k[:, k.shape[1] - keep:], v[:, v.shape[1] - keep:]

@@ -136,9 +136,9 @@ def to_batch(inputs: np.ndarray, targets: np.ndarray) -> Batch:
 
 def row_permutations(rng: np.random.Generator, n: int, size: int, k: int) -> np.ndarray:
     """For each of ``n`` rows, ``k`` distinct integers of ``[0, size)`` in random order. [n, k]"""
-    noise = rng.random((n, size))  # [n, size] the k smallest, in increasing order, pick
-    if k < size:
-        smallest = np.argpartition(noise, k - 1, axis=1)[:, :k]  # [n, k] in no particular order
-        order = np.argsort(np.take_along_axis(noise, smallest, axis=1), axis=1)
+    u = rng.random((n, size))  # [n, size]; the answer is the argsort's first k columns
+    if k < size:  # the same, in O(size + k log k): partition, then order the k smallest
+        smallest = np.argpartition(u, k - 1, axis=1)[:, :k]  # [n, k] in no particular order
+        order = np.argsort(np.take_along_axis(u, smallest, axis=1), axis=1)  # [n, k]
         return np.take_along_axis(smallest, order, axis=1)
-    return np.argsort(noise, axis=1)
+    return np.argsort(u, axis=1)

@@ -69,25 +69,41 @@ def _wanted(relative: Path) -> bool:
     return not any(part.startswith(".") or part in _SKIPPED_DIRS for part in relative.parts)
 
 
-@functools.lru_cache(maxsize=4)
 def load_splits(path: str | None, pattern: str | None, heldout_fraction: float,
                 min_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train bytes, held-out bytes) of the corpus as uint8 arrays, cached per process."""
-    files = corpus_files(path, pattern)
-    blobs = [p.read_bytes() for p in files]
-    f = heldout_fraction
-    held = [math.floor((i + 1) * f) > math.floor(i * f) for i in range(len(blobs))]
+    """(train bytes, held-out bytes) of the corpus as uint8 arrays, each >= ``min_bytes``.
+
+    Split by file, or by offset when a side of the file split is shorter than ``min_bytes``.
+    """
+    train, heldout = _split_by_file(path, pattern, heldout_fraction)
+    if min(len(train), len(heldout)) < min_bytes:
+        train, heldout = _split_by_offset(path, pattern, heldout_fraction)
+    if min(len(train), len(heldout)) < min_bytes:
+        raise TaskError(f"the corpus ({len(train) + len(heldout)} bytes) is too small for "
+                        f"windows of {min_bytes} bytes in both splits",
+                        [problem("seq_len", "shorten the windows or use a larger corpus")])
+    return train, heldout
+
+
+@functools.lru_cache(maxsize=4)
+def _split_by_file(path: str | None, pattern: str | None,
+                   fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out files spread evenly through the sorted list; cached per process."""
+    blobs = [p.read_bytes() for p in corpus_files(path, pattern)]
+    held = [math.floor((i + 1) * fraction) > math.floor(i * fraction) for i in range(len(blobs))]
     train = b"".join(b for b, h in zip(blobs, held) if not h)
     heldout = b"".join(b for b, h in zip(blobs, held) if h)
-    if min(len(train), len(heldout)) < min_bytes:  # by offset instead of by file
-        whole = b"".join(blobs)
-        cut = len(whole) - max(1, round(len(whole) * f))
-        train, heldout = whole[:cut], whole[cut:]
-    if min(len(train), len(heldout)) < min_bytes:
-        raise TaskError(f"the corpus ({sum(map(len, blobs))} bytes) is too small for windows of "
-                        f"{min_bytes} bytes in both splits",
-                        [problem("seq_len", "shorten the windows or use a larger corpus")])
     return np.frombuffer(train, dtype=np.uint8), np.frombuffer(heldout, dtype=np.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def _split_by_offset(path: str | None, pattern: str | None,
+                     fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``fraction`` of the concatenated bytes held out; cached per process."""
+    whole = b"".join(p.read_bytes() for p in corpus_files(path, pattern))
+    cut = len(whole) - max(1, round(len(whole) * fraction))
+    data = np.frombuffer(whole, dtype=np.uint8)
+    return data[:cut], data[cut:]
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,12 @@ def _positive(config: TaskConfig, *fields: str) -> list[Problem]:
             for f in fields if getattr(config, f) < 1]
 
 
-def _even(config: TaskConfig) -> list[Problem]:
+def _pair_length(config: TaskConfig, minimum: int) -> list[Problem]:
+    """Problems with a ``seq_len`` that must hold whole pairs of tokens, at least ``minimum``."""
     seq_len = getattr(config, "seq_len")
-    if seq_len % 2:
-        return [problem("seq_len", f"must be even (pairs of tokens), got {seq_len}")]
+    if seq_len % 2 or seq_len < minimum:
+        return [problem("seq_len", f"must be even (pairs of tokens) and >= {minimum}, "
+                        f"got {seq_len}")]
     return []
 
 
@@ -67,7 +69,7 @@ def _recall_batch(n: int, rng: np.random.Generator, seq_len: int, data: int,
         noise_tokens = rng.integers(data, data + noise_vocab, size=(n, pairs, 2))  # [n, P, 2]
         pair_tokens = np.where(noise[..., None], noise_tokens, pair_tokens)
     targets = np.full((n, pairs, 2), IGNORE, dtype=np.int64)  # [n, P, 2]
-    targets[..., 0] = np.where(seen & ~noise, values, IGNORE)  # at the key: predict its value
+    targets[..., 0] = np.where(seen, values, IGNORE)  # at the key: predict its value
     return to_batch(pair_tokens.reshape(n, 2 * pairs), targets.reshape(n, 2 * pairs))
 
 
@@ -80,9 +82,7 @@ class InContextRecallConfig(TaskConfig):
     vocab_size: int = 16
 
     def _problems(self) -> list[Problem]:
-        out = _positive(self, "seq_len") + _even(self)
-        if self.seq_len < 4:
-            out.append(problem("seq_len", f"must be >= 4, got {self.seq_len}"))
+        out = _pair_length(self, 4)
         if self.vocab_size < 4:
             out.append(problem("vocab_size", f"must be >= 4, got {self.vocab_size}"))
         return out
@@ -102,9 +102,7 @@ class NoisyRecallConfig(TaskConfig):
     frac_noise: float = 0.2
 
     def _problems(self) -> list[Problem]:
-        out = _positive(self, "noise_vocab_size") + _even(self)
-        if self.seq_len < 4:
-            out.append(problem("seq_len", f"must be >= 4, got {self.seq_len}"))
+        out = _positive(self, "noise_vocab_size") + _pair_length(self, 4)
         if self.vocab_size - self.noise_vocab_size < 4:
             out.append(problem("vocab_size", f"{self.vocab_size} leaves fewer than 4 data tokens",
                                expected=f">= noise_vocab_size + 4 = {self.noise_vocab_size + 4}"))
@@ -301,7 +299,7 @@ class MemorizationConfig(TaskConfig):
         return (self.vocab_size - 1) // 2
 
     def _problems(self) -> list[Problem]:
-        out = _even(self) + _positive(self, "seq_len")
+        out = _pair_length(self, 2)
         if self.vocab_size < 3:
             out.append(problem("vocab_size", f"must be >= 3, got {self.vocab_size}"))
         if self.map_seed < 0:

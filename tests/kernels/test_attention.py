@@ -194,7 +194,8 @@ def test_rope_matches_complex_rotation_and_keeps_norms():
     torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))
     torch.testing.assert_close(apply_rope(x)[:, 0], x[:, 0])  # position 0 is the identity
     # [T] positions broadcast like [B, T] ones
-    torch.testing.assert_close(apply_rope(x, torch.arange(T)), apply_rope(x, torch.arange(T)[None].expand(B, T)))
+    per_batch = torch.arange(T)[None].expand(B, T)
+    torch.testing.assert_close(apply_rope(x, torch.arange(T)), apply_rope(x, per_batch))
 
 
 def test_rope_frequencies_shapes_and_values():
@@ -249,6 +250,7 @@ def test_gpu_flex_matches_reference(name, D):
     q, k, v = make_qkv(2, T, H, Hkv, D, device="cuda", seed=7)
     slopes = alibi_slopes(H, device="cuda") if alibi else None
     assert resolve_backend(None, q.device, special=True) == "flex"
+    assert resolve_backend(None, q.device, special=True, same_length=False) == "sdpa"
     o = attention(q, k, v, causal, window, slopes)  # compiled flex
     do = torch.randn_like(o)
     grads = torch.autograd.grad(o, (q, k, v), do)

@@ -150,9 +150,13 @@ def _to_double(args: tuple, kw: dict) -> tuple[tuple, dict]:
     return tuple(map(d, args[:4])) + (tuple(map(d, args[4])),), kw64
 
 
-@pytest.mark.parametrize("cfg,T,K,with_state,ranges", CASES[::2], ids=IDS[::2])
+F64 = [5, 11, 12, 16]  # the cases whose fp32 ranges had to be narrowed
+
+
+@pytest.mark.parametrize("cfg,T,K,with_state,ranges", [CASES[i] for i in F64], ids=[IDS[i] for i in F64])
 def test_chunk_torch_matches_naive_float64(cfg: DeepMemoryConfig, T: int, K: int, with_state: bool, ranges: dict) -> None:
-    """In float64 the two algorithms agree to 1e-10 on default ranges: equal up to rounding."""
+    """In float64 the two algorithms agree to 1e-10 on the default (wider) input ranges too:
+    the float32 gaps there are rounding amplified by the recurrence, not the algorithm."""
     args, kw = _to_double(*make_inputs(cfg, T, K=K, V=K, with_state=with_state))
     assert_close(run(chunk_deep_memory, cfg, args, kw), run(recurrent_deep_memory, cfg, args, kw), tol=1e-10)
 
@@ -210,7 +214,7 @@ def test_state_carries_across_calls() -> None:
 
 def test_dual_form_saves_no_per_token_weights() -> None:
     """The fast path never keeps a [T, d_in, d_out] weight copy for backward."""
-    cfg = C(depth=2, momentum=True, chunk_size=4)
+    cfg = C(depth=2, momentum=True, chunk_size=16)
     B, T, H, K, hid = 1, 64, 2, 12, 20
     args, kw = make_inputs(cfg, T, B=B, H=H, K=K, V=K, hidden=hid)
     biggest = [0]
@@ -221,8 +225,8 @@ def test_dual_form_saves_no_per_token_weights() -> None:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         o, _ = chunk_deep_memory(*args, cfg, **kw)
-    per_token_weights = B * H * T * K * hid
-    assert biggest[0] < per_token_weights // 2
+    per_token_weights = B * H * T * K * hid  # one layer's weights for every token
+    assert biggest[0] <= per_token_weights // 4  # per-chunk W_0 and Z_0: 2 T / C copies
     assert o.shape == (B, T, H, K)
 
 
@@ -262,6 +266,19 @@ def test_dispatch_backends_agree() -> None:
     assert rel_rms(outs[1], outs[0]) <= TOL and rel_rms(outs[2], outs[0]) <= TOL
     with pytest.raises(BackendError):
         deep_memory(*args, cfg, **kw, backend="cuda")
+
+
+def test_bf16_inputs_give_bf16_output() -> None:
+    """Low-precision inputs: fp32 inside, output in v's dtype, close to the fp32 result."""
+    cfg = C(depth=2, momentum=True, chunk_size=8)
+    args, kw = make_inputs(cfg, 21)
+    ref, _ = chunk_deep_memory(*args, cfg, **kw)
+    a16 = tuple(a.detach().bfloat16() for a in args[:4]) + (tuple(w.detach().bfloat16() for w in args[4]),)
+    k16 = {n: x.detach().bfloat16() for n, x in kw.items()}
+    for fn in (chunk_deep_memory, triton_deep_memory):
+        o, _ = fn(*a16, cfg, **k16)
+        assert o.dtype == torch.bfloat16
+        assert rel_rms(o, ref) <= 3e-2
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -13,6 +13,7 @@ from mirasdsl.search.tasks import (IGNORE, TASKS, CompressionConfig, FuzzyRecall
                                    InContextRecallConfig, LMConfig, MemorizationConfig,
                                    MQARConfig, NoisyRecallConfig, SelectiveCopyingConfig,
                                    make_task, rng_for, task_params)
+from mirasdsl.search.tasks.base import row_permutations
 from mirasdsl.search.tasks.lm import corpus_files, load_splits, stdlib_root
 
 SMALL = {  # quick settings of every task
@@ -330,6 +331,28 @@ def test_lm_errors_for_missing_empty_and_tiny_corpora(tmp_path) -> None:
 # ------------------------------------------------------------------------------ registry errors
 
 
+@pytest.mark.parametrize("name, params, field", [
+    ("in_context_recall", dict(seq_len=41), "seq_len"),
+    ("in_context_recall", dict(vocab_size=3), "vocab_size"),
+    ("noisy_recall", dict(vocab_size=18, noise_vocab_size=16), "vocab_size"),
+    ("noisy_recall", dict(frac_noise=1.0), "frac_noise"),
+    ("noisy_recall", dict(noise_vocab_size=0), "noise_vocab_size"),
+    ("fuzzy_recall", dict(k_motif_size=0), "k_motif_size"),
+    ("selective_copying", dict(vocab_size=2), "vocab_size"),
+    ("compression", dict(data_vocab=0), "data_vocab"),
+    ("compression", dict(seq_len=2), "seq_len"),
+    ("memorization", dict(seq_len=0), "seq_len"),
+    ("memorization", dict(map_seed=-1), "map_seed"),
+    ("lm", dict(heldout_fraction=1.0), "heldout_fraction"),
+    ("mqar", dict(kv_pairs=0), "kv_pairs"),
+])
+def test_invalid_settings_name_their_field(name: str, params: dict, field: str) -> None:
+    with pytest.raises(TaskError, match=field) as err:
+        make_task(name, **params)
+    assert field in {p.path for p in err.value.problems}
+
+
+
 def test_unknown_task_lists_names_and_suggests() -> None:
     with pytest.raises(TaskError, match="unknown task 'mqr'") as err:
         make_task("mqr")
@@ -353,3 +376,11 @@ def test_bad_types_are_task_errors() -> None:
     assert {p.path for p in err.value.problems} == {"seq_len", "random_non_queries"}
     assert make_task("mqar", power_a=1).power_a == 1  # an int is a fine float
     assert task_params("mqar")["kv_pairs"] == 8
+
+
+def test_row_permutations_match_a_full_argsort() -> None:
+    for size, k in ((50, 5), (7, 7), (9, 1)):
+        got = row_permutations(np.random.default_rng(3), 200, size, k)
+        want = np.argsort(np.random.default_rng(3).random((200, size)), axis=1)[:, :k]
+        assert np.array_equal(got, want)
+        assert all(len(set(r)) == k for r in got.tolist())

@@ -194,6 +194,21 @@ def test_optimizer_follows_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None
     assert seen == pytest.approx([2e-3 * lr_factor(s, 12, 4) for s in range(12)])
 
 
+def test_gradients_are_clipped_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits: list[float] = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def record(params: object, max_norm: float, *args: object, **kw: object) -> torch.Tensor:
+        limits.append(max_norm)
+        return original(params, max_norm, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record)
+    fit(seeded(BagOfTokens), steps=3, grad_clip=0.25, eval_batches=1)
+    assert limits == [0.25] * 3
+    fit(seeded(BagOfTokens), steps=3, grad_clip=0.0, eval_batches=1)
+    assert limits == [0.25] * 3
+
+
 def test_weight_decay_only_on_matrices() -> None:
     model = BagOfTokens(8)
     optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1)
