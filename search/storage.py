@@ -8,6 +8,7 @@ opens either storage: ``optuna-dashboard sqlite:///studies/NAME.db``.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,6 +80,7 @@ def open_storage(url: str, interval: int, grace: int, retries: int) -> Any:
             "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
     if url.startswith("sqlite:///"):
         _prepare_sqlite(url)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     last: Exception | None = None
     for attempt in range(3):  # two workers creating the tables at once may collide: try again
         try:

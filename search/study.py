@@ -9,6 +9,8 @@ once) is closed unrun as ``surplus``, so no slot is ever run twice.
 """
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import warnings
@@ -246,6 +248,7 @@ def work(study: Any, search: Any, *, wanted: int, timeout: float | None, device:
             trial.set_user_attr(STATUS, "surplus")
             study.tell(trial, state=TrialState.FAIL)
             continue
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         ui.started(trial)
         try:
             status = run_trial(study, trial, search, device, ui.progress)

@@ -35,7 +35,9 @@ class Plan:
     dk: int
     dv: int
     bk: int
-    bv: int
+    bv: int  # value block of the chunk-parallel kernels
+    bv_loop: int  # value block of the state passes and the main backward kernel
+    stages: int  # software-pipelining depth of the looping kernels (shared memory bound)
     gate: int
     prec: str
 
@@ -60,7 +62,16 @@ def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None)
     bk = max(16, triton.next_power_of_2(dk))
     bv = min(64, max(16, triton.next_power_of_2(dv)))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    return Plan(cu, chunk_off, chunk_seq, len(lens), sum(counts), h, dk, dv, bk, bv, gate_mode(g), prec)
+    return Plan(
+        cu, chunk_off, chunk_seq, len(lens), sum(counts), h, dk, dv, bk, bv, min(bv, 32),
+        loop_stages(bk), gate_mode(g), prec,
+    )
+
+
+def loop_stages(bk: int) -> int:
+    """Pipelining depth that keeps the looping kernels within an H100's 227 KB of shared
+    memory (checked by compiling for sm_90 in the tests)."""
+    return 2 if bk <= 128 else 1
 
 
 def gate_cumsum(g: Tensor, plan: Plan, reverse: bool = False) -> Tensor:
@@ -114,11 +125,12 @@ def state_forward(
     hs = k.new_empty(plan.n_chunks, plan.heads, plan.dk, plan.dv, dtype=torch.float32)
     vn = torch.empty_like(u)
     ht = k.new_empty(plan.n_seq, plan.heads, plan.dk, plan.dv, dtype=torch.float32) if want_ht else None
-    grid = (triton.cdiv(plan.dv, plan.bv), plan.n_seq * plan.heads)
+    grid = (triton.cdiv(plan.dv, plan.bv_loop), plan.n_seq * plan.heads)
     fwd.state_fwd_kernel[grid](
         k, gc, w, u, vn, hs, h0 if h0 is not None else hs, ht if want_ht else hs, plan.cu,
         plan.chunk_off, plan.heads, plan.dk, plan.dv, HAS_H0=h0 is not None, STORE_HT=want_ht,
-        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec, num_warps=4,
+        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop, PREC=plan.prec, num_warps=4,
+        num_stages=plan.stages,
     )
     return hs, vn, ht
 
@@ -151,11 +163,12 @@ def backward_packed(
     dhs = torch.empty_like(hs)
     dvn = torch.empty_like(vn)
     dh0 = torch.empty(plan.n_seq, plan.heads, plan.dk, plan.dv, **f32)
-    grid = (triton.cdiv(plan.dv, plan.bv), plan.n_seq * plan.heads)
+    grid = (triton.cdiv(plan.dv, plan.bv_loop), plan.n_seq * plan.heads)
     bwd.state_bwd_kernel[grid](
         q, k, gc, w, m, do, dvn, dhs, dht if dht is not None else dh0, dh0, plan.cu,
         plan.chunk_off, scale, plan.heads, plan.dk, plan.dv, HAS_DHT=dht is not None,
-        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec, num_warps=4,
+        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop, PREC=plan.prec, num_warps=4,
+        num_stages=plan.stages,
     )
     dq, dk = torch.empty(q.shape, **f32), torch.empty(k.shape, **f32)
     dv, db = torch.empty_like(v), torch.empty(beta.shape, **f32)
@@ -164,8 +177,8 @@ def backward_packed(
     common = (plan.chunk_seq, plan.cu, plan.chunk_off)
     bwd.main_bwd_kernel[(plan.n_chunks, plan.heads)](
         q, k, v, beta, gc, x, vn, dvn, hs, dhs, do, dq, dk, dv, db, dg, dm, da, *common,
-        scale, plan.heads, plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv,
-        PREC=plan.prec, num_warps=8,
+        scale, plan.heads, plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop,
+        PREC=plan.prec, num_warps=8, num_stages=1,
     )
     args = (q, k, beta, gc, dm, da, dq, dk, db, dg, *common, plan.heads, plan.dk)
     if plan.gate == 2:

@@ -14,6 +14,7 @@ the inter-chunk ``dq, dk`` together with ``dg`` (a reverse cumulative sum inside
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -122,7 +123,8 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
         DT = tl.float32
     else:
         DT = q.dtype.element_ty
-    qb, kb_, gb = q + t0 * (H * K) + i_h * K, k + t0 * (H * K) + i_h * K, gc + t0 * (H * K) + i_h * K
+    off = t0 * (H * K) + i_h * K  # this chunk's first row, this head
+    qb, kb_, gb = q + off, k + off, gc + off
     ri = tl.arange(0, BC)
     first = i_s * BC
     rows_i = first + ri
@@ -290,7 +292,8 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
         DT = tl.float32
     else:
         DT = q.dtype.element_ty
-    qb, kb_, gb = q + t0 * (H * K) + i_h * K, k + t0 * (H * K) + i_h * K, gc + t0 * (H * K) + i_h * K
+    off = t0 * (H * K) + i_h * K  # this chunk's first row, this head
+    qb, kb_, gb = q + off, k + off, gc + off
     dAb = dA + t0 * (H * C) + i_h * C
     ri = tl.arange(0, BC)
     ck = i_k * BK + tl.arange(0, BK)
@@ -334,7 +337,6 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
         dqi += dcol[:, None] * kj[None, :] * tl.exp(tl.where(low, bi - bj[None, :], 0.0))
         dki += drow[:, None] * qj[None, :] * tl.exp(tl.where(up, bj[None, :] - bi, 0.0))
     mask = valid_i[:, None] & (ck[None, :] < K)
-    off = t0 * (H * K) + i_h * K
     loc = rows_i[:, None] * (H * K) + ck[None, :]
     tl.store(dq + off + loc, dqi, mask=mask)
     tl.store(dk + off + loc, dki, mask=mask)
@@ -425,28 +427,53 @@ def _chunk_table(cu: Tensor, C: int, fixed: tuple[int, int] | None) -> tuple[Ten
             torch.tensor(first, dtype=torch.int64, device=dev))
 
 
+@dataclass(frozen=True)
 class _Meta:
-    """Shapes, tiles and the chunk table shared by the forward and backward launches."""
+    """Shapes, tiles, precision choices and the chunk table shared by all launches."""
 
-    def __init__(self, q: Tensor, v: Tensor, cu: Tensor, table: tuple[Tensor, ...], C: int,
-                 scale: float) -> None:
-        self.TT, self.H, self.K = q.shape
-        self.V = v.shape[-1]
-        self.N = cu.numel() - 1
-        self.cu = cu
-        self.seq, self.start, self.first = table
-        self.NC = self.seq.numel()
-        self.C, self.scale = C, scale
-        self.BK, self.BV = _block(self.K), _block(self.V)
-        self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    TT: int  # tokens in the packed stream
+    H: int
+    K: int
+    V: int
+    N: int  # sequences
+    NC: int  # chunks
+    C: int
+    BK: int
+    BV: int
+    scale: float
+    cu: Tensor  # [N + 1] int64
+    seq: Tensor  # [NC] int32, sequence of each chunk
+    start: Tensor  # [NC] int64, first token of each chunk
+    first: Tensor  # [N] int64, first chunk of each sequence
+    prec: str  # tl.dot input precision: "ieee" for fp32 inputs
+    f32: bool  # matmul operands in fp32
+    out_f32: bool  # o, dv written in fp32 and rounded by torch
+    state_dtype: torch.dtype  # per-chunk states h, dh
+
+    @staticmethod
+    def build(q: Tensor, v: Tensor, cu: Tensor, table: tuple[Tensor, ...], C: int,
+              scale: float) -> "_Meta":
+        """From the flattened ``q: [TT, H, K]``, ``v: [TT, H, V]`` and the chunk table."""
+        TT, H, K = q.shape
+        seq, start, first = table
         interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        fp32 = q.dtype == torch.float32
         # the interpreter's bf16 is off: its dot multiplies raw bits and its stores truncate,
-        # so there bf16 runs dot products in fp32 and writes o, dv in fp32 (then rounded by torch)
-        self.f32 = q.dtype == torch.float32 or (interpreted and q.dtype == torch.bfloat16)
-        self.out_f32 = interpreted and q.dtype == torch.bfloat16
-        self.state_dtype = torch.float32 if q.dtype == torch.float32 else q.dtype
+        # so there bf16 runs dot products in fp32 and writes o, dv in fp32 (rounded by torch)
+        bf16_interp = interpreted and q.dtype == torch.bfloat16
+        return _Meta(TT=TT, H=H, K=K, V=v.shape[-1], N=cu.numel() - 1, NC=seq.numel(), C=C,
+                     BK=_block(K), BV=_block(v.shape[-1]), scale=scale, cu=cu, seq=seq,
+                     start=start, first=first, prec="ieee" if fp32 else "tf32",
+                     f32=fp32 or bf16_interp, out_f32=bf16_interp,
+                     state_dtype=torch.float32 if fp32 else q.dtype)
+
+    @property
+    def kw(self) -> dict:
+        """Launch options every kernel but the cumsum takes."""
+        return {"PREC": self.prec, "F32": self.f32, "num_warps": WARPS}
 
     def state_grid(self) -> tuple[int, int, int]:
+        """(K tiles, V tiles, sequences · heads) for the state-passing kernels."""
         return triton.cdiv(self.K, self.BK), triton.cdiv(self.V, self.BV), self.N * self.H
 
 
@@ -465,7 +492,7 @@ def _states(k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, want_ht: bool,
     ht = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=k.device) if want_ht else None
     _fwd_state_kernel[m.state_grid()](k, v, gc, h, h0 if h0 is not None else h,
                                       ht if want_ht else h, m.first, m.cu, m.H, m.K, m.V, m.C,
-                                      m.BK, m.BV, h0 is not None, want_ht, m.prec, m.f32, num_warps=WARPS)
+                                      m.BK, m.BV, h0 is not None, want_ht, **m.kw)
     return h, ht
 
 
@@ -474,7 +501,7 @@ def _scores(q: Tensor, k: Tensor, gc: Tensor, m: _Meta) -> Tensor:
     A = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     grid = (m.NC * (m.C // SUB), m.H)
     _intra_kernel[grid](q, k, gc, A, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.C, SUB, m.BK,
-                        m.prec, m.f32, num_warps=WARPS)
+                        **m.kw)
     return A
 
 
@@ -486,7 +513,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, wan
     o = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
     grid = (m.NC, triton.cdiv(m.V, m.BV), m.H)
     _fwd_o_kernel[grid](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V, m.C,
-                        m.BK, m.BV, m.prec, m.f32, num_warps=WARPS)
+                        m.BK, m.BV, **m.kw)
     return o.to(v.dtype), ht
 
 
@@ -499,22 +526,22 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, do
     dh0 = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=q.device)
     _bwd_state_kernel[m.state_grid()](q, do, gc, dh, dht if dht is not None else dh, dh0, m.first,
                                       m.cu, m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                      dht is not None, h0 is not None, m.prec, m.f32, num_warps=WARPS)
+                                      dht is not None, h0 is not None, **m.kw)
     dA = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     _bwd_dA_kernel[(m.NC, m.H)](do, v, dA, m.seq, m.start, m.cu, m.scale, m.H, m.V, m.C, m.BV,
-                                m.prec, m.f32, num_warps=WARPS)
+                                **m.kw)
     dv = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
     _bwd_dv_kernel[(m.NC, triton.cdiv(m.V, m.BV), m.H)](k, gc, A, do, dh, dv, m.seq, m.start,
                                                         m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                                        m.prec, m.f32, num_warps=WARPS)
+                                                        **m.kw)
     dq = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
     nk = triton.cdiv(m.K, m.BK)
     _bwd_intra_kernel[(m.NC * (m.C // SUB), m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start, m.cu,
-                                                      m.H, m.K, m.C, SUB, m.BK, m.prec, m.f32, num_warps=WARPS)
+                                                      m.H, m.K, m.C, SUB, m.BK, **m.kw)
     dg = torch.empty_like(dq)
     _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dg, m.seq, m.start, m.cu,
-                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, m.prec, m.f32, num_warps=WARPS)
+                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, **m.kw)
     return dq, dk, dv.to(v.dtype), dg, (dh0 if h0 is not None else None)
 
 
@@ -571,6 +598,6 @@ def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None,
     flat = [x.reshape(B * T, H, x.shape[-1]).contiguous() for x in (q, k, v)]  # [TT, H, D]
     gf = None if g is None else g.reshape(B * T, H, K).contiguous()  # [TT, H, K]
     h0 = None if initial_state is None else initial_state.contiguous()  # [N, H, K, V]
-    m = _Meta(flat[0], flat[2], cu, table, chunk_size, default_scale(scale, K))
+    m = _Meta.build(flat[0], flat[2], cu, table, chunk_size, default_scale(scale, K))
     o, ht = _ChunkGLA.apply(*flat, gf, h0, m, output_final_state)
     return o.reshape(B, T, H, V), ht

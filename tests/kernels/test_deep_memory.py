@@ -268,6 +268,22 @@ def test_dispatch_backends_agree() -> None:
         deep_memory(*args, cfg, **kw, backend="cuda")
 
 
+SHORT = [
+    (C(depth=2, momentum=True, chunk_size=16), 5),
+    (C(depth=1, bias="huber", huber_delta=0.5, chunk_size=16), 16),
+    (C(depth=2, retention_global="kl", kl_scale=1.0, chunk_size=16), 7),
+]
+
+
+@pytest.mark.parametrize("cfg,T", SHORT, ids=["T<C", "T=C", "kl-T<C"])
+@pytest.mark.parametrize("fn", [chunk_deep_memory, triton_deep_memory], ids=["chunk", "triton"])
+def test_short_sequences_without_gate(fn, cfg: DeepMemoryConfig, T: int) -> None:
+    """One (partial) chunk, g=None (no local retention), a single batch element and head."""
+    args, kw = make_inputs(cfg, T, B=1, H=1)
+    kw.pop("g")
+    assert_close(run(fn, cfg, args, kw), run(recurrent_deep_memory, cfg, args, kw))
+
+
 def test_bf16_inputs_give_bf16_output() -> None:
     """Low-precision inputs: fp32 inside, output in v's dtype, close to the fp32 result."""
     cfg = C(depth=2, momentum=True, chunk_size=8)
