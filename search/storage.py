@@ -53,6 +53,23 @@ def requeue(study: Any, trial: Any, reason: str) -> None:
         RETRY_OF: trial.number, ATTEMPT: int(trial.user_attrs.get(ATTEMPT, 0)) + 1, "retry_reason": reason})
 
 
+def driver_url(url: str) -> str:
+    """``postgresql://`` with the PostgreSQL driver that is installed (psycopg 3, else psycopg2);
+    SQLAlchemy's default would be psycopg 3 only. Other URLs are returned unchanged."""
+    import importlib.util
+
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            rest = url[len(prefix):]
+            if importlib.util.find_spec("psycopg") is not None:
+                return "postgresql+psycopg://" + rest
+            if importlib.util.find_spec("psycopg2") is not None:
+                return "postgresql+psycopg2://" + rest
+            raise StorageError(f"storage {_redact(url)}: no PostgreSQL driver is installed; "
+                               "install one with: pip install 'mirasdsl[postgres]'")
+    return url
+
+
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
@@ -81,14 +98,15 @@ def open_storage(url: str, interval: int, grace: int, retries: int) -> Any:
     if url.startswith("sqlite:///"):
         _prepare_sqlite(url)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    shown, url = url, driver_url(url)
     last: Exception | None = None
     for attempt in range(3):  # two workers creating the tables at once may collide: try again
         try:
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval, grace_period=grace,
                 heartbeat_stale_trial_callback=retry_callback(retries, grace))
-        except ModuleNotFoundError as err:
-            raise StorageError(f"storage {_redact(url)}: the database driver is missing ({err.name}); "
+        except ImportError as err:
+            raise StorageError(f"storage {_redact(shown)}: the database driver is missing ({err}); "
                                "install it with: pip install 'mirasdsl[postgres]'") from None
         except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
             last = err
@@ -96,4 +114,4 @@ def open_storage(url: str, interval: int, grace: int, retries: int) -> Any:
                 break
             time.sleep(0.5 + attempt)
     first = str(last).strip().splitlines()[0] if last is not None and str(last).strip() else type(last).__name__
-    raise StorageError(f"cannot open the study storage {_redact(url)}: {first}")
+    raise StorageError(f"cannot open the study storage {_redact(shown)}: {first}")

@@ -194,8 +194,7 @@ def run_trial(study: Any, trial: Any, search: Any, device: str, on_progress: Cal
         return "infeasible"
     start = time.perf_counter()
     try:
-        with Heartbeat(study._storage, trial._trial_id, search.spec.heartbeat.interval):
-            trained = train_candidate(search, cand, trial=trial, study=study, device=device, progress=on_progress)
+        trained = train_candidate(search, cand, trial=trial, study=study, device=device, progress=on_progress)
     except optuna.TrialPruned as err:
         trial.set_user_attr(STATUS, "pruned")
         trial.set_user_attr("reason", str(err))
@@ -244,18 +243,28 @@ def work(study: Any, search: Any, *, wanted: int, timeout: float | None, device:
             time.sleep(poll)  # the rest run elsewhere: wait for them to finish or go stale
             continue
         trial = study.ask()
-        if _surplus(study.get_trials(deepcopy=False, states=None), trial, wanted):
-            trial.set_user_attr(STATUS, "surplus")
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        ui.started(trial)
-        try:
-            status = run_trial(study, trial, search, device, ui.progress)
-        except KeyboardInterrupt:
-            trial.set_user_attr(STATUS, "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            requeue(study, study._storage.get_trial(trial._trial_id), "interrupted (Ctrl-C); run again")
-            raise
-        ran += 1
-        ui.finished(study._storage.get_trial(trial._trial_id), status)
+        with Heartbeat(study._storage, trial._trial_id, search.spec.heartbeat.interval):
+            status = _run_one(study, trial, search, device, wanted, ui)
+        if status is not None:
+            ran += 1
+            ui.finished(study._storage.get_trial(trial._trial_id), status)
+
+
+def _run_one(study: Any, trial: Any, search: Any, device: str, wanted: int, ui: Any) -> str | None:
+    """Run an asked trial (heartbeat already beating); None when it was surplus."""
+    from optuna.trial import TrialState
+
+    if _surplus(study.get_trials(deepcopy=False, states=None), trial, wanted):
+        trial.set_user_attr(STATUS, "surplus")
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    ui.started(trial)
+    try:
+        status = run_trial(study, trial, search, device, ui.progress)
+    except KeyboardInterrupt:
+        trial.set_user_attr(STATUS, "interrupted")
+        study.tell(trial, state=TrialState.FAIL)
+        requeue(study, study._storage.get_trial(trial._trial_id), "interrupted (Ctrl-C); run again")
+        raise
+    return status

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -232,6 +235,19 @@ def test_triton_wide_heads() -> None:
     inputs = make_inputs(1, 40, 1, 72, 80, "scalar", seed=13)
     ref = run_with_grads(recurrent_delta_rule, inputs)
     assert_close(run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE), ref, 1e-4)
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_h100() -> None:
+    """Every launch of forward and backward (K = V = 128, bf16, each gate mode) compiles for
+    sm_90 and fits in an H100's shared memory: what the interpreter cannot check."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "mirasdsl.kernels.delta.compile_check", "--dk", "128", "--dv", "128"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kernels = {line.split()[4] for line in done.stdout.splitlines() if "shared" in line}
+    assert {"intra_channel_kernel", "main_bwd_kernel", "intra_bwd_channel_kernel", "state_bwd_kernel"} <= kernels
 
 
 # ---------------------------------------------------------------- GPU (real sizes)
