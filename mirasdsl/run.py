@@ -50,8 +50,14 @@ def run_cmd(args: argparse.Namespace, console: Console) -> int:
     from mirasdsl.report import nbytes, si
     from mirasdsl.spec import load_spec
 
+    from mirasdsl.kernels.dispatch import BackendError, resolve
+
     spec = load_spec(args.spec)
     device = _device(args.device)
+    try:
+        resolve(None, device)
+    except BackendError as err:
+        raise UserError(f"kernel choice: {err}") from None
     torch.manual_seed(args.seed)
     model = build_model(spec).to(device)
     tokens = torch.randint(0, spec.model.vocab_size, (args.batch, args.seq_len), device=device)

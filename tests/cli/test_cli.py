@@ -90,3 +90,33 @@ def test_compile_48_layers_stays_torch_free():
     assert len(json.loads(proc.stdout)["layout"]) == 48
     code = "import sys, mirasdsl.cli, mirasdsl.commands; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_explain_names_the_kernel_per_device_and_override():
+    proc = run_cli("compile", GDN, "--explain", "--device", "cuda")
+    assert "kernel: gated_delta_rule via backend 'triton'" in proc.stdout
+    assert "kernel: PyTorch SDPA" in proc.stdout
+    import os
+    env_proc = subprocess.run([sys.executable, "-m", "mirasdsl", "compile", GDN, "--explain", "--device", "cuda"],
+                              capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "MIRAS_KERNELS": "naive", "COLUMNS": "200"})
+    assert "via backend 'naive'" in env_proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "mirasdsl", "compile", GDN],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "MIRAS_KERNELS": "fast"})
+    assert bad.returncode == 2 and "unknown kernel backend 'fast'" in bad.stderr
+
+
+def test_run_trains_a_step_and_reports():
+    proc = run_cli("run", "specs/tiny-gdn-hybrid.yaml", "--seq-len", "32", "--steps", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "tokens/s" in proc.stdout and "peak memory" in proc.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "specs/tiny-gdn-hybrid.yaml", "--device", "cuda"], "no CUDA device"),
+    (["run", "specs/tiny-gdn-hybrid.yaml", "--device", "banana"], "unknown device"),
+    (["run", "specs/tiny-gdn-hybrid.yaml", "--seq-len", "0"], "positive integer"),
+])
+def test_run_user_errors(args, fragment):
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
