@@ -82,7 +82,10 @@ class UI:
         self._refresh()
 
     def finished(self, trial: Any, status: str) -> None:
-        values = ", ".join(f"{m}={v:.4g}" for m, v in zip(self.directions, trial.values or [])) if status == "ok" else ""
+        from mirasdsl.search.budget import fmt
+
+        values = ", ".join(f"{m}={v:.4g}" if m.split(".")[0] in ("accuracy", "loss") else f"{m}={fmt(m, v)}"
+                           for m, v in zip(self.directions, trial.values or [])) if status == "ok" else ""
         detail = trial.user_attrs.get("layout", "") if status == "ok" else trial.user_attrs.get("reason", "")
         row = (str(trial.number), status, values, str(detail))
         self.done.append(row)
@@ -138,7 +141,7 @@ def _run(search: Any, args: argparse.Namespace, console: Console, study_name: st
         console.print(f"space: {len(search.space.params)} parameters; {summary['sampled']} points priced before "
                       f"training: {summary['valid']} valid specs, {summary['feasible']} within the budget",
                       highlight=False, markup=False)
-    study = open_study(search, url, study_name)
+    study = open_study(search, url, study_name, create=not args.report)
     console.print(f"study {study_name!r} in {_redact(url)}: {len(study.trials)} trials stored; "
                   f"finishing {wanted} on {device}", highlight=False, markup=False)
     if not args.report:

@@ -65,27 +65,23 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
-def make_sampler(search: Any, n_limits: int) -> Any:
-    """The Optuna sampler of the spec, learning from constraint values where it can."""
+def make_sampler(search: Any) -> Any:
+    """The Optuna sampler of the spec. TPE, NSGA-II and GP learn from the constraint values each
+    trial sets (``Trial.set_constraint``) before it is told."""
     import optuna
 
     spec = search.spec
     s = spec.sampler
-
-    def constraints_func(trial: Any) -> list[float]:
-        return list(trial.user_attrs.get("constraints", [0.0] * n_limits + [-1.0]))
-
     quiet_optuna()
     if s.kind == "tpe":
         kw = {"n_startup_trials": s.startup_trials} if s.startup_trials else {}
-        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=s.multivariate,
-                                          constraints_func=constraints_func, **kw)
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=s.multivariate, **kw)
     if s.kind == "nsga2":
         kw = {"population_size": s.population} if s.population else {}
-        return optuna.samplers.NSGAIISampler(seed=spec.seed, constraints_func=constraints_func, **kw)
+        return optuna.samplers.NSGAIISampler(seed=spec.seed, **kw)
     if s.kind == "gp":
         kw = {"n_startup_trials": s.startup_trials} if s.startup_trials else {}
-        return optuna.samplers.GPSampler(seed=spec.seed, constraints_func=constraints_func, **kw)
+        return optuna.samplers.GPSampler(seed=spec.seed, **kw)
     if s.kind == "grid":
         return optuna.samplers.GridSampler(search.space.grid(), seed=spec.seed)
     return optuna.samplers.RandomSampler(seed=spec.seed)
@@ -106,16 +102,18 @@ def make_pruner(search: Any) -> Any:
                                           reduction_factor=p.reduction_factor)
 
 
-def open_study(search: Any, url: str, study_name: str) -> Any:
+def open_study(search: Any, url: str, study_name: str, create: bool = True) -> Any:
     """Create or load the study; a study of the same name with other objectives is refused."""
     import optuna
 
     hb = search.spec.heartbeat
     storage = open_storage(url, hb.interval, hb.grace, hb.retries)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not create and study_name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        raise UserError(f"the storage holds no study {study_name!r}: nothing to report (run the search first)")
     directions = list(search.spec.objective.directions.values())
     study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
-                                sampler=make_sampler(search, len(search.spec.budget.limits())),
+                                sampler=make_sampler(search),
                                 pruner=make_pruner(search), directions=directions)
     have = [d.name.lower() for d in study.directions]
     if have != directions:
@@ -156,6 +154,14 @@ class Heartbeat:
         self._thread.join()
 
 
+def _constrain(trial: Any, limits: dict[str, float], metrics: dict[str, float] | None) -> None:
+    """Set the trial's constraint values (<= 0 feasible) for the sampler, and keep a copy to show."""
+    values = bud.constraints(metrics, limits)
+    trial.set_user_attr("constraints", values)
+    for name, value in zip([*limits, "valid_spec"], values):
+        trial.set_constraint(name, value)
+
+
 def _describe(trial: Any, cand: bud.Candidate) -> None:
     from mirasdsl.report import layout_text, tuple_text
     from mirasdsl.spec.model import TupleMixer
@@ -182,11 +188,11 @@ def run_trial(study: Any, trial: Any, search: Any, device: str, on_progress: Cal
         text = bud.spec_error_text(err)
         trial.set_user_attr(STATUS, "infeasible")
         trial.set_user_attr("reason", f"invalid spec: {text}")
-        trial.set_user_attr("constraints", bud.constraints(None, limits))
+        _constrain(trial, limits, None)
         study.tell(trial, objective_values(directions, None, None))
         return "infeasible"
     _describe(trial, cand)
-    trial.set_user_attr("constraints", bud.constraints(cand.metrics, limits))
+    _constrain(trial, limits, cand.metrics)
     if cand.violations:
         trial.set_user_attr(STATUS, "infeasible")
         trial.set_user_attr("reason", "over budget: " + "; ".join(cand.violations))

@@ -44,14 +44,16 @@ def state_bwd_kernel(
         tl.store(p, ds, mask=msk)
         last = (t_end - 1).to(tl.int64)
         gt = gate_tile(G, rows, valid, h, H, K, GATE, BT, BK)
-        kd = load_tile(k, rows, valid, h, H, K, BK, 0) * masked_exp(gate_row(G, last, h, H, K, GATE, BK) - gt, valid[:, None])
+        to_end = masked_exp(gate_row(G, last, h, H, K, GATE, BK) - gt, valid[:, None])  # e^{G_last - G}
+        kd = load_tile(k, rows, valid, h, H, K, BK, 0) * to_end
         qg = load_tile(q, rows, valid, h, H, K, BK, 0) * tl.exp(gt)  # [BT, BK]
         do = load_tile(dO, rows, valid, h, H, V, BV, v0)  # [BT, BV]
         m = load_tile(M, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
         dvn = scale * dot(tl.trans(m), do, PREC) + dot(kd, ds, PREC)  # [BT, BV]
         store_tile(dVN, dvn, rows, valid, h, H, V, BV, v0)
         wt = load_tile(W, rows, valid, h, H, K, BK, 0)
-        ds = ds * tl.exp(gate_col(G, last, h, H, K, GATE, BK)) + scale * dot(tl.trans(qg), do, PREC) - dot(tl.trans(wt), dvn, PREC)
+        ds = ds * tl.exp(gate_col(G, last, h, H, K, GATE, BK))
+        ds += scale * dot(tl.trans(qg), do, PREC) - dot(tl.trans(wt), dvn, PREC)
     p, msk = state_tile(dh0, n, h, H, K, V, BK, BV, v0)
     tl.store(p, ds, mask=msk)
 
@@ -156,7 +158,8 @@ def intra_bwd_dense_kernel(
     q, k, beta, G, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
     GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
-    """No gate or scalar gate: back through M = lower(Q Kᵀ ⊙ D) and A = diag(β) strictly_lower(K Kᵀ ⊙ D)."""
+    """No gate or scalar gate: back through M = lower(Q Kᵀ ⊙ D) and
+    A = diag(β) strictly_lower(K Kᵀ ⊙ D)."""
     i_c, h = tl.program_id(0), tl.program_id(1)
     t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = t0.to(tl.int64) + tl.arange(0, BT)
@@ -178,7 +181,8 @@ def intra_bwd_dense_kernel(
     dq_m = dot(dmd, kt, PREC)
     dk_r = dot(dpd, kt, PREC)
     dk_c = dot(tl.trans(dmd), qt, PREC) + dot(tl.trans(dpd), kt, PREC)
-    finish_rows(dq, dk, dbeta, dG, rows, valid, h, H, K, qt, kt, dq_m, dk_r, dk_c, tl.sum(da * p, 1), GATE, BK)
+    db_a = tl.sum(da * p, 1)  # [BT]
+    finish_rows(dq, dk, dbeta, dG, rows, valid, h, H, K, qt, kt, dq_m, dk_r, dk_c, db_a, GATE, BK)
 
 
 @triton.jit
@@ -207,7 +211,8 @@ def intra_bwd_channel_kernel(
     for b in range(0, i_s):  # blocks left of the diagonal: a is the row
         rb = t0.to(tl.int64) + b * BC + ci
         vb = rb < t_end
-        kb = load_tile(k, rb, vb, h, H, K, BK, 0) * masked_exp(ref - load_tile(G, rb, vb, h, H, K, BK, 0), vb[:, None])
+        gb = load_tile(G, rb, vb, h, H, K, BK, 0)
+        kb = load_tile(k, rb, vb, h, H, K, BK, 0) * masked_exp(ref - gb, vb[:, None])  # [BC, BK]
         dm_ab = load_tile(dM, rows, valid, h, H, BT, BC, b * BC)  # [BC, BC]
         da_ab = load_tile(dA, rows, valid, h, H, BT, BC, b * BC)
         dq_m += dot(dm_ab, kb, PREC)

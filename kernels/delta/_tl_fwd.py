@@ -68,7 +68,8 @@ def intra_channel_kernel(
     for b in range(0, i_s):
         rb = t0.to(tl.int64) + b * BC + ci
         vb = rb < t_end
-        kb = load_tile(k, rb, vb, h, H, K, BK, 0) * masked_exp(ref - load_tile(G, rb, vb, h, H, K, BK, 0), vb[:, None])
+        gb = load_tile(G, rb, vb, h, H, K, BK, 0)
+        kb = load_tile(k, rb, vb, h, H, K, BK, 0) * masked_exp(ref - gb, vb[:, None])  # [BC, BK]
         store_tile(M, dot(qs, tl.trans(kb), PREC), rows, valid, h, H, BT, BC, b * BC)
         store_tile(A, dot(ks, tl.trans(kb), PREC) * ba[:, None], rows, valid, h, H, BT, BC, b * BC)
     m_d = tl.zeros([BC, BC], dtype=tl.float32)
@@ -153,7 +154,8 @@ def state_fwd_kernel(
         store_tile(VN, vn, rows, valid, h, H, V, BV, v0)
         last = (t_end - 1).to(tl.int64)
         gt = gate_tile(G, rows, valid, h, H, K, GATE, BT, BK)
-        kd = load_tile(k, rows, valid, h, H, K, BK, 0) * masked_exp(gate_row(G, last, h, H, K, GATE, BK) - gt, valid[:, None])
+        to_end = masked_exp(gate_row(G, last, h, H, K, GATE, BK) - gt, valid[:, None])  # e^{G_last - G}
+        kd = load_tile(k, rows, valid, h, H, K, BK, 0) * to_end
         s = s * tl.exp(gate_col(G, last, h, H, K, GATE, BK)) + dot(tl.trans(kd), vn, PREC)
     if STORE_HT:
         p, msk = state_tile(ht, n, h, H, K, V, BK, BV, v0)

@@ -69,9 +69,10 @@ def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None)
 
 
 def loop_stages(bk: int) -> int:
-    """Pipelining depth that keeps the looping kernels within an H100's 227 KB of shared
-    memory (checked by compiling for sm_90 in the tests)."""
-    return 2 if bk <= 128 else 1
+    """Pipelining depth of the sequential state passes. Their float32 tiles already take
+    60-120 KB of shared memory at one stage (K = 128); a second stage would leave room for one
+    program per SM, so occupancy is preferred (tune on the GPU; compile_check.py checks fit)."""
+    return 1
 
 
 def gate_cumsum(g: Tensor, plan: Plan, reverse: bool = False) -> Tensor:
@@ -201,7 +202,9 @@ class ChunkDeltaRule(torch.autograd.Function):
     """Autograd wrapper around the packed Triton forward and backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens
+    ):
         b, t = q.shape[:2]
         plan = make_plan(q, v, g, cu_seqlens)
         qp, kp, vp, bp = (_pack(x) for x in (q, k, v, beta))
@@ -210,14 +213,14 @@ class ChunkDeltaRule(torch.autograd.Function):
         o, ht, x, m = forward_packed(qp, kp, vp, bp, gc, scale, h0, output_final_state, plan)
         ctx.save_for_backward(qp, kp, vp, bp, gc, x, m, h0)
         ctx.meta = (plan, scale, b, t, g.dtype if g is not None else None, initial_state is not None)
-        ctx.shapes = (q.dtype, k.dtype, beta.dtype, None if initial_state is None else initial_state.dtype)
+        ctx.dtypes = (q.dtype, k.dtype, beta.dtype, None if initial_state is None else initial_state.dtype)
         return o.reshape(v.shape), ht
 
     @staticmethod
     def backward(ctx, do, dht):  # type: ignore[override]
         qp, kp, vp, bp, gc, x, m, h0 = ctx.saved_tensors
         plan, scale, b, t, g_dtype, has_h0 = ctx.meta
-        q_dtype, k_dtype, beta_dtype, h0_dtype = ctx.shapes
+        q_dtype, k_dtype, beta_dtype, h0_dtype = ctx.dtypes
         dht = dht.float().contiguous() if dht is not None else None
         dq, dk, dv, db, dgt, dh0 = backward_packed(
             qp, kp, vp, bp, gc, x, m, h0, _pack(do), dht, scale, plan

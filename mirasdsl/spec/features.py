@@ -24,7 +24,7 @@ class Taylor2Map(Frozen):
     """BASED: 2nd-order Taylor map ``[1, x, x⊗x/√2]`` on ``x/d^{1/4}``; feature dim ``1 + d + d²``."""
 
     kind: Literal["taylor2"] = "taylor2"
-    dim: PosInt = 16
+    dim: Annotated[int, Field(ge=1, le=64, strict=True)] = 16
     """The small dim d that q and k are projected to before the expansion."""
 
 
@@ -32,7 +32,7 @@ class HedgehogMap(Frozen):
     """Hedgehog: learnable ``[softmax(Wx), softmax(−Wx)]``; feature dim ``2·dim``."""
 
     kind: Literal["hedgehog"] = "hedgehog"
-    dim: PosInt = 64
+    dim: Annotated[int, Field(ge=1, le=4096, strict=True)] = 64
     """Width of the learnable projection W (per head)."""
 
 
@@ -40,7 +40,7 @@ class PerformerMap(Frozen):
     """FAVOR+ positive random features ``exp(ωᵀx − ‖x‖²/2)/√m``."""
 
     kind: Literal["performer"] = "performer"
-    features: PosInt = 64
+    features: Annotated[int, Field(ge=1, le=65536, strict=True)] = 64
     """Number m of random features."""
 
 

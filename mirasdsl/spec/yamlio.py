@@ -95,7 +95,10 @@ class _Builder:
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise self.fail(key_node, "YAML merge keys ('<<') are not supported")
-            key = self.scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "sequence" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise self.fail(key_node, f"a {kind} cannot be a mapping key", "a string key")
+            key = self.scalar(key_node)
             if not isinstance(key, str):
                 raise self.fail(key_node, f"mapping key {key!r} is not a string", "a string key")
             if key in out:

@@ -154,3 +154,15 @@ def test_accounting_counts_slots_retries_and_surplus() -> None:
     acc = study_mod.account(trials, wanted=3)
     assert (acc.done, acc.pending, acc.waiting) == (1, 2, 1)  # 1 superseded by its retry 3; 4 is surplus
     assert study_mod._surplus(trials, trials[4], 3) and not study_mod._surplus(trials, trials[3], 3)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "grid"])
+def test_every_sampler_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampler: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_search(tmp_path, sampler=sampler, trials=2, objective={
+        "task": "mqar", "steps": 2, "batch_size": 2, "eval_batches": 1,
+        "directions": {"accuracy": "maximize", "train_flops_per_token": "minimize"}})
+    assert main(["search", "search.yaml"]) == 0
+    assert [t.state.name for t in load(tmp_path).trials] == ["COMPLETE", "COMPLETE"]
+    assert main(["search", "search.yaml", "--report"]) == 0
+    assert main(["search", "search.yaml", "--report", "--study-name", "other"]) == 2
