@@ -6,7 +6,6 @@ must start fast. The handler imports the heavy parts.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -138,7 +137,8 @@ def _run(search: Any, args: argparse.Namespace, console: Console, study_name: st
     url = args.storage or spec.storage or default_url(study_name)
     if not args.report:
         summary = bud.check_space(search)
-        console.print(f"space: {len(search.space.params)} parameters; {summary['sampled']} points priced before "
+        n = len(search.space.params)
+        console.print(f"space: {n} parameter{'' if n == 1 else 's'}; {summary['sampled']} points priced before "
                       f"training: {summary['valid']} valid specs, {summary['feasible']} within the budget",
                       highlight=False, markup=False)
     study = open_study(search, url, study_name, create=not args.report)

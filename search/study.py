@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from mirasdsl.errors import SpecError, UserError
 from mirasdsl.search import budget as bud
-from mirasdsl.search.objective import (Stopped, failure_reason, fidelity_for, objective_values,
+from mirasdsl.search.objective import (Stopped, failure_reason, objective_values,
                                        train_candidate)
 from mirasdsl.search.storage import RETRY_OF, open_storage, requeue
 
@@ -83,8 +83,21 @@ def make_sampler(search: Any) -> Any:
         kw = {"n_startup_trials": s.startup_trials} if s.startup_trials else {}
         return optuna.samplers.GPSampler(seed=spec.seed, **kw)
     if s.kind == "grid":
-        return optuna.samplers.GridSampler(search.space.grid(), seed=spec.seed)
+        return _grid_class()(search.space.grid(), seed=spec.seed)
     return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+def _grid_class() -> type:
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):
+        """Optuna's grid sampler without its ``study.stop()`` once the grid is used up: that only
+        works inside ``Study.optimize``; this loop stops by counting finished trials."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return Grid
 
 
 def make_pruner(search: Any) -> Any:
@@ -120,13 +133,23 @@ def open_study(search: Any, url: str, study_name: str, create: bool = True) -> A
         raise UserError(f"study {study_name!r} in this storage optimises {have}, but the spec asks for "
                         f"{directions}; give the spec another study_name or use --study-name")
     metrics = list(search.spec.objective.directions)
+    space = [describe_param(p) for p in search.space.params]
     if "metrics" not in study.user_attrs:
         study.set_user_attr("metrics", metrics)
-        study.set_user_attr("space", [p.path for p in search.space.params])
+        study.set_user_attr("space", space)
     elif study.user_attrs["metrics"] != metrics:
         raise UserError(f"study {study_name!r} holds objectives {study.user_attrs['metrics']}, the spec "
                         f"names {metrics}; give the spec another study_name")
+    elif study.user_attrs.get("space") != space:
+        raise UserError(f"study {study_name!r} was run over another space (the spec's space changed "
+                        "since); give the spec another study_name or use --study-name")
     return study
+
+
+def describe_param(p: Any) -> dict[str, Any]:
+    """A parameter's distribution as plain data (stored with the study to detect a changed space)."""
+    return {"path": p.path, "kind": p.kind, "low": p.low, "high": p.high, "step": p.step, "log": p.log,
+            "choices": [str(c) for c in p.labels]}
 
 
 class Heartbeat:

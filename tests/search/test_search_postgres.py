@@ -110,7 +110,7 @@ def test_two_workers_one_killed(postgres: str, tmp_path: Path) -> None:
 
     spec = write_search(tmp_path, trials=WANTED, heartbeat={"interval": 1, "grace": 3, "retries": 2},
                         objective={"task": {"mqar": {"seq_len": 16, "kv_pairs": 2, "vocab_size": 16}},
-                                   "steps": 60, "batch_size": 8, "eval_every": 20, "eval_batches": 1,
+                                   "steps": 120, "batch_size": 8, "eval_every": 40, "eval_batches": 1,
                                    "directions": {"accuracy": "maximize"}})
     a = _worker(spec, postgres, tmp_path / "a", tmp_path / "a.log")
     from mirasdsl.search.storage import driver_url
@@ -131,9 +131,9 @@ def test_two_workers_one_killed(postgres: str, tmp_path: Path) -> None:
                        for t in study().get_trials(deepcopy=False))
 
         _wait(a_running, "worker a to start a trial")
-        time.sleep(0.5)  # into the training loop
         killed = next(t.number for t in study().get_trials(deepcopy=False)
                       if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{a.pid}"))
+        time.sleep(0.3)  # into the training loop (a trial takes seconds)
         a.send_signal(signal.SIGKILL)
         a.wait(10)
         assert b.wait(240) == 0, (tmp_path / "b.log").read_text()

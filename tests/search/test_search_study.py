@@ -159,10 +159,34 @@ def test_accounting_counts_slots_retries_and_surplus() -> None:
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "grid"])
 def test_every_sampler_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampler: str) -> None:
     monkeypatch.chdir(tmp_path)
-    write_search(tmp_path, sampler=sampler, trials=2, objective={
+    space = {"mixers.lin.bias": ["dot", "l2"]} if sampler == "grid" else None  # grid used up at the end
+    write_search(tmp_path, sampler=sampler, trials=2, **({"space": space} if space else {}), objective={
         "task": "mqar", "steps": 2, "batch_size": 2, "eval_batches": 1,
         "directions": {"accuracy": "maximize", "train_flops_per_token": "minimize"}})
     assert main(["search", "search.yaml"]) == 0
     assert [t.state.name for t in load(tmp_path).trials] == ["COMPLETE", "COMPLETE"]
     assert main(["search", "search.yaml", "--report"]) == 0
     assert main(["search", "search.yaml", "--report", "--study-name", "other"]) == 2
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband"])
+def test_single_objective_pruners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pruner: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_search(tmp_path, sampler="tpe", trials=4, pruner={"kind": pruner, "min_steps": 1},
+                 objective={"task": "mqar", "steps": 4, "batch_size": 2, "eval_every": 1, "eval_batches": 1,
+                            "directions": {"loss": "minimize"}})
+    assert main(["search", "search.yaml"]) == 0
+    trials = load(tmp_path).trials
+    assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert all(len(t.intermediate_values) >= 1 for t in trials)  # every evaluation reached the pruner
+
+
+def test_changed_space_is_refused_on_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_search(tmp_path, trials=1, objective={"task": "mqar", "steps": 2, "batch_size": 2, "eval_batches": 1})
+    assert main(["search", "search.yaml"]) == 0
+    write_search(tmp_path, trials=2, space={"layout.count.attn": {"int": [0, 2]}, "mixers.lin.bias": ["dot", "lp"]},
+                 objective={"task": "mqar", "steps": 2, "batch_size": 2, "eval_batches": 1})
+    assert main(["search", "search.yaml"]) == 2
+    assert "was run over another space" in capsys.readouterr().err
