@@ -4,7 +4,7 @@ The CLI turns every :class:`UserError` into a clear message and exit code 2.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mirasdsl.cost import Cost, CostReport
-from mirasdsl.graph.nodes import MixerNode, Node, ParallelMixerNode, node_to_json
+from mirasdsl.graph.nodes import MixerNode, Node, ParallelMixerNode
 from mirasdsl.spec.model import Spec, TupleMixer
 
 

@@ -301,8 +301,6 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     last = tl.minimum(first + BC, nv) - 1
     rows_i = first + ri
     valid_i = rows_i < nv
-    qi = _tile(qb, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
-    ki = _tile(kb_, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
     bi = _tile(gb, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
     # dq from earlier sub-chunks, reference at the first row of this one
     before = (rows < first) & valid & (first + rows * 0 < nv)  # none if this block is empty

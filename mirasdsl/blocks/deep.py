@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from mirasdsl.blocks.base import ProjectedMixer, State
 from mirasdsl.cost.mixers import memory_weight_shapes
 from mirasdsl.graph.nodes import MixerNode
-from mirasdsl.kernels.deep_memory import DeepMemoryConfig, DeepMemoryState, deep_memory
+from mirasdsl.kernels.deep_memory import DeepMemoryConfig, deep_memory
 from mirasdsl.kernels.deep_memory import memory as dm
 
 

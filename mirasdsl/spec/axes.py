@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from mirasdsl.spec.base import Bool, Float, Frozen, PosInt, Prob, tagged
+from mirasdsl.spec.base import Bool, Frozen, PosInt, Prob, tagged
 
 # ---------------------------------------------------------------- memory
 

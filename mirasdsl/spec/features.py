@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from mirasdsl.spec.base import Frozen, PosInt, tagged
+from mirasdsl.spec.base import Frozen, tagged
 
 
 class SimpleMap(Frozen):

@@ -18,7 +18,7 @@ from mirasdsl.spec.axes import (
     Retention,
     Update,
 )
-from mirasdsl.spec.base import Bool, Frozen, Int, PosInt, Str, tagged
+from mirasdsl.spec.base import Bool, Frozen, PosInt, Str, tagged
 from mirasdsl.spec.features import Features
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"

@@ -3,7 +3,6 @@ token by token gives the full forward's logits at every position, with a state t
 model says."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ import yaml
 
 from mirasdsl.blocks import build_model
 from mirasdsl.cost import Settings, estimate
-from mirasdsl.graph.lower import lower
 from mirasdsl.spec import spec_from_data
 from tests.helpers import MODEL_SPECS, ROOT
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mirasdsl.spec import PRESETS, ParallelMixer, spec_from_data
+from mirasdsl.spec import ParallelMixer, spec_from_data
 from mirasdsl.spec.families import ATTENTION, DEEP, DELTA, GLA, lower_tuple
 
 BASE = {"miras": 1, "name": "t", "model": {"vocab_size": 32, "d_model": 64, "n_layers": 2, "heads": 2}}
