@@ -142,8 +142,9 @@ def _run(search: Any, args: argparse.Namespace, console: Console, study_name: st
                       f"training: {summary['valid']} valid specs, {summary['feasible']} within the budget",
                       highlight=False, markup=False)
     study = open_study(search, url, study_name, create=not args.report)
-    console.print(f"study {study_name!r} in {_redact(url)}: {len(study.trials)} trials stored; "
-                  f"finishing {wanted} on {device}", highlight=False, markup=False)
+    doing = "report only" if args.report else f"finishing {wanted} on {device}"
+    console.print(f"study {study_name!r} in {_redact(url)}: {len(study.trials)} trials stored; {doing}",
+                  highlight=False, markup=False)
     if not args.report:
         with UI(console, spec.objective.directions) as ui:
             work(study, search, wanted=wanted, timeout=timeout, device=device, ui=ui)

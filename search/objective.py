@@ -110,12 +110,15 @@ def train_candidate(search: Any, cand: Any, *, trial: Any, study: Any, device: s
     names = [t.name for t in search.tasks]
     done: dict[str, float] = {}
     passed: set[int] = set()
+    evals: list[list[Any]] = []
     for index, task in enumerate(search.tasks):
         offset = index * obj.steps
 
         def on_eval(step: int, scores: dict[str, float], task_name: str = task.name, offset: int = offset,
                     index: int = index) -> None:
             score = current_score(fid.metric, names, done, scores, task_name)
+            evals.append([task_name, step, round(scores["accuracy"], 6), round(scores["loss"], 6)])
+            trial.set_user_attr("evals", evals)  # the learning curve: [task, step, accuracy, loss]
             if progress is not None:
                 progress(index, step, scores)
             if fid.mode == "prune":

@@ -66,6 +66,8 @@ def _history_png(rows: list[Any], directions: dict[str, str], path: Path, plt: A
 
 
 def _params_png(rows: list[Any], directions: dict[str, str], paths: list[str], out: Path, plt: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     name = next(iter(directions))
     ok = [r for r in rows if r.values]
     fig, axes = plt.subplots(1, len(paths), figsize=(4.0 * len(paths), 3.6), squeeze=False)
@@ -74,6 +76,8 @@ def _params_png(rows: list[Any], directions: dict[str, str], paths: list[str], o
         ys = [r.values[0] for r in ok]
         if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
             ax.scatter(xs, ys)
+            if all(isinstance(x, int) for x in xs):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         else:
             cats = sorted({str(x) for x in xs})
             ax.scatter([cats.index(str(x)) for x in xs], ys)

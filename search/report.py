@@ -100,7 +100,7 @@ def table(rows: list[Row], directions: dict[str, str], limits: dict[str, float],
     t = Table(title=title, title_justify="left")
     for col in ("rank", "trial", "layout", "searched values", "tuples"):
         t.add_column(col, overflow="fold")
-    figures = list(dict.fromkeys(["params", "train_flops_per_token", *limits]))
+    figures = [m for m in dict.fromkeys(["params", "train_flops_per_token", *limits]) if m not in directions]
     for m in figures:
         t.add_column(m.replace("_per_token", "/tok"), justify="right")
     for m, d in directions.items():

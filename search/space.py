@@ -136,6 +136,10 @@ class Space:
     def apply(self, base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
         """The base spec data with every point value laid at its path (``layout.count`` last)."""
         data = copy.deepcopy(base)
+        forms = {path.split(".")[1] for path in point if path.startswith("layout.")} & {"ratio", "pattern", "indices"}
+        if forms and isinstance(data.get("layout"), dict):  # a searched form replaces the base's other forms
+            drop = {"ratio", "pattern", "indices", "default"} - forms - ({"default"} if "indices" in forms else set())
+            data["layout"] = {k: v for k, v in data["layout"].items() if k not in drop}
         counts = {}
         for path, value in point.items():
             parts = path.split(".")

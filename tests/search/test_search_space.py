@@ -79,3 +79,13 @@ def test_space_that_never_fits_is_refused_before_training(tmp_path: Path) -> Non
     assert "no point of the space fits the budget" in text and "params: the smallest value" in text
     ok = bud.check_space(load_search_spec(write_search(tmp_path)))
     assert ok["feasible"] == ok["valid"] == ok["sampled"] == 4 + 64  # 2 × 2 corners + 64 random points
+
+
+def test_layout_form_in_the_space_replaces_the_base_form(tmp_path: Path) -> None:
+    search = load_search_spec(write_search(tmp_path, space={"layout.indices.attn": [[0], [1]],
+                                                            "layout.pattern": [["lin", "attn"]]}))
+    with pytest.raises(SpecError, match="invalid spec"):  # two forms at once: still refused
+        bud.make_candidate(search, {"layout.indices.attn": [0], "layout.pattern": ["lin", "attn"]})
+    search = load_search_spec(write_search(tmp_path, space={"layout.indices.attn": [[0], [1]]}))
+    assert bud.make_candidate(search, {"layout.indices.attn": [0]}).layers == ("attn", "lin")
+    assert bud.make_candidate(search, {"layout.indices.attn": [1]}).layers == ("lin", "attn")

@@ -61,6 +61,8 @@ def test_end_to_end_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["compile", str(folder / "best.yaml")]) == 0
     rows = json.loads((folder / "results.json").read_text())
     assert len(rows) == 3 and rows[0]["rank"] == 1 and rows[0]["layout"]
+    first = load(tmp_path).trials[0]
+    assert [e[1] for e in first.user_attrs["evals"]] == [2, 4]  # the learning curve is kept
     assert len(load(tmp_path).trials) == 3
     # rerunning resumes: nothing new to do; more trials continue the same study
     assert main(["search", "search.yaml"]) == 0
