@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor
 
 from .config import DeepMemoryConfig
@@ -171,27 +172,46 @@ def _dual_form(
     return finish_output(out, qc, cfg), state
 
 
+def _materialised_chunk(
+    n: int, state: DeepMemoryState, qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None, log_a: Tensor,
+    eta: Tensor, mu: Tensor | None, T: int, cfg: DeepMemoryConfig,
+) -> tuple[Tensor, DeepMemoryState]:
+    """Chunk ``n`` of the materialised path: per-token weights, then each query reads its own."""
+    C = qc.shape[3]
+    d_n = dc[:, :, n] if dc is not None else None
+    w0 = read_weights(state.weights, cfg)
+    ins, deltas = key_gradients(w0, kc[:, :, n], vc[:, :, n], d_n, cfg)
+    per_token: list[list[Tensor]] = [[] for _ in range(cfg.depth)]
+    for j in range(C):
+        if n * C + j < T:  # padded tokens leave the state alone
+            grads = tuple(a[:, :, j, :, None] * u[:, :, j, None, :] for a, u in zip(ins, deltas))
+            m_j = mu[:, :, n, j] if mu is not None else None
+            state = advance_state(state, grads, log_a[:, :, n, j], eta[:, :, n, j], m_j, cfg)
+        for i, w in enumerate(read_weights(state.weights, cfg)):
+            per_token[i].append(w)
+    ws = tuple(torch.stack(p, 2) for p in per_token)  # [B, H, C, d_in, d_out]
+    return mlp_output(ws, qc[:, :, n], cfg, per_row=True), state  # [B, H, C, V]
+
+
 def _materialised(
     qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None, log_a: Tensor, eta: Tensor,
     mu: Tensor | None, T: int, state: DeepMemoryState, cfg: DeepMemoryConfig,
 ) -> tuple[Tensor, DeepMemoryState]:
-    """Nonlinear retention: per-token weights of one chunk at a time (reference-speed path)."""
-    n_chunks, C = qc.shape[2], qc.shape[3]
+    """Nonlinear retention: per-token weights of one chunk at a time (reference-speed path).
+
+    Under autograd each chunk is checkpointed: backward recomputes the chunk's per-token
+    weights instead of keeping every token's weights (and the retention map's intermediates)
+    alive, so memory holds one weight copy per chunk rather than per token.
+    """
     outs = []
-    for n in range(n_chunks):
-        d_n = dc[:, :, n] if dc is not None else None
-        w0 = read_weights(state.weights, cfg)
-        ins, deltas = key_gradients(w0, kc[:, :, n], vc[:, :, n], d_n, cfg)
-        per_token: list[list[Tensor]] = [[] for _ in range(cfg.depth)]
-        for j in range(C):
-            if n * C + j < T:  # padded tokens leave the state alone
-                grads = tuple(a[:, :, j, :, None] * u[:, :, j, None, :] for a, u in zip(ins, deltas))
-                m_j = mu[:, :, n, j] if mu is not None else None
-                state = advance_state(state, grads, log_a[:, :, n, j], eta[:, :, n, j], m_j, cfg)
-            for i, w in enumerate(read_weights(state.weights, cfg)):
-                per_token[i].append(w)
-        ws = tuple(torch.stack(p, 2) for p in per_token)  # [B, H, C, d_in, d_out]
-        outs.append(mlp_output(ws, qc[:, :, n], cfg, per_row=True))  # [B, H, C, V]
+    checkpointed = torch.is_grad_enabled()
+    for n in range(qc.shape[2]):
+        args = (n, state, qc, kc, vc, dc, log_a, eta, mu, T, cfg)
+        if checkpointed:
+            o, state = torch.utils.checkpoint.checkpoint(_materialised_chunk, *args, use_reentrant=False)
+        else:
+            o, state = _materialised_chunk(*args)
+        outs.append(o)
     return torch.stack(outs, 2), state
 
 
