@@ -54,9 +54,13 @@ class UserError(Exception):
         self.message = message
         self.problems: list[Problem] = list(problems or [])
 
+    MAX_SHOWN = 20  # problems printed; the rest are counted
+
     def render(self) -> str:
         lines = [self.message]
-        lines += [p.render() for p in self.problems]
+        lines += [p.render() for p in self.problems[: self.MAX_SHOWN]]
+        if len(self.problems) > self.MAX_SHOWN:
+            lines.append(f"... and {len(self.problems) - self.MAX_SHOWN} more problems")
         return "\n".join(lines)
 
 

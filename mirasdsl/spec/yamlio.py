@@ -133,16 +133,21 @@ def load_yaml_text(text: str, source: str = "<string>") -> Loaded:
 
 
 def load_yaml_file(path: str | Path) -> Loaded:
-    """Read and parse a YAML file; unreadable files raise :class:`SpecError`."""
+    """Read and parse a YAML file; unreadable, special or oversized files raise :class:`SpecError`."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        if p.is_dir():
+            raise SpecError(f"{p}: is a directory, expected a YAML file")
+        if p.exists() and not p.is_file():
+            raise SpecError(f"{p}: not a regular file (a device, pipe or socket); expected a YAML file")
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise SpecError(f"{p}: is a directory, expected a YAML file") from None
     except OSError as err:
         raise SpecError(f"{p}: cannot read file ({err.strerror})") from None
+    if len(raw) > MAX_BYTES:
+        raise SpecError(f"{p}: file is larger than {MAX_BYTES} bytes; a spec is a small YAML file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -120,3 +120,16 @@ def test_run_trains_a_step_and_reports():
 def test_run_user_errors(args, fragment):
     proc = run_cli(*args)
     assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path, fragment", [("/dev/zero", "not a regular file"), ("/dev/null", "not a regular file")])
+def test_special_files_are_refused(path, fragment):
+    proc = run_cli("compile", path, timeout=30)
+    assert proc.returncode == 2 and fragment in proc.stderr
+
+
+def test_oversized_file_is_refused(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("a" * (5 * 1024 * 1024))
+    proc = run_cli("compile", str(big))
+    assert proc.returncode == 2 and "larger than" in proc.stderr
