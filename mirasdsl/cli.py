@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -82,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         return 130
+    except BrokenPipeError:  # the reader went away (`miras ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:  # stdout or a file could not be written (disk full, closed terminal)
+        Console(stderr=True).print(f"error: cannot write output ({err.strerror or err})", highlight=False, markup=False)
+        return 2
 
 
 from mirasdsl import commands  # noqa: E402,F401  (registers compile/validate/schema/list)

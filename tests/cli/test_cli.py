@@ -133,3 +133,10 @@ def test_oversized_file_is_refused(tmp_path):
     big.write_text("a" * (5 * 1024 * 1024))
     proc = run_cli("compile", str(big))
     assert proc.returncode == 2 and "larger than" in proc.stderr
+
+
+def test_unwritable_output_exits_2_without_traceback():
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "mirasdsl", "compile", GDN, "--explain"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "cannot write output" in proc.stderr and "Traceback" not in proc.stderr
