@@ -1,0 +1,42 @@
+"""Compile the deep-memory Triton read-out kernels for sm_90 (H100) without a GPU.
+
+Records the launches of the fused dual-form read-out (forward and backward) at the shapes of the
+benchmark's Titans case — chunk 64 and 16, head dim 128, hidden 512, momentum (so the first layer
+reads ``[ΓX, eX]`` of width 256) — and compiles each for sm_90, checking shared memory. Run it
+where TRITON_INTERPRET is unset:
+
+    python -m mirasdsl.kernels.deep_memory.compile_check
+"""
+from __future__ import annotations
+
+import torch
+
+from ..compile_check import Launch, compile_all, recording
+
+# (chunk C, read-in width DW, key width DK, value width DV) of each MLP layer's read-out
+TITANS_LAYERS = [(C, dw, dk, dv) for C in (64, 16) for dw, dk, dv in ((256, 128, 512), (1024, 512, 128))]
+
+
+def record_launches(C: int, dw: int, dk: int, dv: int) -> list[Launch]:
+    """Run the fused read-out forward and backward once on CPU tensors with its kernels recorded."""
+    from . import chunk
+
+    with recording([(chunk, "_readout_fwd_kernel"), (chunk, "_readout_bwd_kernel")]) as log:
+        n = 2
+        xw = torch.randn(n, C, dw, requires_grad=True)
+        w = torch.randn(n, dw, dv, requires_grad=True)
+        x, a = (torch.randn(n, C, dk, requires_grad=True) for _ in range(2))
+        d = torch.randn(n, C, C, requires_grad=True)
+        u = torch.randn(n, C, dv, requires_grad=True)
+        chunk.readout_triton(xw, w, x, a, d, u).sum().backward()
+    return log
+
+
+def main() -> None:
+    for C, dw, dk, dv in TITANS_LAYERS:
+        for name, shared in compile_all(record_launches(C, dw, dk, dv)):
+            print(f"C={C} DW={dw} DK={dk} DV={dv}: {name:22s} shared {shared} B")
+
+
+if __name__ == "__main__":
+    main()
