@@ -153,7 +153,7 @@ class Space:
             if not isinstance(n_layers, int) or not 0 <= k <= n_layers:
                 raise SpecError("invalid candidate", [Problem(
                     f"layout.count.{name} = {k} does not fit n_layers = {n_layers}", f"layout.count.{name}",
-                    expected=f"0 .. n_layers")])
+                    expected="0 .. n_layers")])
             data["layout"] = {"ratio": {other: n_layers - k, name: k}}
         return data
 
@@ -241,7 +241,7 @@ def _range(raw: Any, positions: Positions, where: tuple[Any, ...], kind: str) ->
           and (kind != "int" or all(isinstance(x, int) for x in raw)))
     if not ok:
         what = "integers" if kind == "int" else "numbers"
-        raise _fail(positions, where, f"expected [low, high] ({what}), got {raw!r}", f"[low, high] with low <= high")
+        raise _fail(positions, where, f"expected [low, high] ({what}), got {raw!r}", "[low, high] with low <= high")
     if raw[0] > raw[1]:
         raise _fail(positions, where, f"low {raw[0]} is above high {raw[1]}", "[low, high] with low <= high")
     return raw[0], raw[1]

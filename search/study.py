@@ -257,7 +257,6 @@ def work(study: Any, search: Any, *, wanted: int, timeout: float | None, device:
          ui: Any, poll: float = 1.0) -> int:
     """Run trials until the study has ``wanted`` finished slots (or ``timeout``). Returns trials run."""
     import optuna
-    from optuna.trial import TrialState
 
     quiet_optuna()
     start, ran = time.monotonic(), 0
