@@ -1,0 +1,80 @@
+"""CPU comparison of our deep-memory kernel with titans-pytorch's NeuralMemory (not the target device).
+
+The issue's target is the H100 (`kernels.py`); this measures the same pairing on the CPU machine
+the project develops on, fp32, forward + backward, median of ``--reps`` timed runs after one
+warm-up. titans' module also runs its own projections and gates, so it does more work than our
+kernel call: the ratio bounds what a block built on our kernel must beat.
+
+    PYTHONPATH=/tmp/peers python benchmarks/cpu_deep_memory.py   # titans-pytorch installed there
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def median_seconds(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor], reps: int) -> float:
+    """Forward + backward of ``fn`` (a random cotangent), median over ``reps`` after a warm-up."""
+    times = []
+    for i in range(reps + 1):
+        for t in leaves:
+            t.grad = None
+        start = time.perf_counter()
+        out = fn()
+        out.backward(torch.randn_like(out))
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def titans(B: int, T: int, H: int, D: int, chunk: int) -> tuple[Callable, list]:
+    from titans_pytorch import NeuralMemory
+
+    mem = NeuralMemory(dim=H * D, chunk_size=chunk, heads=H, dim_head=D)
+    x = torch.randn(B, T, H * D, requires_grad=True)  # [B, T, H·D]
+    return (lambda: mem(x)[0]), [x, *mem.parameters()]
+
+
+def ours(B: int, T: int, H: int, D: int, chunk: int) -> tuple[Callable, list]:
+    from mirasdsl.kernels.deep_memory import DeepMemoryConfig, deep_memory
+
+    cfg = DeepMemoryConfig(depth=2, hidden=4 * D, activation="gelu", residual=True, norm=True,
+                           bias="l2", momentum=True, chunk_size=chunk)
+    q, k = (F.normalize(torch.randn(B, T, H, D), dim=-1).requires_grad_(True) for _ in range(2))
+    v = torch.randn(B, T, H, D, requires_grad=True)  # [B, T, H, D]
+    eta = (0.01 * torch.rand(B, T, H)).requires_grad_(True)
+    g = F.logsigmoid(torch.randn(B, T, H) + 4).requires_grad_(True)
+    mu = (0.9 * torch.rand(B, T, H)).requires_grad_(True)
+    w1 = (torch.randn(H, D, 4 * D) * D ** -0.5).requires_grad_(True)
+    w2 = (torch.randn(H, 4 * D, D) * (4 * D) ** -0.5).requires_grad_(True)
+    fn = lambda: deep_memory(q, k, v, eta, (w1, w2), cfg, g=g, mu=mu, backend="chunk")[0]  # noqa: E731
+    return fn, [q, k, v, eta, g, mu, w1, w2]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--B", type=int, default=1)
+    p.add_argument("--T", type=int, default=1024)
+    p.add_argument("--H", type=int, default=4)
+    p.add_argument("--D", type=int, default=64)
+    p.add_argument("--chunks", default="64,16")
+    p.add_argument("--reps", type=int, default=5)
+    a = p.parse_args()
+    torch.manual_seed(0)
+    print(f"B={a.B} T={a.T} H={a.H} D={a.D} (dim {a.H * a.D}), fp32, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    print("| chunk | titans-pytorch fwd+bwd s | ours (chunk backend) fwd+bwd s | titans/ours |")
+    print("|---|---:|---:|---:|")
+    for chunk in (int(c) for c in a.chunks.split(",")):
+        t = median_seconds(*titans(a.B, a.T, a.H, a.D, chunk), a.reps)
+        o = median_seconds(*ours(a.B, a.T, a.H, a.D, chunk), a.reps)
+        print(f"| {chunk} | {t:.3f} | {o:.3f} | {t / o:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
