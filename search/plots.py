@@ -94,7 +94,7 @@ def _html(study: Any, directions: dict[str, str], out: Path) -> list[str]:
     try:
         import plotly  # noqa: F401
     except ImportError:
-        return ["plotly is not installed: no HTML plots (pip install 'mirasdsl[plots]')"]
+        return ["plotly is not installed: no HTML plots (pip install plotly)"]
     import optuna.visualization as vis
 
     names = list(directions)
