@@ -134,6 +134,13 @@ def bias_grad(y: Tensor, v: Tensor, cfg: DeepMemoryConfig, delta: Tensor | None)
     return r * (1.0 + cfg.robust_radius / n)
 
 
+def token_loss(weights: Weights, k_t: Tensor, v_t: Tensor, d_t: Tensor | None, cfg: DeepMemoryConfig) -> Tensor:
+    """Sum over batch and heads of ``l(W; k_t, v_t)`` for one token (``k_t, v_t: [B, H, D]``);
+    its gradient in ``weights`` stays per (batch, head)."""
+    y = mlp_output(weights, k_t.unsqueeze(-2), cfg, per_row=False).squeeze(-2)  # [B, H, V]
+    return bias_loss(y, v_t, cfg, d_t).sum()
+
+
 # ---------------------------------------------------------------- retention
 def read_weights(state_weights: Weights, cfg: DeepMemoryConfig) -> Weights:
     """Map the recurrent state to the weights the memory reads with (identity unless lq/kl)."""

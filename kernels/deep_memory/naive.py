@@ -11,15 +11,9 @@ from torch import Tensor
 
 from .config import DeepMemoryConfig
 from .memory import (
-    DeepMemoryState, Weights, accum_dtype, advance_state, bias_loss, check_inputs, log_decay, mlp_output, per_token_delta,
-    read_weights, start_state,
+    DeepMemoryState, Weights, accum_dtype, advance_state, check_inputs, log_decay, mlp_output, per_token_delta,
+    read_weights, start_state, token_loss,
 )
-
-
-def _token_loss(weights: Weights, k_t: Tensor, v_t: Tensor, d_t: Tensor | None, cfg: DeepMemoryConfig) -> Tensor:
-    """Sum over batch and heads of ``l(W; k_t, v_t)``; gradients stay per (batch, head)."""
-    y = mlp_output(weights, k_t.unsqueeze(-2), cfg, per_row=False).squeeze(-2)  # [B, H, V]
-    return bias_loss(y, v_t, cfg, d_t).sum()
 
 
 def recurrent_deep_memory(
@@ -40,7 +34,7 @@ def recurrent_deep_memory(
     log_a = log_decay(g, lam, cfg, q)  # [B, T, H]
     dl = per_token_delta(cfg, delta, q)  # [B, T, H] or None
     muf = mu.to(dt) if mu is not None else None
-    grad_fn = torch.func.grad(_token_loss)
+    grad_fn = torch.func.grad(token_loss)
     state = start_state(init_weights, cfg, B, initial_state, dt)
     outs = []
     for c0 in range(0, T, cfg.chunk_size):

@@ -102,12 +102,7 @@ class DeepMemoryMixer(ProjectedMixer):
         w0 = dm.read_weights(state["w0"].weights, cfg)
         delta = s["delta"].float() if s["delta"] is not None else (
             torch.full(q.shape[:2], cfg.huber_delta, device=q.device) if cfg.bias == "huber" else None)
-
-        def loss(ws: tuple) -> Tensor:
-            y = dm.mlp_output(ws, k.float().unsqueeze(-2), cfg, per_row=False).squeeze(-2)  # [B, H, V]
-            return dm.bias_loss(y, v.float(), cfg, delta).sum()
-
-        grads = torch.func.grad(loss)(w0)
+        grads = torch.func.grad(dm.token_loss)(w0, k.float(), v.float(), delta, cfg)
         g = s["g"].float() if s["g"] is not None else None
         lam = s["lam"].float() if s["lam"] is not None else None
         log_a = dm.log_decay(g[:, None] if g is not None else None, lam[:, None] if lam is not None else None,

@@ -238,3 +238,7 @@ UPDATE_KINDS = ("gd", "gd_momentum", "implicit", "exact")
 Update = Annotated[
     Union[GdUpdate, MomentumUpdate, ImplicitUpdate, ExactUpdate], Field(discriminator="kind")
 ]
+
+
+# the mixer's tagged axes, for normalising shorthands (``memory: mlp`` → ``{kind: mlp}``)
+MIXER_AXES: dict[str, tuple[str, ...]] = {"memory": MEMORY_KINDS, "bias": BIAS_KINDS, "update": UPDATE_KINDS}

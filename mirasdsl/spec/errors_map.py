@@ -14,11 +14,9 @@ from mirasdsl.spec.layout import nearest
 from mirasdsl.spec.yamlio import Positions
 
 KINDS_BY_KEY: dict[str, tuple[str, ...]] = {
-    "memory": axes.MEMORY_KINDS,
-    "bias": axes.BIAS_KINDS,
+    **axes.MIXER_AXES,
     "local": axes.LOCAL_KINDS,
     "global": axes.GLOBAL_KINDS,
-    "update": axes.UPDATE_KINDS,
     "feature_map": features.FEATURE_MAP_KINDS,
     "channel_mixer": ("swiglu", "mlp", "none"),
 }

@@ -19,7 +19,7 @@ from mirasdsl.spec.yamlio import Loaded, Positions, load_yaml_file, load_yaml_te
 def normalise_mixer(data: dict[str, Any]) -> dict[str, Any]:
     """Rewrite a mixer's shorthands to ``{kind: ...}`` form, so overrides merge by kind."""
     out = dict(data)
-    for key, kinds in (("memory", axes.MEMORY_KINDS), ("bias", axes.BIAS_KINDS), ("update", axes.UPDATE_KINDS)):
+    for key, kinds in axes.MIXER_AXES.items():
         if key in out:
             out[key] = tagged(out[key], kinds)
     ret = out.get("retention")

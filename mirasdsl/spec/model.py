@@ -7,9 +7,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from mirasdsl.spec import rules
 from mirasdsl.spec.axes import (
-    BIAS_KINDS,
-    MEMORY_KINDS,
-    UPDATE_KINDS,
+    MIXER_AXES,
     Bias,
     DotBias,
     GdUpdate,
@@ -56,7 +54,7 @@ class TupleMixer(Frozen):
     def _shorthands(cls, value: object) -> object:
         if isinstance(value, dict):
             value = dict(value)
-            for key, kinds in (("memory", MEMORY_KINDS), ("bias", BIAS_KINDS), ("update", UPDATE_KINDS)):
+            for key, kinds in MIXER_AXES.items():
                 if key in value:
                     value[key] = tagged(value[key], kinds)
         return value
