@@ -8,7 +8,8 @@
 # 2. lays mirasdsl out as pyproject maps it (kernels/ -> mirasdsl.kernels, search/ ->
 #    mirasdsl.search) under /tmp/mirasdsl_pkg, without building anything;
 # 3. optionally (RUN_GPU_TESTS=1) runs the GPU-marked kernel tests;
-# 4. runs benchmarks/kernels.py, which writes kernels.json, kernels.md (and log.txt here)
+# 4. optionally (PROFILE=gla,delta,...) writes a kernel-time table of ours to $OUT/profile.txt;
+# 5. runs benchmarks/kernels.py, which writes kernels.json, kernels.md (and log.txt here)
 #    under $OUT. Extra arguments go to kernels.py (e.g. --shapes S --families gla,delta).
 #
 # BUDGET_S (default 540) stops starting new cases so the call ends inside the 10-minute limit;
@@ -39,8 +40,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --f
 
 if [ "${RUN_GPU_TESTS:-0}" = "1" ]; then
     # from /tmp, so the repository's own mirasdsl/ (without kernels/) does not shadow the copy
-    (cd /tmp && python3 -m pytest -q -x -m gpu -p no:cacheprovider "$REPO/tests/kernels" \
+    (cd /tmp && python3 -m pytest -q -rfE -m gpu -p no:cacheprovider --timeout=240 "$REPO/tests/kernels" \
         2>&1 | tee "$OUT/gpu_tests.txt")
+fi
+
+if [ -n "${PROFILE:-}" ]; then
+    python3 benchmarks/profile_kernels.py --families "$PROFILE" --out "$OUT" 2>&1 | tail -n 400
 fi
 
 python3 benchmarks/kernels.py --out "$OUT" --budget-s "${BUDGET_S:-540}" "$@" 2>&1 \

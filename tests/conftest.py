@@ -29,4 +29,4 @@ sys_path_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import sys  # noqa: E402
 
 if sys_path_root not in sys.path:
-    sys.path.insert(0, sys_path_root)
+    sys.path.append(sys_path_root)  # after PYTHONPATH: an installed copy wins

@@ -1,0 +1,73 @@
+"""Where the time of our kernels goes: a torch.profiler table of GPU kernels, fwd + bwd.
+
+    python benchmarks/profile_kernels.py --families gla,delta,kda,deep_memory_c64 --out DIR
+
+For each family of ours (same cases and shapes as ``kernels.py``) it warms up, profiles one
+forward + backward, and writes the top kernels by GPU time to ``DIR/profile.txt``. This is a
+diagnosis tool (which kernel to work on), not a measurement: times come from ``kernels.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
+from harness import first_tensor  # noqa: E402
+
+
+def _make(family: str) -> cases.Prepared:
+    """The Prepared call of ours for one family name of ``kernels.py``."""
+    s = cases.SHAPES["S"]
+    if family.startswith("deep_memory_c"):
+        return cases.ours_deep_memory(cases.MEMORY_SHAPE, int(family.removeprefix("deep_memory_c")))
+    if family in ("simple_gla", "gla"):
+        return cases.ours_gla(s, family)
+    return cases.ours_delta(s, family)
+
+
+def profile_family(family: str, rows: int) -> str:
+    """One profiled fwd + bwd after two warm-up rounds; the kernel table as text."""
+    prep = _make(family)
+    do = torch.randn_like(first_tensor(prep.fn()))
+
+    def step() -> None:
+        for x in prep.leaves:
+            x.grad = None
+        first_tensor(prep.fn()).backward(do)
+
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
+    return f"## {family}\n{table}\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", default="gla,delta,gated_delta,kda,deep_memory_c64")
+    ap.add_argument("--rows", type=int, default=14)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    text = []
+    for fam in args.families.split(","):
+        try:
+            text.append(profile_family(fam, args.rows))
+        except Exception as exc:  # a failing family is reported, the others still run
+            text.append(f"## {fam}\nfailed: {type(exc).__name__}: {exc}\n")
+        print(text[-1], flush=True)
+        torch.cuda.empty_cache()
+    Path(args.out, "profile.txt").write_text("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
