@@ -7,7 +7,7 @@
 #    pydantic for the end-to-end specs) into /tmp/site: the machine has no package registry;
 # 2. lays mirasdsl out as pyproject maps it (kernels/ -> mirasdsl.kernels, search/ ->
 #    mirasdsl.search) under /tmp/mirasdsl_pkg, without building anything;
-# 3. optionally (RUN_GPU_TESTS=1) runs the GPU-marked kernel tests;
+# 3. optionally (RUN_GPU_TESTS=1) runs the GPU-marked kernel tests (GPU_TESTS_K=expr: -k expr);
 # 4. optionally (PROFILE=gla,delta,...) writes a kernel-time table of ours to $OUT/profile.txt;
 # 5. runs benchmarks/kernels.py, which writes kernels.json, kernels.md (and log.txt here)
 #    under $OUT. Extra arguments go to kernels.py (e.g. --shapes S --families gla,delta).
@@ -40,7 +40,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --f
 
 if [ "${RUN_GPU_TESTS:-0}" = "1" ]; then
     # from /tmp, so the repository's own mirasdsl/ (without kernels/) does not shadow the copy
-    (cd /tmp && python3 -m pytest -q -rfE -m gpu -p no:cacheprovider --timeout=240 "$REPO/tests/kernels" \
+    (cd /tmp && python3 -m pytest -q -rfE -m gpu -p no:cacheprovider --timeout=240 ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} "$REPO/tests/kernels" \
         2>&1 | tee "$OUT/gpu_tests.txt")
 fi
 

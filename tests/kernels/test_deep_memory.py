@@ -77,9 +77,9 @@ def run(fn, cfg: DeepMemoryConfig, args: tuple, kw: dict) -> tuple[Tensor, tuple
     """Output, final state and the gradients of a random functional of both."""
     o, st = fn(*args, cfg, **kw, output_final_state=True)
     gen = torch.Generator().manual_seed(123)
-    loss = (o * torch.randn(o.shape, generator=gen)).sum()
+    loss = (o * torch.randn(o.shape, generator=gen).to(o)).sum()
     for w in st.weights + (st.momentum or ()):
-        loss = loss + (w * torch.randn(w.shape, generator=gen)).sum()
+        loss = loss + (w * torch.randn(w.shape, generator=gen).to(w)).sum()
     grads = torch.autograd.grad(loss, leaves(args, kw), allow_unused=True)
     return o, st.weights + (st.momentum or ()), grads
 
