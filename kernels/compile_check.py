@@ -54,13 +54,22 @@ def recording(targets: list[tuple[Any, str]]) -> Iterator[list[Launch]]:
             setattr(m, n, fn)
 
 
-def compile_launch(launch: Launch, capability: int = 90) -> Any:
-    """Compile one recorded launch for ``cuda:capability``; returns the compiled kernel."""
+def launch_shapes(fn: Any, kwargs: dict) -> tuple[Any, list[dict]]:
+    """``(jit function, [launch options])``: one per autotune candidate, or the launch's own."""
+    configs = getattr(fn, "configs", None)
+    if configs is None:
+        return fn, [{k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}]
+    return fn.fn, [{"num_warps": c.num_warps, "num_stages": c.num_stages} for c in configs]
+
+
+def compile_launch(launch: Launch, capability: int = 90) -> list[Any]:
+    """Compile one recorded launch for ``cuda:capability`` (every autotune candidate)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn, names = launch.fn, launch.fn.arg_names
+    fn, option_sets = launch_shapes(launch.fn, launch.kwargs)
+    names = fn.arg_names
     consts = {k: v for k, v in launch.kwargs.items() if k not in ("num_warps", "num_stages")}
     sig: dict[str, str] = {}
     for name, arg in zip(names, launch.args):
@@ -74,17 +83,20 @@ def compile_launch(launch: Launch, capability: int = 90) -> Any:
             sig[name] = "fp32"
     sig.update({k: "constexpr" for k in consts})
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
-    opts = {k: launch.kwargs[k] for k in ("num_warps", "num_stages") if k in launch.kwargs}
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=opts)
+    target = GPUTarget("cuda", capability, 32)
+    return [triton.compile(src, target=target, options=opts) for opts in option_sets]
 
 
 def compile_all(launches: list[Launch]) -> list[tuple[str, int]]:
-    """Compile every launch; raise if one needs more shared memory than an H100 block has."""
+    """Compile every launch (each autotune candidate); raise if one needs more shared memory than an H100 block has."""
     report = []
     for launch in launches:
-        shared = compile_launch(launch).metadata.shared
-        name = launch.fn.__name__
-        if shared > H100_SHARED_BYTES:
-            raise RuntimeError(f"{name} needs {shared} bytes of shared memory (> {H100_SHARED_BYTES})")
-        report.append((name, shared))
+        name = getattr(launch.fn, "fn", launch.fn).__name__
+        for compiled in compile_launch(launch):
+            shared = compiled.metadata.shared
+            if shared > H100_SHARED_BYTES:
+                raise RuntimeError(f"{name} (warps {compiled.metadata.num_warps}, stages "
+                                   f"{compiled.metadata.num_stages}) needs {shared} bytes of "
+                                   f"shared memory (> {H100_SHARED_BYTES})")
+            report.append((name, shared))
     return report

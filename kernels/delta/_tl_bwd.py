@@ -9,12 +9,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..tuning import autotune
+
 from ._tl_common import (
     chunk_bounds, dot, gate_col, gate_row, gate_tile, load_tile, load_vec, masked_exp,
     state_tile, store_tile,
 )
 
 
+@autotune(["H", "K", "V", "GATE", "BK", "BV"], ((4, 1), (8, 1), (2, 1)))
 @triton.jit
 def state_bwd_kernel(
     q, k, G, W, M, dO, dVN, DHS, dht, dh0, cu, chunk_off, scale, H, K, V,
@@ -58,6 +61,7 @@ def state_bwd_kernel(
     tl.store(p, ds, mask=msk)
 
 
+@autotune(["H", "K", "V", "GATE", "BK", "BV"], ((8, 1), (4, 1), (8, 2)))
 @triton.jit
 def main_bwd_kernel(
     q, k, v, beta, G, X, VN, dVN, HS, DHS, dO,
@@ -153,6 +157,8 @@ def finish_rows(
         tl.store(dG + rows * H + h, dg, mask=valid)
 
 
+@autotune(["H", "K", "GATE", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)),
+          restore=["dq", "dk", "dbeta", "dG"])
 @triton.jit
 def intra_bwd_dense_kernel(
     q, k, beta, G, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
@@ -185,6 +191,8 @@ def intra_bwd_dense_kernel(
     finish_rows(dq, dk, dbeta, dG, rows, valid, h, H, K, qt, kt, dq_m, dk_r, dk_c, db_a, GATE, BK)
 
 
+@autotune(["H", "K", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)),
+          restore=["dq", "dk", "dbeta", "dG"])
 @triton.jit
 def intra_bwd_channel_kernel(
     q, k, beta, G, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,

@@ -8,12 +8,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..tuning import autotune
+
 from ._tl_common import (
     chunk_bounds, dot, gate_col, gate_row, gate_tile, load_tile, load_vec, masked_exp,
     state_tile, store_tile,
 )
 
 
+@autotune(["H", "K", "GATE", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)))
 @triton.jit
 def intra_dense_kernel(
     q, k, beta, G, M, A, chunk_seq, cu, chunk_off, H, K,
@@ -41,6 +44,7 @@ def intra_dense_kernel(
     store_tile(A, a, rows, valid, h, H, BT, BT, 0)
 
 
+@autotune(["H", "K", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)))
 @triton.jit
 def intra_channel_kernel(
     q, k, beta, G, M, A, chunk_seq, cu, chunk_off, H, K,
@@ -93,6 +97,7 @@ def intra_channel_kernel(
         store_tile(A, zero, rows, valid, h, H, BT, BC, c * BC)
 
 
+@autotune(["H", "K", "V", "SOLVE", "GATE", "BK", "BV"], ((4, 3), (8, 3), (2, 3), (4, 1)))
 @triton.jit
 def solve_kernel(
     k, v, beta, G, A, X, W, U, chunk_seq, cu, chunk_off, H, K, V,
@@ -125,6 +130,9 @@ def solve_kernel(
         store_tile(U, dot(x, vt * bt, PREC), rows, valid, h, H, V, BV, v0)
 
 
+# The sequential state passes hold 60-120 KB of float32 tiles at one stage (K = 128): a second
+# stage would leave room for one program per SM, so their candidates keep one stage.
+@autotune(["H", "K", "V", "GATE", "BK", "BV"], ((4, 1), (8, 1), (2, 1)))
 @triton.jit
 def state_fwd_kernel(
     k, G, W, U, VN, HS, h0, ht, cu, chunk_off, H, K, V,
@@ -162,6 +170,7 @@ def state_fwd_kernel(
         tl.store(p, s, mask=msk)
 
 
+@autotune(["H", "K", "V", "GATE", "BK", "BV"], ((4, 3), (8, 3), (4, 2)))
 @triton.jit
 def output_kernel(
     q, G, M, VN, HS, o, chunk_seq, cu, chunk_off, scale, H, K, V,

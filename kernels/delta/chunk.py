@@ -37,7 +37,6 @@ class Plan:
     bk: int
     bv: int  # value block of the chunk-parallel kernels
     bv_loop: int  # value block of the state passes and the main backward kernel
-    stages: int  # software-pipelining depth of the looping kernels (shared memory bound)
     gate: int
     prec: str
 
@@ -64,15 +63,8 @@ def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     return Plan(
         cu, chunk_off, chunk_seq, len(lens), sum(counts), h, dk, dv, bk, bv, min(bv, 32),
-        loop_stages(bk), gate_mode(g), prec,
+        gate_mode(g), prec,
     )
-
-
-def loop_stages(bk: int) -> int:
-    """Pipelining depth of the sequential state passes. Their float32 tiles already take
-    60-120 KB of shared memory at one stage (K = 128); a second stage would leave room for one
-    program per SM, so occupancy is preferred (tune on the GPU; compile_check.py checks fit)."""
-    return 1
 
 
 def gate_cumsum(g: Tensor, plan: Plan, reverse: bool = False) -> Tensor:
@@ -93,11 +85,11 @@ def intra(q: Tensor, k: Tensor, beta: Tensor, gc: Tensor, plan: Plan) -> tuple[T
     args = (q, k, beta, gc, m, a, plan.chunk_seq, plan.cu, plan.chunk_off, plan.heads, plan.dk)
     if plan.gate == 2:
         fwd.intra_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
-            *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec, num_warps=4,
+            *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec,
         )
     else:
         fwd.intra_dense_kernel[(plan.n_chunks, plan.heads)](
-            *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec, num_warps=4,
+            *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
         )
     return m, a
 
@@ -114,7 +106,7 @@ def solve_wu(
     fwd.solve_kernel[(plan.n_chunks, plan.heads)](
         k, v, beta, gc, a if solve else x, x, w, u, plan.chunk_seq, plan.cu, plan.chunk_off,
         plan.heads, plan.dk, plan.dv, SOLVE=solve, GATE=plan.gate, BT=BT, BK=plan.bk,
-        BV=plan.bv, PREC=plan.prec, num_warps=4,
+        BV=plan.bv, PREC=plan.prec,
     )
     return x, w, u
 
@@ -130,8 +122,7 @@ def state_forward(
     fwd.state_fwd_kernel[grid](
         k, gc, w, u, vn, hs, h0 if h0 is not None else hs, ht if want_ht else hs, plan.cu,
         plan.chunk_off, plan.heads, plan.dk, plan.dv, HAS_H0=h0 is not None, STORE_HT=want_ht,
-        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop, PREC=plan.prec, num_warps=4,
-        num_stages=plan.stages,
+        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop, PREC=plan.prec,
     )
     return hs, vn, ht
 
@@ -148,7 +139,7 @@ def forward_packed(
     grid = (triton.cdiv(plan.dv, plan.bv), plan.n_chunks, plan.heads)
     fwd.output_kernel[grid](
         q, gc, m, vn, hs, o, plan.chunk_seq, plan.cu, plan.chunk_off, scale, plan.heads,
-        plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec, num_warps=4,
+        plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec,
     )
     return o, ht, x, m
 
@@ -168,8 +159,7 @@ def backward_packed(
     bwd.state_bwd_kernel[grid](
         q, k, gc, w, m, do, dvn, dhs, dht if dht is not None else dh0, dh0, plan.cu,
         plan.chunk_off, scale, plan.heads, plan.dk, plan.dv, HAS_DHT=dht is not None,
-        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop, PREC=plan.prec, num_warps=4,
-        num_stages=plan.stages,
+        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop, PREC=plan.prec,
     )
     dq, dk = torch.empty(q.shape, **f32), torch.empty(k.shape, **f32)
     dv, db = torch.empty_like(v), torch.empty(beta.shape, **f32)
@@ -179,16 +169,16 @@ def backward_packed(
     bwd.main_bwd_kernel[(plan.n_chunks, plan.heads)](
         q, k, v, beta, gc, x, vn, dvn, hs, dhs, do, dq, dk, dv, db, dg, dm, da, *common,
         scale, plan.heads, plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop,
-        PREC=plan.prec, num_warps=8, num_stages=1,
+        PREC=plan.prec,
     )
     args = (q, k, beta, gc, dm, da, dq, dk, db, dg, *common, plan.heads, plan.dk)
     if plan.gate == 2:
         bwd.intra_bwd_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
-            *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec, num_warps=4,
+            *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec,
         )
     else:
         bwd.intra_bwd_dense_kernel[(plan.n_chunks, plan.heads)](
-            *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec, num_warps=4,
+            *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
         )
     return dq, dk, dv, db, dg, dh0
 

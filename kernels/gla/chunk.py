@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..tuning import autotune
 from .common import check_inputs, default_scale, gate_per_channel
 
 SUB = 16  # sub-chunk size of the intra-chunk kernels
@@ -107,6 +108,7 @@ def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: 
         tl.store(ht + (i_n * H + i_h) * K * V + soff, S, mask=smask)
 
 
+@autotune(["H", "K", "C", "BC", "BK", "F32"], ((8, 3), (4, 3), (2, 3), (4, 1)))
 @triton.jit
 def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
                   K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
@@ -152,6 +154,7 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
              mask=valid_i[:, None])
 
 
+@autotune(["H", "K", "V", "C", "BK", "BV", "F32"], ((8, 3), (4, 3), (8, 2)))
 @triton.jit
 def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
                   K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
@@ -244,6 +247,7 @@ def _bwd_dA_kernel(do, v, dA, chunk_seq, chunk_start, cu, scale, H: tl.constexpr
              mask=valid[:, None])
 
 
+@autotune(["H", "K", "V", "C", "BK", "BV", "F32"], ((8, 3), (4, 3), (8, 2)))
 @triton.jit
 def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.constexpr,
                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
@@ -274,6 +278,7 @@ def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.const
              acc.to(dv.dtype.element_ty), mask=valid[:, None] & (cv[None, :] < V))
 
 
+@autotune(["H", "K", "C", "BC", "BK", "F32"], ((8, 3), (4, 3), (2, 3), (4, 1)))
 @triton.jit
 def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.constexpr,
                       K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
@@ -340,6 +345,8 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     tl.store(dk + off + loc, dki, mask=mask)
 
 
+@autotune(["H", "K", "V", "C", "BK", "BV", "F32"], ((8, 3), (4, 3), (8, 2)),
+          restore=["dq", "dk"])
 @triton.jit
 def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start, cu, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
@@ -468,7 +475,12 @@ class _Meta:
     @property
     def kw(self) -> dict:
         """Launch options every kernel but the cumsum takes."""
-        return {"PREC": self.prec, "F32": self.f32, "num_warps": WARPS}
+        return {**self.kw_tuned, "num_warps": WARPS}
+
+    @property
+    def kw_tuned(self) -> dict:
+        """The same for the autotuned kernels (their warps and stages come from the tuner)."""
+        return {"PREC": self.prec, "F32": self.f32}
 
     def state_grid(self) -> tuple[int, int, int]:
         """(K tiles, V tiles, sequences · heads) for the state-passing kernels."""
@@ -499,7 +511,7 @@ def _scores(q: Tensor, k: Tensor, gc: Tensor, m: _Meta) -> Tensor:
     A = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     grid = (m.NC * (m.C // SUB), m.H)
     _intra_kernel[grid](q, k, gc, A, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.C, SUB, m.BK,
-                        **m.kw)
+                        **m.kw_tuned)
     return A
 
 
@@ -511,7 +523,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, wan
     o = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
     grid = (m.NC, triton.cdiv(m.V, m.BV), m.H)
     _fwd_o_kernel[grid](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V, m.C,
-                        m.BK, m.BV, **m.kw)
+                        m.BK, m.BV, **m.kw_tuned)
     return o.to(v.dtype), ht
 
 
@@ -531,15 +543,15 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, do
     dv = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
     _bwd_dv_kernel[(m.NC, triton.cdiv(m.V, m.BV), m.H)](k, gc, A, do, dh, dv, m.seq, m.start,
                                                         m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                                        **m.kw)
+                                                        **m.kw_tuned)
     dq = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
     nk = triton.cdiv(m.K, m.BK)
     _bwd_intra_kernel[(m.NC * (m.C // SUB), m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start, m.cu,
-                                                      m.H, m.K, m.C, SUB, m.BK, **m.kw)
+                                                      m.H, m.K, m.C, SUB, m.BK, **m.kw_tuned)
     dg = torch.empty_like(dq)
     _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dg, m.seq, m.start, m.cu,
-                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, **m.kw)
+                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, **m.kw_tuned)
     return dq, dk, dv.to(v.dtype), dg, (dh0 if h0 is not None else None)
 
 
