@@ -201,7 +201,7 @@ def test_triton_gpu_bf16(gate: str) -> None:
                     device="cuda")
     got = run_with_grads(chunk_gla, x)
     ref = run_with_grads(chunk_gla_torch, as_fp32_leaves(x))
-    assert_close(got, ref, 1e-2)
+    assert_close(got, ref, 5e-3)  # the bf16 tolerance
 
 
 @pytest.mark.gpu
@@ -211,7 +211,7 @@ def test_triton_gpu_long_sequence() -> None:
                     device="cuda")
     got = run_with_grads(chunk_gla, x)
     ref = run_with_grads(chunk_gla_torch, as_fp32_leaves(x))
-    assert_close(got, ref, 1e-2)
+    assert_close(got, ref, 5e-3)  # the bf16 tolerance
 
 
 # ------------------------------------------------------------------ compiled for Hopper, no GPU
