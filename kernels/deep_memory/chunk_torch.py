@@ -131,12 +131,13 @@ def _advance_chunk(
 
     gam = row("gam")[..., None, None]  # [B, H, 1, 1]
     new_w, new_z = [], []
-    for i, w in enumerate(state.weights):
-        w_new = gam * w + _outer_sum(row("dmat"), ins[i], deltas[i])
+    for i, w in enumerate(state.weights):  # fused multiply-adds: each is one pass over the state
+        w_new = torch.addcmul(_outer_sum(row("dmat"), ins[i], deltas[i]), gam, w)
         if state.momentum is not None:
             z = state.momentum[i]
-            w_new = w_new + row("e")[..., None, None] * z
-            new_z.append(row("mom")[..., None, None] * z + _outer_sum(row("zmat"), ins[i], deltas[i]))
+            w_new = torch.addcmul(w_new, row("e")[..., None, None], z)
+            new_z.append(torch.addcmul(_outer_sum(row("zmat"), ins[i], deltas[i]),
+                                       row("mom")[..., None, None], z))
         new_w.append(w_new)
     return DeepMemoryState(tuple(new_w), tuple(new_z) if state.momentum is not None else None)
 
