@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -14,6 +15,22 @@ import torch
 from harness import Row
 
 PACKAGES = ("torch", "triton", "fla-core", "titans-pytorch", "mirasdsl")
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_DIRS = ("mirasdsl", "kernels", "benchmarks")
+
+
+def source_digest(root: Path = ROOT) -> str:
+    """Short sha256 of every ``.py`` file under the source folders (path and content).
+
+    A device's copy of ``.git`` may lag the working tree it runs; this digest names the code
+    that actually ran (compare with ``python benchmarks/report.py --digest`` on a checkout).
+    """
+    h = hashlib.sha256()
+    for folder in SOURCE_DIRS:
+        for path in sorted((root / folder).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def environment() -> dict[str, Any]:
@@ -36,6 +53,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
         "commit": commit,
+        "src": source_digest(),
     }
 
 
@@ -86,7 +104,7 @@ def markdown(rows: list[Row], env: dict[str, Any], ceilings: dict[str, float]) -
         f"Mode: {env.get('mode', 'measurement')}.",
         "",
         f"Device: {env['device']}; torch {v['torch']}, triton {v['triton']}, "
-        f"fla-core {v['fla-core']}, titans-pytorch {v['titans-pytorch']}; commit {env['commit']}.",
+        f"fla-core {v['fla-core']}, titans-pytorch {v['titans-pytorch']}; commit {env['commit']}, src {env['src']}.",
         "Times: medians of triton.testing.do_bench after warm-up, bf16 inputs. "
         "peer/ours above 1 means ours is faster. floor = inputs read once + output written once "
         "at the measured copy bandwidth.",
@@ -121,3 +139,11 @@ def write(out: Path, rows: list[Row], env: dict[str, Any], ceilings: dict[str, f
     data = {"environment": env, "ceilings": ceilings, "rows": [r.to_json() for r in rows]}
     (out / "kernels.json").write_text(json.dumps(data, indent=1))
     (out / "kernels.md").write_text(markdown(rows, env, ceilings))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--digest"]:
+        sys.exit("usage: python benchmarks/report.py --digest")
+    print(source_digest())
