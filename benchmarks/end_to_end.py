@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def _builders() -> tuple[Any, Any]:
 def prepare_model(data: dict[str, Any], batch: int, seq_len: int) -> Prepared:
     """Build the model on the GPU and a call computing the mean token cross-entropy."""
     spec_from_data, build_model = _builders()
+    print(f"end-to-end: building {data['name']} (B={batch}, T={seq_len})", flush=True)
     model = build_model(spec_from_data(data, source=str(HYBRID_SPEC))).to(cases.DEVICE)
     vocab = int(data["model"]["vocab_size"])
     g = torch.Generator(device=cases.DEVICE).manual_seed(0)
@@ -76,7 +78,11 @@ def run_end_to_end(timer: Timer, seq_len: int = 16384, batch: int = 1) -> list[R
         if data is None:
             row.status, row.message = "unavailable", reason
         else:
+            started = time.time()
             measure(row, lambda d=data: prepare_model(d, batch, seq_len), timer, None)
+            row.extra["seconds"] = round(time.time() - started, 1)
+            print(f"end-to-end: {name} {row.status} fwd {row.fwd_ms} ms, fwd+bwd "
+                  f"{row.fwdbwd_ms} ms ({row.extra['seconds']} s)", flush=True)
             if row.fwd_ms:
                 row.extra["fwd_tokens_per_s"] = batch * seq_len / (row.fwd_ms * 1e-3)
         rows.append(row)
