@@ -62,8 +62,31 @@ def launch_shapes(fn: Any, kwargs: dict) -> tuple[Any, list[dict]]:
     return fn.fn, [{"num_warps": c.num_warps, "num_stages": c.num_stages} for c in configs]
 
 
-def compile_launch(launch: Launch, capability: int = 90) -> list[Any]:
-    """Compile one recorded launch for ``cuda:capability`` (every autotune candidate)."""
+@dataclass(frozen=True)
+class Candidate:
+    """One launch shape of one launch, compiled for sm_90: its shared memory, or why it failed."""
+
+    name: str
+    num_warps: int | None
+    num_stages: int | None
+    shared: int | None  # bytes; None when it did not compile
+    error: str = ""
+
+    @property
+    def viable(self) -> bool:
+        """Compiled and fits an H100 block's shared memory (what the GPU autotuner can use)."""
+        return self.shared is not None and self.shared <= H100_SHARED_BYTES
+
+    def line(self) -> str:
+        """``name shared N B`` when viable, else ``name rejected (warps, stages): why``."""
+        if self.viable:
+            return f"{self.name:28s} shared {self.shared} B"
+        why = self.error or f"{self.shared} bytes of shared memory > {H100_SHARED_BYTES}"
+        return f"{self.name:28s} rejected (warps {self.num_warps}, stages {self.num_stages}): {why}"
+
+
+def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
+    """Compile one recorded launch for ``cuda:capability``, every autotune candidate."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -84,19 +107,30 @@ def compile_launch(launch: Launch, capability: int = 90) -> list[Any]:
     sig.update({k: "constexpr" for k in consts})
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
     target = GPUTarget("cuda", capability, 32)
-    return [triton.compile(src, target=target, options=opts) for opts in option_sets]
+    out = []
+    for opts in option_sets:
+        warps, stages = opts.get("num_warps"), opts.get("num_stages")
+        try:
+            shared = triton.compile(src, target=target, options=opts).metadata.shared
+            out.append(Candidate(fn.__name__, warps, stages, shared))
+        except Exception as exc:  # noqa: BLE001 - ptxas register/resource failures: the tuner skips these
+            reason = str(exc).strip().splitlines()
+            fatal = [r for r in reason if "fatal" in r] or reason[:1]
+            out.append(Candidate(fn.__name__, warps, stages, None, fatal[0][:200] if fatal else type(exc).__name__))
+    return out
 
 
-def compile_all(launches: list[Launch]) -> list[tuple[str, int]]:
-    """Compile every launch (each autotune candidate); raise if one needs more shared memory than an H100 block has."""
+def compile_all(launches: list[Launch]) -> list[Candidate]:
+    """Compile every launch, each autotune candidate; raise if a launch has no viable candidate.
+
+    On the GPU the autotuner skips candidates that fail to compile or to fit (it times them as
+    infinite), so a launch is broken only when none of its candidates compiles and fits.
+    """
     report = []
     for launch in launches:
-        name = getattr(launch.fn, "fn", launch.fn).__name__
-        for compiled in compile_launch(launch):
-            shared = compiled.metadata.shared
-            if shared > H100_SHARED_BYTES:
-                raise RuntimeError(f"{name} (warps {compiled.metadata.num_warps}, stages "
-                                   f"{compiled.metadata.num_stages}) needs {shared} bytes of "
-                                   f"shared memory (> {H100_SHARED_BYTES})")
-            report.append((name, shared))
+        candidates = compile_launch(launch)
+        if not any(c.viable for c in candidates):
+            raise RuntimeError("no launch shape of this kernel compiles and fits an H100:\n"
+                               + "\n".join(c.line() for c in candidates))
+        report.extend(candidates)
     return report

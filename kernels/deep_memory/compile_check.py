@@ -34,8 +34,8 @@ def record_launches(C: int, dw: int, dk: int, dv: int) -> list[Launch]:
 
 def main() -> None:
     for C, dw, dk, dv in TITANS_LAYERS:
-        for name, shared in compile_all(record_launches(C, dw, dk, dv)):
-            print(f"C={C} DW={dw} DK={dk} DV={dv}: {name:22s} shared {shared} B")
+        for cand in compile_all(record_launches(C, dw, dk, dv)):
+            print(f"C={C} DW={dw} DK={dk} DV={dv}: {cand.line()}")
 
 
 if __name__ == "__main__":

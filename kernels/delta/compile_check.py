@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from ..compile_check import Launch, compile_all, recording
+from ..compile_check import Candidate, Launch, compile_all, recording
 
 
 def record_launches(gate: int, dk: int, dv: int, dtype: torch.dtype) -> list[Launch]:
@@ -33,8 +33,8 @@ def record_launches(gate: int, dk: int, dv: int, dtype: torch.dtype) -> list[Lau
     return log
 
 
-def check(gate: int, dk: int, dv: int, dtype: torch.dtype) -> list[tuple[str, int]]:
-    """Compile every launch of one configuration; raise if one needs too much shared memory."""
+def check(gate: int, dk: int, dv: int, dtype: torch.dtype) -> list[Candidate]:
+    """Compile every launch of one configuration; raise if one has no viable launch shape."""
     return compile_all(record_launches(gate, dk, dv, dtype))
 
 
@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--gates", default="0,1,2")
     a = parser.parse_args()
     for gate in (int(x) for x in a.gates.split(",")):
-        for name, shared in check(gate, a.dk, a.dv, getattr(torch, a.dtype)):
-            print(f"gate={gate} K={a.dk} V={a.dv} {a.dtype}: {name:28s} shared {shared} B")
+        for cand in check(gate, a.dk, a.dv, getattr(torch, a.dtype)):
+            print(f"gate={gate} K={a.dk} V={a.dv} {a.dtype}: {cand.line()}")
 
 
 if __name__ == "__main__":
