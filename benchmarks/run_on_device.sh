@@ -7,7 +7,8 @@
 #    pydantic for the end-to-end specs) into /tmp/site: the machine has no package registry;
 # 2. lays mirasdsl out as pyproject maps it (kernels/ -> mirasdsl.kernels, search/ ->
 #    mirasdsl.search) under /tmp/mirasdsl_pkg, without building anything;
-# 3. optionally (RUN_GPU_TESTS=1) runs the GPU-marked kernel tests (GPU_TESTS_K=expr: -k expr);
+# 3. optionally (RUN_GPU_TESTS=1, or =quick without the gpu_long ones) runs the GPU-marked
+#    kernel tests (GPU_TESTS_K=expr: -k expr);
 # 4. optionally (PROFILE=gla,delta,...) writes a kernel-time table of ours to $OUT/profile.txt;
 # 5. runs benchmarks/kernels.py, which writes kernels.json, kernels.md (and log.txt here)
 #    under $OUT. Extra arguments go to kernels.py (e.g. --shapes S --families gla,delta).
@@ -38,9 +39,11 @@ export TRITON_CACHE_DIR=/tmp/triton_cache
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
 
-if [ "${RUN_GPU_TESTS:-0}" = "1" ]; then
+if [ "${RUN_GPU_TESTS:-0}" != "0" ]; then
+    # RUN_GPU_TESTS=1: every GPU test (about 7 minutes on an H100); =quick: without gpu_long
+    MARK="gpu"; [ "$RUN_GPU_TESTS" = "quick" ] && MARK="gpu and not gpu_long"
     # from /tmp, so the repository's own mirasdsl/ (without kernels/) does not shadow the copy
-    (cd /tmp && python3 -m pytest -q -rfE -m gpu -p no:cacheprovider --timeout=240 ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} "$REPO/tests/kernels" \
+    (cd /tmp && python3 -m pytest -q -rfE -m "$MARK" -p no:cacheprovider --timeout=240 ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} "$REPO/tests/kernels" \
         2>&1 | tee "$OUT/gpu_tests.txt")
 fi
 

@@ -351,6 +351,7 @@ def test_gpu_triton_matches_chunk_torch_real_size() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_long
 def test_gpu_chunk16_titans_size_fits() -> None:
     """B=4, T=4096, 8 heads of 128, depth-2 MLP, momentum, chunk 16: forward+backward fit."""
     cfg = C(depth=2, momentum=True, retention_global="l2", chunk_size=16)

@@ -287,6 +287,7 @@ def test_gpu_extreme_channel_gates(regime: str) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_long
 @pytest.mark.parametrize("gate", GATES)
 def test_gpu_long_bf16(gate: str) -> None:
     """T = 65536 in bf16: finite and within tolerance of the fp32 reference."""

@@ -205,6 +205,7 @@ def test_triton_gpu_bf16(gate: str) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_long
 def test_triton_gpu_long_sequence() -> None:
     """T = 65536 in bf16: finite, and within tolerance of the fp32 chunked form."""
     x = make_inputs(1, 65536, 2, 128, 128, "channel", 0.05, dtype=torch.bfloat16, seed=21,
