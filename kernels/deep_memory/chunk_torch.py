@@ -25,9 +25,9 @@ from torch import Tensor
 
 from .config import DeepMemoryConfig
 from .memory import (
-    DeepMemoryState, Weights, accum_dtype, activation, activation_grad, advance_state, bias_grad, check_inputs,
-    finish_output, layer_norm, layer_norm_backward, log_decay, mlp_output, per_token_delta,
-    read_weights, start_state,
+    DeepMemoryState, Weights, accum_dtype, activation, activation_backward, advance_state,
+    bias_grad, check_inputs, finish_output, layer_norm, layer_norm_backward, log_decay,
+    mlp_output, per_token_delta, read_weights, start_state,
 )
 
 # readout(xw [N,C,DW], w [N,DW,DV], x [N,C,DK], a [N,C,DK], d [N,C,C], u [N,C,DV]) -> [N,C,DV]
@@ -102,16 +102,15 @@ def key_gradients(
             ins.append(h)
     y = z
     if cfg.norm:
-        y, rstd = layer_norm(z)
-        x_hat = y
+        y, mean, rstd = layer_norm(z)
     if cfg.residual:
         y = y + k
     dz = bias_grad(y, v, cfg, d)  # [..., C, V]
     if cfg.norm:
-        dz = layer_norm_backward(dz, x_hat, rstd)
+        dz = layer_norm_backward(dz, z, mean, rstd)
     deltas = [dz]
     for i in reversed(range(L - 1)):
-        dz = (dz @ w0[i + 1].transpose(-1, -2)) * activation_grad(pre[i], cfg.activation)
+        dz = activation_backward(dz @ w0[i + 1].transpose(-1, -2), pre[i], cfg.activation)
         deltas.insert(0, dz)
     return ins, deltas
 
@@ -121,23 +120,34 @@ def _outer_sum(coef: Tensor, a: Tensor, u: Tensor) -> Tensor:
     return (a * coef.unsqueeze(-1)).transpose(-1, -2) @ u  # [..., d_in, d_out]
 
 
-def _advance_chunk(
-    state: DeepMemoryState, ins: list[Tensor], deltas: list[Tensor], co: dict[str, Tensor],
-    n: int, last: int,
-) -> DeepMemoryState:
-    """State after token ``last`` of chunk ``n`` (linear retention), from the chunk start."""
-    def row(name: str) -> Tensor:
-        return co[name][:, :, n, last]  # [B, H] or [B, H, C]
+def _chunk_end_rows(co: dict[str, Tensor], ends: list[int]) -> list[dict[str, Tensor]]:
+    """Per chunk, the coefficients' row at the chunk's last real token ``ends[n]``:
+    ``[B, H]`` (gam, e, mom) or ``[B, H, C]`` (dmat, zmat).
 
-    gam = row("gam")[..., None, None]  # [B, H, 1, 1]
+    Gathered for all chunks at once and unbound (views), so that autograd sees one gather and
+    one unbind instead of a ``select`` per chunk, whose backward would write a zero tensor of
+    the whole coefficient table once per chunk."""
+    n_chunks = len(ends)
+    chunk = torch.arange(n_chunks, device=co["gam"].device)
+    last = torch.tensor(ends, device=co["gam"].device)
+    per_name = {name: t[:, :, chunk, last].unbind(2) for name, t in co.items()}
+    return [{name: rows[n] for name, rows in per_name.items()} for n in range(n_chunks)]
+
+
+def _advance_chunk(
+    state: DeepMemoryState, ins: list[Tensor], deltas: list[Tensor], row: dict[str, Tensor],
+) -> DeepMemoryState:
+    """State after a chunk's last real token (linear retention), from the chunk start; ``row``
+    holds that token's coefficients (:func:`_chunk_end_rows`)."""
+    gam = row["gam"][..., None, None]  # [B, H, 1, 1]
     new_w, new_z = [], []
     for i, w in enumerate(state.weights):  # fused multiply-adds: each is one pass over the state
-        w_new = torch.addcmul(_outer_sum(row("dmat"), ins[i], deltas[i]), gam, w)
+        w_new = torch.addcmul(_outer_sum(row["dmat"], ins[i], deltas[i]), gam, w)
         if state.momentum is not None:
             z = state.momentum[i]
-            w_new = torch.addcmul(w_new, row("e")[..., None, None], z)
-            new_z.append(torch.addcmul(_outer_sum(row("zmat"), ins[i], deltas[i]),
-                                       row("mom")[..., None, None], z))
+            w_new = torch.addcmul(w_new, row["e"][..., None, None], z)
+            new_z.append(torch.addcmul(_outer_sum(row["zmat"], ins[i], deltas[i]),
+                                       row["mom"][..., None, None], z))
         new_w.append(w_new)
     return DeepMemoryState(tuple(new_w), tuple(new_z) if state.momentum is not None else None)
 
@@ -148,14 +158,16 @@ def _dual_form(
 ) -> tuple[Tensor, DeepMemoryState]:
     """Linear retention: phase 1 (chunk loop, keys and state), phase 2 (read-out, all chunks)."""
     n_chunks, C = qc.shape[2], qc.shape[3]
+    rows = _chunk_end_rows(co, [min(C, T - n * C) - 1 for n in range(n_chunks)])
+    ks, vs = kc.unbind(2), vc.unbind(2)  # per chunk [B, H, C, D]: one unbind, not n selects
+    ds = dc.unbind(2) if dc is not None else [None] * n_chunks
     starts, all_ins, all_deltas = [], [], []
     for n in range(n_chunks):
         starts.append(state)
-        d_n = dc[:, :, n] if dc is not None else None
-        ins, deltas = key_gradients(state.weights, kc[:, :, n], vc[:, :, n], d_n, cfg)
+        ins, deltas = key_gradients(state.weights, ks[n], vs[n], ds[n], cfg)
         all_ins.append(ins)
         all_deltas.append(deltas)
-        state = _advance_chunk(state, ins, deltas, co, n, min(C, T - n * C) - 1)
+        state = _advance_chunk(state, ins, deltas, rows[n])
     x = qc  # [B, H, n, C, K]
     B, H = qc.shape[:2]
     for i in range(cfg.depth):

@@ -66,19 +66,30 @@ def activation_grad(x: Tensor, name: str) -> Tensor:
     return torch.ones_like(x)
 
 
-def layer_norm(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Parameter-free LayerNorm over the last dim; returns ``(x_hat, rstd)``."""
-    mu = x.mean(-1, keepdim=True)  # [..., 1]
-    xc = x - mu  # [..., D]
-    rstd = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + NORM_EPS)  # [..., 1]
-    return xc * rstd, rstd
+def activation_backward(grad: Tensor, x: Tensor, name: str) -> Tensor:
+    """``grad * activation'(x)``, twice differentiable; gelu and relu as one fused ATen kernel
+    each (``gelu_backward`` / ``threshold_backward`` have derivatives; ``silu_backward`` has
+    none, so silu uses :func:`activation_grad`)."""
+    if name == "gelu":
+        return torch.ops.aten.gelu_backward(grad, x)
+    if name == "relu":
+        return torch.ops.aten.threshold_backward(grad, x, 0)
+    if name == "identity":
+        return grad
+    return grad * activation_grad(x, name)
 
 
-def layer_norm_backward(dy: Tensor, x_hat: Tensor, rstd: Tensor) -> Tensor:
-    """Input gradient of :func:`layer_norm` given the output gradient ``dy``."""
-    mean_dy = dy.mean(-1, keepdim=True)  # [..., 1]
-    mean_dyx = (dy * x_hat).mean(-1, keepdim=True)  # [..., 1]
-    return rstd * (dy - mean_dy - x_hat * mean_dyx)
+def layer_norm(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Parameter-free LayerNorm over the last dim (biased variance, ``NORM_EPS`` inside the root):
+    ``(x_hat, mean, rstd)``, one fused kernel with a twice-differentiable backward."""
+    return torch.native_layer_norm(x, [x.shape[-1]], None, None, NORM_EPS)
+
+
+def layer_norm_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+    """Input gradient of :func:`layer_norm` at ``x`` given the output gradient ``dy``:
+    ``rstd (dy - mean(dy) - x_hat mean(dy x_hat))``, as ATen's fused, differentiable kernel."""
+    return torch.ops.aten.native_layer_norm_backward(
+        dy, x, [x.shape[-1]], mean, rstd, None, None, [True, False, False])[0]
 
 
 # ---------------------------------------------------------------- the memory
