@@ -32,6 +32,8 @@ from .memory import (
 
 # readout(xw [N,C,DW], w [N,DW,DV], x [N,C,DK], a [N,C,DK], d [N,C,C], u [N,C,DV]) -> [N,C,DV]
 Readout = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+# step(state, k [B,H,C,K], v [B,H,C,V], d, chunk-end coefficient rows, cfg) -> (ins, deltas, state)
+Step = Callable[..., tuple[list[Tensor], list[Tensor], DeepMemoryState]]
 
 
 def readout_torch(xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor) -> Tensor:
@@ -152,9 +154,17 @@ def _advance_chunk(
     return DeepMemoryState(tuple(new_w), tuple(new_z) if state.momentum is not None else None)
 
 
+def _torch_step(state: DeepMemoryState, k: Tensor, v: Tensor, d: Tensor | None,
+                row: dict[str, Tensor], cfg: DeepMemoryConfig
+                ) -> tuple[list[Tensor], list[Tensor], DeepMemoryState]:
+    """Phase 1 for one chunk: the keys' gradient factors at the chunk start and the chunk-end state."""
+    ins, deltas = key_gradients(state.weights, k, v, d, cfg)
+    return ins, deltas, _advance_chunk(state, ins, deltas, row)
+
+
 def _dual_form(
     qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None, co: dict[str, Tensor], T: int,
-    state: DeepMemoryState, cfg: DeepMemoryConfig, readout: Readout,
+    state: DeepMemoryState, cfg: DeepMemoryConfig, readout: Readout, step: Step,
 ) -> tuple[Tensor, DeepMemoryState]:
     """Linear retention: phase 1 (chunk loop, keys and state), phase 2 (read-out, all chunks)."""
     n_chunks, C = qc.shape[2], qc.shape[3]
@@ -164,10 +174,10 @@ def _dual_form(
     starts, all_ins, all_deltas = [], [], []
     for n in range(n_chunks):
         starts.append(state)
-        ins, deltas = key_gradients(state.weights, ks[n], vs[n], ds[n], cfg)
+        ins, deltas, state_next = step(state, ks[n], vs[n], ds[n], rows[n], cfg)
         all_ins.append(ins)
         all_deltas.append(deltas)
-        state = _advance_chunk(state, ins, deltas, rows[n])
+        state = state_next
     x = qc  # [B, H, n, C, K]
     B, H = qc.shape[:2]
     for i in range(cfg.depth):
@@ -232,8 +242,10 @@ def chunk_deep_memory_with(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, init_weights: Weights, cfg: DeepMemoryConfig,
     g: Tensor | None, mu: Tensor | None, lam: Tensor | None, delta: Tensor | None,
     initial_state: DeepMemoryState | None, output_final_state: bool, readout: Readout,
+    step: Step | None = None,
 ) -> tuple[Tensor, DeepMemoryState | None]:
-    """:func:`chunk_deep_memory` with a pluggable dual-form read-out (the Triton backend's)."""
+    """:func:`chunk_deep_memory` with a pluggable dual-form read-out and chunk step (the
+    Triton backend's; ``step=None`` is the PyTorch step)."""
     check_inputs(q, k, v, eta, init_weights, cfg, g, mu, lam, delta)
     B, T, H, _ = q.shape
     C = cfg.chunk_size
@@ -248,7 +260,7 @@ def chunk_deep_memory_with(
     state = start_state(init_weights, cfg, B, initial_state, dt)
     if cfg.linear_retention:
         co = dual_coefficients(log_a, eta_c, mu_c)
-        o, state = _dual_form(qc, kc, vc, dc, co, T, state, cfg, readout)
+        o, state = _dual_form(qc, kc, vc, dc, co, T, state, cfg, readout, step or _torch_step)
     else:
         o, state = _materialised(qc, kc, vc, dc, log_a, eta_c, mu_c, T, state, cfg)
     o = o.movedim(1, 3).flatten(1, 2)[:, :T]  # [B, T, H, V]

@@ -1,9 +1,9 @@
-"""Compile the deep-memory Triton read-out kernels for sm_90 (H100) without a GPU.
+"""Compile the deep-memory Triton kernels for sm_90 (H100) without a GPU.
 
-Records the launches of the fused dual-form read-out (forward and backward) at the shapes of the
-benchmark's Titans case — chunk 64 and 16, head dim 128, hidden 512, momentum (so the first layer
-reads ``[ΓX, eX]`` of width 256) — and compiles each for sm_90, checking shared memory. Run it
-where TRITON_INTERPRET is unset:
+Records the launches of the fused dual-form read-out (forward and backward) and of the
+three-kernel chunk step (``step.py``) at the shapes of the benchmark's Titans case — chunk 64
+and 16, head dim 128, hidden 512, momentum (so the first layer reads ``[ΓX, eX]`` of width 256)
+— and compiles each for sm_90, checking shared memory. Run it where TRITON_INTERPRET is unset:
 
     python -m mirasdsl.kernels.deep_memory.compile_check
 """
@@ -32,10 +32,32 @@ def record_launches(C: int, dw: int, dk: int, dv: int) -> list[Launch]:
     return log
 
 
+def record_step_launches(C: int, D: int = 128, HD: int = 512) -> list[Launch]:
+    """Run one fused chunk step (LayerNorm, residual, momentum) on CPU tensors, kernels recorded."""
+    from . import step
+    from .config import DeepMemoryConfig
+    from .memory import DeepMemoryState
+
+    names = ["_keys_kernel", "_bias_kernel", "_update_kernel"]
+    with recording([(step, n) for n in names]) as log:
+        B, H = 1, 1
+        cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True,
+                               chunk_size=C)
+        k, v = torch.randn(B, H, C, D), torch.randn(B, H, C, D)
+        w = (torch.randn(B, H, D, HD), torch.randn(B, H, HD, D))
+        row = {"gam": torch.rand(B, H), "e": torch.rand(B, H), "mom": torch.rand(B, H),
+               "dmat": torch.rand(B, H, C), "zmat": torch.rand(B, H, C)}
+        step.fused_step(DeepMemoryState(w, w), k, v, None, row, cfg)
+    return log
+
+
 def main() -> None:
     for C, dw, dk, dv in TITANS_LAYERS:
         for cand in compile_all(record_launches(C, dw, dk, dv)):
             print(f"C={C} DW={dw} DK={dk} DV={dv}: {cand.line()}")
+    for C in (64, 16):
+        for cand in compile_all(record_step_launches(C)):
+            print(f"C={C} step: {cand.line()}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The deep-memory Triton read-out compiles for sm_90 at the benchmark's Titans shapes and fits in
-an H100's shared memory (the CPU interpreter never runs the compiler)."""
+"""The deep-memory Triton read-out and chunk step compile for sm_90 at the benchmark's Titans
+shapes and fit in an H100's shared memory (the CPU interpreter never runs the compiler)."""
 from __future__ import annotations
 
 import os
@@ -17,5 +17,9 @@ def test_readout_kernels_compile_for_h100() -> None:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if "shared" in line]
-    assert len(lines) == 8  # 4 layer shapes × (forward, backward)
-    assert {line.split()[4] for line in lines} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
+    readout = [line for line in lines if "step:" not in line]
+    step = [line for line in lines if "step:" in line]
+    assert len(readout) == 8  # 4 layer shapes × (forward, backward)
+    assert {line.split()[4] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
+    assert len(step) == 6  # chunk 64 and 16 × three step kernels
+    assert {line.split()[2] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel"}

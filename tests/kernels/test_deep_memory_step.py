@@ -1,0 +1,132 @@
+"""The three-kernel deep-memory chunk step (kernels/deep_memory/step.py) against the PyTorch step.
+
+Runs under TRITON_INTERPRET=1 on the CPU (conftest.py) at odd sizes; tolerance: relative RMS
+1e-5 in float32 for the step's outputs and the whole forward.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mirasdsl.kernels.deep_memory import chunk as dm_chunk
+from mirasdsl.kernels.deep_memory import chunk_torch
+from mirasdsl.kernels.deep_memory.chunk import triton_deep_memory
+from mirasdsl.kernels.deep_memory.config import DeepMemoryConfig
+from mirasdsl.kernels.deep_memory.memory import DeepMemoryState
+from mirasdsl.kernels.deep_memory.step import fused_step, fused_step_supported
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 1e-5
+
+
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).pow(2).mean() / b.pow(2).mean().clamp_min(1e-30)).sqrt().item()
+
+
+CONFIGS = [  # activation, norm, residual, bias, momentum
+    ("gelu", True, True, "l2", True),
+    ("silu", False, False, "dot", False),
+    ("relu", True, False, "l2", True),
+    ("identity", False, True, "l2", False),
+]
+
+
+@pytest.mark.parametrize("act,norm,res,bias,mom", CONFIGS)
+def test_step_matches_the_pytorch_step(act: str, norm: bool, res: bool, bias: str, mom: bool) -> None:
+    """ins, deltas and the chunk-end state at odd sizes: C = 11, K = V = 12, hidden 40 (one
+    masked hidden block of 64)."""
+    gen = torch.Generator().manual_seed(3)
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
+    B, H, C, K, HD, V = 2, 3, 11, 12, 40, 12
+    cfg = DeepMemoryConfig(depth=2, activation=act, norm=norm, residual=res, bias=bias,
+                           momentum=mom, chunk_size=16)
+    k, v = rnd(B, H, C, K), rnd(B, H, C, V)
+    weights = (rnd(B, H, K, HD) * 0.3, rnd(B, H, HD, V) * 0.2)
+    momenta = (rnd(B, H, K, HD) * 0.1, rnd(B, H, HD, V) * 0.1) if mom else None
+    row = {"gam": rnd(B, H).sigmoid(), "dmat": -rnd(B, H, C).abs()}
+    if mom:
+        row.update(e=rnd(B, H).sigmoid(), mom=rnd(B, H).sigmoid(), zmat=-rnd(B, H, C).abs())
+    state = DeepMemoryState(weights, momenta)
+    ins, deltas, new = chunk_torch._torch_step(state, k, v, None, row, cfg)
+    ins_f, deltas_f, new_f = fused_step(state, k, v, None, row, cfg)
+    ref = [*ins, *deltas, *new.weights, *(new.momentum or ())]
+    got = [*ins_f, *deltas_f, *new_f.weights, *(new_f.momentum or ())]
+    assert len(got) == len(ref)
+    for name, a, b in zip(["k", "a", "d1", "dz", "W1", "W2", "Z1", "Z2"], got, ref):
+        assert rel_rms(a, b) <= TOL, name
+
+
+def _titans_like(T: int, chunk: int) -> tuple[tuple, dict, DeepMemoryConfig]:
+    gen = torch.Generator().manual_seed(7)
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
+    B, H, D, HD = 2, 2, 16, 24
+    cfg = DeepMemoryConfig(depth=2, hidden=HD, activation="gelu", residual=True, norm=True,
+                           bias="l2", momentum=True, chunk_size=chunk)
+    q, k = (torch.nn.functional.normalize(rnd(B, T, H, D), dim=-1) for _ in range(2))
+    v = rnd(B, T, H, D)
+    eta = 0.1 * rnd(B, T, H).sigmoid()
+    ws = (rnd(H, D, HD) * D ** -0.5, rnd(H, HD, D) * HD ** -0.5)
+    kw = {"g": torch.nn.functional.logsigmoid(rnd(B, T, H) + 3), "mu": 0.9 * rnd(B, T, H).sigmoid()}
+    return (q, k, v, eta, ws), kw, cfg
+
+
+def test_forward_without_gradients_uses_the_fused_step_and_matches() -> None:
+    """T = 37 with chunk 16: two full chunks and a partial one; output and final state."""
+    args, kw, cfg = _titans_like(37, 16)
+    assert fused_step_supported(cfg, torch.float32)
+    with torch.no_grad():
+        o, st = triton_deep_memory(*args, cfg, **kw, output_final_state=True)
+        o_ref, st_ref = chunk_torch.chunk_deep_memory(*args, cfg, **kw, output_final_state=True)
+    assert rel_rms(o, o_ref) <= TOL
+    for a, b in zip(st.weights + st.momentum, st_ref.weights + st_ref.momentum):
+        assert rel_rms(a, b) <= TOL
+
+
+def test_fused_step_only_without_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training keeps the differentiable PyTorch step; inference takes the fused one."""
+    calls = []
+
+    def recording(*a, **k):  # noqa: ANN002, ANN003
+        calls.append(1)
+        return fused_step(*a, **k)
+
+    monkeypatch.setattr(dm_chunk, "fused_step", recording)
+    args, kw, cfg = _titans_like(20, 16)
+    leaf = args[0].clone().requires_grad_(True)
+    triton_deep_memory(leaf, *args[1:], cfg, **kw)[0].sum().backward()
+    assert calls == [] and leaf.grad is not None
+    with torch.no_grad():
+        triton_deep_memory(leaf, *args[1:], cfg, **kw)
+    assert len(calls) == 2  # one per chunk
+
+
+def test_supported_configurations() -> None:
+    base = dict(depth=2, bias="l2", chunk_size=16)
+    assert fused_step_supported(DeepMemoryConfig(**base), torch.float32)
+    assert not fused_step_supported(DeepMemoryConfig(**base), torch.float64)
+    assert not fused_step_supported(DeepMemoryConfig(**{**base, "depth": 3}), torch.float32)
+    assert not fused_step_supported(DeepMemoryConfig(**{**base, "bias": "huber", "huber_delta": 1.0}),
+                                    torch.float32)
+    assert not fused_step_supported(DeepMemoryConfig(**{**base, "retention_global": "kl",
+                                                        "kl_scale": 1.0}), torch.float32)
+
+
+@pytest.mark.gpu
+def test_gpu_step_at_the_titans_size() -> None:
+    """B=4, 8 heads, chunk 64, D=128, hidden 512 on the GPU: the fused step equals the PyTorch
+    step (float32, no TF32) within 1e-4; a Hopper miscompile shows as a large error."""
+    gen = torch.Generator().manual_seed(5)
+    rnd = lambda *s: torch.randn(*s, generator=gen).cuda()  # noqa: E731
+    B, H, C, D, HD = 4, 8, 64, 128, 512
+    cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True, chunk_size=C)
+    k, v = rnd(B, H, C, D), rnd(B, H, C, D)
+    state = DeepMemoryState((rnd(B, H, D, HD) * D ** -0.5, rnd(B, H, HD, D) * HD ** -0.5),
+                            (rnd(B, H, D, HD) * 0.01, rnd(B, H, HD, D) * 0.01))
+    row = {"gam": rnd(B, H).sigmoid(), "e": rnd(B, H).sigmoid(), "mom": rnd(B, H).sigmoid(),
+           "dmat": -0.01 * rnd(B, H, C).abs(), "zmat": -0.01 * rnd(B, H, C).abs()}
+    ins, deltas, new = chunk_torch._torch_step(state, k, v, None, row, cfg)
+    ins_f, deltas_f, new_f = fused_step(state, k, v, None, row, cfg)
+    for a, b in zip([*ins_f, *deltas_f, *new_f.weights, *new_f.momentum],
+                    [*ins, *deltas, *new.weights, *new.momentum]):
+        assert rel_rms(a, b) <= 1e-4
