@@ -9,9 +9,8 @@ without writing the [C, C] score matrix to memory (``XW = [gam X, e X]``, ``W = 
 Its backward is a second Triton kernel for the masked part (dX, dA, dD, dU in one pass per
 chunk); the two dense products ``dXW = dO W^T`` and ``dW = XW^T dO`` are plain batched GEMMs and
 run through torch (cuBLAS). The per-chunk key forward/backward and the state update are
-batched GEMMs over (batch, head) inside the sequential chunk loop and also run through torch
-when gradients are needed; without gradients (inference, prefill) each chunk step is the three
-Triton kernels of ``step.py``.
+three Triton kernels per chunk (``step.py``, forward and backward) for depth-2 memories with an
+l2 or dot bias in float32; other configurations take batched GEMMs through torch.
 """
 from __future__ import annotations
 
@@ -175,21 +174,8 @@ def triton_deep_memory(
     read-out instead.
     """
     use = cfg.linear_retention and cfg.chunk_size <= MAX_TRITON_CHUNK
-    step = fused_step if use and _fused_step_applies(cfg, q, (k, v, eta, g, mu, lam, delta),
-                                                     init_weights, initial_state) else None
+    step = fused_step if use and fused_step_supported(cfg, accum_dtype(q)) else None
     return chunk_deep_memory_with(
         q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state,
         readout_triton if use else readout_torch, step,
     )
-
-
-def _fused_step_applies(cfg: DeepMemoryConfig, q: Tensor, others: tuple, init_weights: Weights,
-                        initial_state: DeepMemoryState | None) -> bool:
-    """The three-kernel chunk step (``step.py``) has no backward yet: only where nothing needs
-    a gradient (inference, prefill), for the configurations it covers."""
-    if not fused_step_supported(cfg, accum_dtype(q)):
-        return False
-    tensors = [q, *others, *init_weights]
-    if initial_state is not None:
-        tensors += [*initial_state.weights, *(initial_state.momentum or ())]
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))

@@ -38,16 +38,20 @@ def record_step_launches(C: int, D: int = 128, HD: int = 512) -> list[Launch]:
     from .config import DeepMemoryConfig
     from .memory import DeepMemoryState
 
-    names = ["_keys_kernel", "_bias_kernel", "_update_kernel"]
+    names = ["_keys_kernel", "_bias_kernel", "_update_kernel", "_bwd_hidden_kernel",
+             "_bwd_bias_kernel", "_bwd_keys_kernel"]
     with recording([(step, n) for n in names]) as log:
         B, H = 1, 1
         cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True,
                                chunk_size=C)
-        k, v = torch.randn(B, H, C, D), torch.randn(B, H, C, D)
-        w = (torch.randn(B, H, D, HD), torch.randn(B, H, HD, D))
-        row = {"gam": torch.rand(B, H), "e": torch.rand(B, H), "mom": torch.rand(B, H),
-               "dmat": torch.rand(B, H, C), "zmat": torch.rand(B, H, C)}
-        step.fused_step(DeepMemoryState(w, w), k, v, None, row, cfg)
+        leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
+        k, v = leaf(B, H, C, D), leaf(B, H, C, D)
+        w = (leaf(B, H, D, HD), leaf(B, H, HD, D))
+        row = {"gam": leaf(B, H), "e": leaf(B, H), "mom": leaf(B, H), "dmat": leaf(B, H, C),
+               "zmat": leaf(B, H, C)}
+        ins, deltas, new = step.fused_step(DeepMemoryState(w, w), k, v, None, row, cfg)
+        outs = [ins[1], *deltas, *new.weights, *new.momentum]
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])  # values: not computed
     return log
 
 

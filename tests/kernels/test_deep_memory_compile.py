@@ -21,5 +21,7 @@ def test_readout_kernels_compile_for_h100() -> None:
     step = [line for line in lines if "step:" in line]
     assert len(readout) == 8  # 4 layer shapes × (forward, backward)
     assert {line.split()[4] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
-    assert len(step) == 6  # chunk 64 and 16 × three step kernels
-    assert {line.split()[2] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel"}
+    assert len(step) == 12  # chunk 64 and 16 × three forward and three backward step kernels
+    assert {line.split()[2] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel",
+                                                  "_bwd_hidden_kernel", "_bwd_bias_kernel",
+                                                  "_bwd_keys_kernel"}

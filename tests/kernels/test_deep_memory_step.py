@@ -83,8 +83,9 @@ def test_forward_without_gradients_uses_the_fused_step_and_matches() -> None:
         assert rel_rms(a, b) <= TOL
 
 
-def test_fused_step_only_without_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Training keeps the differentiable PyTorch step; inference takes the fused one."""
+def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton backend trains through the fused step (one call per chunk) and its output and
+    every input gradient equal the PyTorch chunk backend's within 1e-5 (T = 37, chunk 16)."""
     calls = []
 
     def recording(*a, **k):  # noqa: ANN002, ANN003
@@ -92,13 +93,22 @@ def test_fused_step_only_without_gradients(monkeypatch: pytest.MonkeyPatch) -> N
         return fused_step(*a, **k)
 
     monkeypatch.setattr(dm_chunk, "fused_step", recording)
-    args, kw, cfg = _titans_like(20, 16)
-    leaf = args[0].clone().requires_grad_(True)
-    triton_deep_memory(leaf, *args[1:], cfg, **kw)[0].sum().backward()
-    assert calls == [] and leaf.grad is not None
-    with torch.no_grad():
-        triton_deep_memory(leaf, *args[1:], cfg, **kw)
-    assert len(calls) == 2  # one per chunk
+    args, kw, cfg = _titans_like(37, 16)
+
+    def run(fn) -> list[torch.Tensor]:  # noqa: ANN001
+        x = [t.clone().requires_grad_(True) for t in (*args[:4], *args[4], *kw.values())]
+        a, ws, kws = x[:4], tuple(x[4:6]), dict(zip(kw, x[6:]))
+        o, st = fn(*a, ws, cfg, **kws, output_final_state=True)
+        gen = torch.Generator().manual_seed(2)
+        loss = (o * torch.randn(o.shape, generator=gen).to(o)).sum() + sum(
+            (w * torch.randn(w.shape, generator=gen).to(w)).sum() for w in st.weights + st.momentum)
+        return [o.detach(), *torch.autograd.grad(loss, x)]
+
+    got = run(triton_deep_memory)
+    assert len(calls) == 3  # three chunks
+    ref = run(chunk_torch.chunk_deep_memory)
+    for a, b in zip(got, ref):
+        assert rel_rms(a, b) <= TOL
 
 
 def test_supported_configurations() -> None:
@@ -130,3 +140,39 @@ def test_gpu_step_at_the_titans_size() -> None:
     for a, b in zip([*ins_f, *deltas_f, *new_f.weights, *new_f.momentum],
                     [*ins, *deltas, *new.weights, *new.momentum]):
         assert rel_rms(a, b) <= 1e-4
+
+
+@pytest.mark.parametrize("act,norm,res,bias,mom", CONFIGS)
+def test_step_gradients_match_autograd_of_the_pytorch_step(act: str, norm: bool, res: bool,
+                                                           bias: str, mom: bool) -> None:
+    """Backward kernels vs torch.autograd through key_gradients + _advance_chunk: the gradient
+    of every input (keys, values, weights, momenta, coefficient rows) for random cotangents of
+    every output, odd sizes, relative RMS <= 1e-5."""
+    gen = torch.Generator().manual_seed(11)
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
+    B, H, C, K, HD, V = 2, 2, 13, 12, 40, 12
+    cfg = DeepMemoryConfig(depth=2, activation=act, norm=norm, residual=res, bias=bias,
+                           momentum=mom, chunk_size=16)
+    leaves = {"k": rnd(B, H, C, K), "v": rnd(B, H, C, V), "w1": rnd(B, H, K, HD) * 0.3,
+              "w2": rnd(B, H, HD, V) * 0.2, "gam": rnd(B, H).sigmoid(), "dmat": -rnd(B, H, C).abs()}
+    if mom:
+        leaves.update(z1=rnd(B, H, K, HD) * 0.1, z2=rnd(B, H, HD, V) * 0.1, e=rnd(B, H).sigmoid(),
+                      mom=rnd(B, H).sigmoid(), zmat=-rnd(B, H, C).abs())
+    cot = None
+
+    def grads(step) -> list[torch.Tensor]:  # noqa: ANN001
+        nonlocal cot
+        x = {n: t.clone().requires_grad_(True) for n, t in leaves.items()}
+        state = DeepMemoryState((x["w1"], x["w2"]), (x["z1"], x["z2"]) if mom else None)
+        row = {n: x[n] for n in ("gam", "dmat", "e", "mom", "zmat") if n in x}
+        ins, deltas, new = step(state, x["k"], x["v"], None, row, cfg)
+        outs = [ins[1], *deltas, *new.weights, *(new.momentum or ())]
+        if cot is None:
+            cot = [torch.randn(o.shape, generator=gen).to(o) for o in outs]
+        loss = sum((o * c).sum() for o, c in zip(outs, cot))
+        return list(torch.autograd.grad(loss, list(x.values())))
+
+    ref = grads(chunk_torch._torch_step)
+    got = grads(fused_step)
+    for name, a, b in zip(leaves, got, ref):
+        assert rel_rms(a, b) <= TOL, f"{name}: {rel_rms(a, b):.2e}"
