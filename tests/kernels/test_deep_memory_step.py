@@ -124,8 +124,9 @@ def test_supported_configurations() -> None:
 
 @pytest.mark.gpu
 def test_gpu_step_at_the_titans_size() -> None:
-    """B=4, 8 heads, chunk 64, D=128, hidden 512 on the GPU: the fused step equals the PyTorch
-    step (float32, no TF32) within 1e-4; a Hopper miscompile shows as a large error."""
+    """B=4, 8 heads, chunk 64, D=128, hidden 512 on the GPU: the fused step's outputs and every
+    input gradient equal the PyTorch step's (float32, no TF32) within 1e-4; a Hopper miscompile
+    shows as a large error."""
     gen = torch.Generator().manual_seed(5)
     rnd = lambda *s: torch.randn(*s, generator=gen).cuda()  # noqa: E731
     B, H, C, D, HD = 4, 8, 64, 128, 512
@@ -135,10 +136,18 @@ def test_gpu_step_at_the_titans_size() -> None:
                             (rnd(B, H, D, HD) * 0.01, rnd(B, H, HD, D) * 0.01))
     row = {"gam": rnd(B, H).sigmoid(), "e": rnd(B, H).sigmoid(), "mom": rnd(B, H).sigmoid(),
            "dmat": -0.01 * rnd(B, H, C).abs(), "zmat": -0.01 * rnd(B, H, C).abs()}
-    ins, deltas, new = chunk_torch._torch_step(state, k, v, None, row, cfg)
-    ins_f, deltas_f, new_f = fused_step(state, k, v, None, row, cfg)
-    for a, b in zip([*ins_f, *deltas_f, *new_f.weights, *new_f.momentum],
-                    [*ins, *deltas, *new.weights, *new.momentum]):
+    leaves = [k, v, *state.weights, *state.momentum, *row.values()]
+
+    def run(step) -> list[torch.Tensor]:  # noqa: ANN001
+        x = [t.clone().requires_grad_(True) for t in leaves]
+        st = DeepMemoryState(tuple(x[2:4]), tuple(x[4:6]))
+        ins, deltas, new = step(st, x[0], x[1], None, dict(zip(row, x[6:])), cfg)
+        outs = [ins[1], *deltas, *new.weights, *new.momentum]
+        g = torch.Generator().manual_seed(6)
+        loss = sum((o * torch.randn(o.shape, generator=g).cuda()).sum() for o in outs)
+        return [o.detach() for o in outs] + list(torch.autograd.grad(loss, x))
+
+    for a, b in zip(run(fused_step), run(chunk_torch._torch_step)):  # outputs, then every gradient
         assert rel_rms(a, b) <= 1e-4
 
 
