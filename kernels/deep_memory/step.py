@@ -420,22 +420,21 @@ def _backward(saved: tuple[Tensor, ...], grads: tuple[Tensor, ...], sh: _Shape) 
     g_w1, g_w2, g_z1, g_z2 = (torch.empty_like(x) for x in (w1, w2, z1, z2))
     ga_part, gh_part, t_buf = (new(sh.N, sh.C, sh.HD) for _ in range(3))
     gk_part, gdz_part = new(sh.N, sh.NJ, sh.C, sh.K), new(sh.N, sh.NJ, sh.C, sh.V)
-    gdl_part, gzl_part = torch.zeros(sh.N, sh.NJ, sh.C, device=k.device, dtype=k.dtype), new(sh.N, sh.NJ, sh.C)
-    scal_part = torch.zeros(sh.N, sh.NJ, 3, device=k.device, dtype=k.dtype)
-    if not f["MOM"]:
-        gzl_part.zero_()
+    # every entry is written (the momentum ones only with MOM; without it their gradients go to
+    # detached placeholders and are dropped), so no zero-fill is needed
+    gdl_part, gzl_part, scal_part = new(sh.N, sh.NJ, sh.C), new(sh.N, sh.NJ, sh.C), new(sh.N, sh.NJ, 3)
     _bwd_hidden_kernel[sh.hidden_grid](
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
         g_z2n, g_w1, g_w2, g_z1, g_z2, ga_part, gh_part, t_buf, gk_part, gdz_part, gdl_part,
         gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=PREC)
     g_y0, g_v = new(sh.N, sh.C, sh.V), new(sh.N, sh.C, sh.V)
-    gk_res = torch.zeros(sh.N, sh.C, sh.K, device=k.device, dtype=k.dtype)
+    gk_res = new(sh.N, sh.C, sh.K) if f["RES"] else g_v  # written only with the residual
     _bwd_bias_kernel[(sh.N,)](gdz_part, g_dz, y0, k, v, g_y0, g_v, gk_res, sh.NJ, sh.C, sh.V,
                               NORM_EPS, BC=t["BC"], BV=t["BV"], NORM=f["NORM"], RES=f["RES"],
                               L2=f["L2"])
     _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, gk_part,
                                      sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], PREC=PREC)
-    g_k = gk_part.sum(1) + gk_res  # [N, C, K]
+    g_k = gk_part.sum(1) + gk_res if f["RES"] else gk_part.sum(1)  # [N, C, K]
     scal = scal_part.sum(1)  # [N, 3]
     return (g_k, g_v, g_w1, g_w2, g_z1, g_z2, scal[:, 0], scal[:, 1], scal[:, 2],
             gdl_part.sum(1), gzl_part.sum(1))
