@@ -14,6 +14,8 @@ l2 or dot bias in float32; other configurations take batched GEMMs through torch
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -30,7 +32,7 @@ MAX_TRITON_CHUNK = 128  # larger chunks make the [C, C] tile too big for registe
 @triton.jit
 def _readout_fwd_kernel(
     XW, W, X, A, D, U, O, C, DW, DK, DV,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program: one chunk ``n`` and one block of BV output channels."""
     i_n = tl.program_id(0).to(tl.int64)
@@ -46,26 +48,26 @@ def _readout_fwd_kernel(
         mk = kk < DW
         xw = tl.load(XW + i_n * C * DW + rc[:, None] * DW + kk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
         w = tl.load(W + i_n * DW * DV + kk[:, None] * DV + rv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
-        acc += tl.dot(xw, w, input_precision="ieee")
+        acc += tl.dot(xw, w, input_precision=PREC)
     att = tl.zeros([BC, BC], dtype=tl.float32)
     for k0 in range(0, DK, BK):  # scores X A^T
         kk = k0 + rk
         mk = kk < DK
         x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
         a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
-        att += tl.dot(x, tl.trans(a), input_precision="ieee")
+        att += tl.dot(x, tl.trans(a), input_precision=PREC)
     mcc = mc[:, None] & mc[None, :]
     d = tl.load(D + i_n * C * C + rc[:, None] * C + rc[None, :], mask=mcc, other=0.0)
     att = tl.where((rc[:, None] >= rc[None, :]) & mcc, att * d, 0.0)
     u = tl.load(U + i_n * C * DV + rc[:, None] * DV + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
-    acc += tl.dot(att, u, input_precision="ieee")
+    acc += tl.dot(att, u, input_precision=PREC)
     tl.store(O + i_n * C * DV + rc[:, None] * DV + rv[None, :], acc, mask=mc[:, None] & mv[None, :])
 
 
 @triton.jit
 def _readout_bwd_kernel(
     X, A, D, U, DO, DX, DA, DD, DU, C, DK, DV,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per chunk: gradients of the masked part ``(tril(X A^T) * D) @ U``."""
     i_n = tl.program_id(0).to(tl.int64)
@@ -81,14 +83,14 @@ def _readout_bwd_kernel(
         m = mc[:, None] & (kk < DK)[None, :]
         x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
         a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
-        att += tl.dot(x, tl.trans(a), input_precision="ieee")
+        att += tl.dot(x, tl.trans(a), input_precision=PREC)
     datt = tl.zeros([BC, BC], dtype=tl.float32)
     for v0 in range(0, DV, BV):
         vv = v0 + rv
         m = mc[:, None] & (vv < DV)[None, :]
         do = tl.load(DO + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=m, other=0.0)
         u = tl.load(U + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=m, other=0.0)
-        datt += tl.dot(do, tl.trans(u), input_precision="ieee")
+        datt += tl.dot(do, tl.trans(u), input_precision=PREC)
     d = tl.load(D + i_n * C * C + rc[:, None] * C + rc[None, :], mask=mcc, other=0.0)
     tl.store(DD + i_n * C * C + rc[:, None] * C + rc[None, :], tl.where(causal, datt * att, 0.0), mask=mcc)
     dp = tl.where(causal, datt * d, 0.0)  # gradient of the raw scores X A^T
@@ -98,15 +100,15 @@ def _readout_bwd_kernel(
         m = mc[:, None] & (kk < DK)[None, :]
         x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
         a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
-        dx = tl.dot(dp, a, input_precision="ieee")
-        da = tl.dot(tl.trans(dp), x, input_precision="ieee")
+        dx = tl.dot(dp, a, input_precision=PREC)
+        da = tl.dot(tl.trans(dp), x, input_precision=PREC)
         tl.store(DX + i_n * C * DK + rc[:, None] * DK + kk[None, :], dx, mask=m)
         tl.store(DA + i_n * C * DK + rc[:, None] * DK + kk[None, :], da, mask=m)
     for v0 in range(0, DV, BV):
         vv = v0 + rv
         m = mc[:, None] & (vv < DV)[None, :]
         do = tl.load(DO + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=m, other=0.0)
-        du = tl.dot(tl.trans(p), do, input_precision="ieee")
+        du = tl.dot(tl.trans(p), do, input_precision=PREC)
         tl.store(DU + i_n * C * DV + rc[:, None] * DV + vv[None, :], du, mask=m)
 
 
@@ -127,16 +129,19 @@ class _FusedReadout(torch.autograd.Function):
     """Autograd wrapper around the two kernels (float32 in, float32 out)."""
 
     @staticmethod
-    def forward(ctx, xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor) -> Tensor:
+    def forward(ctx, xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor,
+                prec: str) -> Tensor:
         xw, w, x, a, d, u = (t.contiguous().float() for t in (xw, w, x, a, d, u))
         N, C, DW = xw.shape
         DK, DV = x.shape[-1], u.shape[-1]
         BC, BK, BV = _blocks(C, max(DK, DW), DV)
         o = torch.empty(N, C, DV, device=x.device, dtype=torch.float32)  # [N, C, DV]
         _readout_fwd_kernel[(N, triton.cdiv(DV, BV))](
-            xw, w, x, a, d, u, o, C, DW, DK, DV, BC=BC, BK=BK, BV=BV, num_warps=_warps(BC)
+            xw, w, x, a, d, u, o, C, DW, DK, DV, BC=BC, BK=BK, BV=BV, PREC=prec,
+            num_warps=_warps(BC),
         )
         ctx.save_for_backward(xw, w, x, a, d, u)
+        ctx.prec = prec
         return o
 
     @staticmethod
@@ -151,15 +156,24 @@ class _FusedReadout(torch.autograd.Function):
         dd = torch.zeros_like(d)  # [N, C, C], zero above the diagonal
         BC, BK, BV = _blocks(C, DK, DV)
         _readout_bwd_kernel[(N,)](
-            x, a, d, u, do, dx, da, dd, du, C, DK, DV, BC=BC, BK=BK, BV=BV, num_warps=_warps(BC)
+            x, a, d, u, do, dx, da, dd, du, C, DK, DV, BC=BC, BK=BK, BV=BV, PREC=ctx.prec,
+            num_warps=_warps(BC),
         )
-        return dxw, dw, dx, da, dd, du
+        return dxw, dw, dx, da, dd, du, None
 
 
-def readout_triton(xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor) -> Tensor:
+def readout_triton(xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor,
+                   prec: str = "ieee") -> Tensor:
     """Fused ``xw @ w + (tril(x a^T) * d) @ u`` (see the module docstring); same as
-    :func:`chunk_torch.readout_torch`, differentiable once."""
-    return _FusedReadout.apply(xw, w, x, a, d, u)
+    :func:`chunk_torch.readout_torch`, differentiable once. ``prec``: ``tl.dot`` input precision
+    (``"ieee"`` float32, ``"tf32"`` for half-precision models)."""
+    return _FusedReadout.apply(xw, w, x, a, d, u, prec)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` precision for a model's dtype: float32 and float64 models get float32 dots;
+    bf16/fp16 models get tf32 (10-bit mantissa, finer than their own 8- or 11-bit inputs)."""
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
 def triton_deep_memory(
@@ -174,8 +188,10 @@ def triton_deep_memory(
     read-out instead.
     """
     use = cfg.linear_retention and cfg.chunk_size <= MAX_TRITON_CHUNK
-    step = fused_step if use and fused_step_supported(cfg, accum_dtype(q)) else None
+    prec = dot_precision(q.dtype)
+    step = (functools.partial(fused_step, prec=prec)
+            if use and fused_step_supported(cfg, accum_dtype(q)) else None)
     return chunk_deep_memory_with(
         q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state,
-        readout_triton if use else readout_torch, step,
+        functools.partial(readout_triton, prec=prec) if use else readout_torch, step,
     )

@@ -17,7 +17,7 @@ from ..compile_check import Launch, compile_all, recording
 TITANS_LAYERS = [(C, dw, dk, dv) for C in (64, 16) for dw, dk, dv in ((256, 128, 512), (1024, 512, 128))]
 
 
-def record_launches(C: int, dw: int, dk: int, dv: int) -> list[Launch]:
+def record_launches(C: int, dw: int, dk: int, dv: int, prec: str = "ieee") -> list[Launch]:
     """Run the fused read-out forward and backward once on CPU tensors with its kernels recorded."""
     from . import chunk
 
@@ -28,11 +28,11 @@ def record_launches(C: int, dw: int, dk: int, dv: int) -> list[Launch]:
         x, a = (torch.randn(n, C, dk, requires_grad=True) for _ in range(2))
         d = torch.randn(n, C, C, requires_grad=True)
         u = torch.randn(n, C, dv, requires_grad=True)
-        chunk.readout_triton(xw, w, x, a, d, u).sum().backward()
+        chunk.readout_triton(xw, w, x, a, d, u, prec=prec).sum().backward()
     return log
 
 
-def record_step_launches(C: int, D: int = 128, HD: int = 512) -> list[Launch]:
+def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512) -> list[Launch]:
     """Run one fused chunk step (LayerNorm, residual, momentum) on CPU tensors, kernels recorded."""
     from . import step
     from .config import DeepMemoryConfig
@@ -49,19 +49,20 @@ def record_step_launches(C: int, D: int = 128, HD: int = 512) -> list[Launch]:
         w = (leaf(B, H, D, HD), leaf(B, H, HD, D))
         row = {"gam": leaf(B, H), "e": leaf(B, H), "mom": leaf(B, H), "dmat": leaf(B, H, C),
                "zmat": leaf(B, H, C)}
-        ins, deltas, new = step.fused_step(DeepMemoryState(w, w), k, v, None, row, cfg)
+        ins, deltas, new = step.fused_step(DeepMemoryState(w, w), k, v, None, row, cfg, prec=prec)
         outs = [ins[1], *deltas, *new.weights, *new.momentum]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])  # values: not computed
     return log
 
 
 def main() -> None:
-    for C, dw, dk, dv in TITANS_LAYERS:
-        for cand in compile_all(record_launches(C, dw, dk, dv)):
-            print(f"C={C} DW={dw} DK={dk} DV={dv}: {cand.line()}")
-    for C in (64, 16):
-        for cand in compile_all(record_step_launches(C)):
-            print(f"C={C} step: {cand.line()}")
+    for prec in ("ieee", "tf32"):  # float32 models, half-precision models
+        for C, dw, dk, dv in TITANS_LAYERS:
+            for cand in compile_all(record_launches(C, dw, dk, dv, prec)):
+                print(f"C={C} DW={dw} DK={dk} DV={dv} {prec}: {cand.line()}")
+        for C in (64, 16):
+            for cand in compile_all(record_step_launches(C, prec)):
+                print(f"C={C} {prec} step: {cand.line()}")
 
 
 if __name__ == "__main__":

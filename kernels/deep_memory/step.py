@@ -369,6 +369,7 @@ class _Shape:
     NJ: int
     tiles: dict
     flags: dict  # ACT, NORM, RES, L2, MOM
+    prec: str  # tl.dot input precision
 
     @property
     def hidden_grid(self) -> tuple[int, int]:
@@ -380,16 +381,13 @@ def _block(n: int, cap: int | None = None) -> int:
     return min(b, cap) if cap else b
 
 
-def _shape(k: Tensor, v: Tensor, w1: Tensor, cfg: DeepMemoryConfig, mom_on: bool) -> _Shape:
+def _shape(k: Tensor, v: Tensor, w1: Tensor, cfg: DeepMemoryConfig, mom_on: bool, prec: str) -> _Shape:
     N, C, K = k.shape
     V, HD = v.shape[-1], w1.shape[-1]
     tiles = dict(BC=_block(C), BK=_block(K), BH=_block(HD, 64), BV=_block(V))
     flags = dict(ACT=_ACT[cfg.activation], NORM=cfg.norm, RES=cfg.residual, L2=cfg.bias == "l2",
                  MOM=mom_on)
-    return _Shape(N, C, K, HD, V, triton.cdiv(HD, tiles["BH"]), tiles, flags)
-
-
-PREC = "ieee"  # float32 operands, float32 accuracy (the state is carried over many chunks)
+    return _Shape(N, C, K, HD, V, triton.cdiv(HD, tiles["BH"]), tiles, flags, prec)
 
 
 def _forward(k: Tensor, v: Tensor, w1: Tensor, w2: Tensor, z1: Tensor, z2: Tensor, gam: Tensor,
@@ -400,13 +398,13 @@ def _forward(k: Tensor, v: Tensor, w1: Tensor, w2: Tensor, z1: Tensor, z2: Tenso
     h, a, d1 = new(sh.N, sh.C, sh.HD), new(sh.N, sh.C, sh.HD), new(sh.N, sh.C, sh.HD)
     y_part, y0, dz = new(sh.N, sh.NJ, sh.C, sh.V), new(sh.N, sh.C, sh.V), new(sh.N, sh.C, sh.V)
     _keys_kernel[sh.hidden_grid](k, w1, w2, h, a, y_part, sh.C, sh.K, sh.HD, sh.V, **t,
-                                 ACT=f["ACT"], PREC=PREC)
+                                 ACT=f["ACT"], PREC=sh.prec)
     _bias_kernel[(sh.N,)](y_part, k, v, y0, dz, sh.NJ, sh.C, sh.V, NORM_EPS, BC=t["BC"], BV=t["BV"],
                           NORM=f["NORM"], RES=f["RES"], L2=f["L2"])
     w1n, w2n, z1n, z2n = (torch.empty_like(x) for x in (w1, w2, z1, z2))
     _update_kernel[sh.hidden_grid](k, h, a, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, d1, w1n, w2n,
                                    z1n, z2n, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"],
-                                   MOM=f["MOM"], PREC=PREC)
+                                   MOM=f["MOM"], PREC=sh.prec)
     return h, a, d1, dz, y0, w1n, w2n, z1n, z2n
 
 
@@ -426,14 +424,14 @@ def _backward(saved: tuple[Tensor, ...], grads: tuple[Tensor, ...], sh: _Shape) 
     _bwd_hidden_kernel[sh.hidden_grid](
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
         g_z2n, g_w1, g_w2, g_z1, g_z2, ga_part, gh_part, t_buf, gk_part, gdz_part, gdl_part,
-        gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=PREC)
+        gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
     g_y0, g_v = new(sh.N, sh.C, sh.V), new(sh.N, sh.C, sh.V)
     gk_res = new(sh.N, sh.C, sh.K) if f["RES"] else g_v  # written only with the residual
     _bwd_bias_kernel[(sh.N,)](gdz_part, g_dz, y0, k, v, g_y0, g_v, gk_res, sh.NJ, sh.C, sh.V,
                               NORM_EPS, BC=t["BC"], BV=t["BV"], NORM=f["NORM"], RES=f["RES"],
                               L2=f["L2"])
     _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, gk_part,
-                                     sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], PREC=PREC)
+                                     sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], PREC=sh.prec)
     g_k = gk_part.sum(1) + gk_res if f["RES"] else gk_part.sum(1)  # [N, C, K]
     scal = scal_part.sum(1)  # [N, 3]
     return (g_k, g_v, g_w1, g_w2, g_z1, g_z2, scal[:, 0], scal[:, 1], scal[:, 2],
@@ -460,14 +458,15 @@ class _FusedStep(torch.autograd.Function):
 
 
 def fused_step(state: DeepMemoryState, k: Tensor, v: Tensor, d: Tensor | None,
-               row: dict[str, Tensor], cfg: DeepMemoryConfig
+               row: dict[str, Tensor], cfg: DeepMemoryConfig, prec: str = "ieee"
                ) -> tuple[list[Tensor], list[Tensor], DeepMemoryState]:
     """``key_gradients`` + ``_advance_chunk`` for one chunk, differentiable (backward kernels).
 
     k: [B, H, C, K], v: [B, H, C, V] (float32), state weights/momenta [B, H, d_in, d_out],
     ``d`` (the huber threshold) is unused by the l2 and dot biases,
     ``row``: the chunk-end coefficients (``gam, e, mom`` [B, H]; ``dmat, zmat`` [B, H, C]).
-    Returns ``(ins, deltas, new_state)`` as the PyTorch step does.
+    ``prec``: ``tl.dot`` input precision, ``"ieee"`` (float32) or ``"tf32"`` (half-precision
+    models: ``chunk.dot_precision``). Returns ``(ins, deltas, new_state)`` as the PyTorch step does.
     """
     B, H, C, K = k.shape
     N = B * H
@@ -482,7 +481,7 @@ def fused_step(state: DeepMemoryState, k: Tensor, v: Tensor, d: Tensor | None,
         z1, z2 = w1.detach(), w2.detach()
         e = mom = flat(row["gam"]).detach()
         zl = flat(row["dmat"], C).detach()
-    sh = _shape(kf, vf, w1, cfg, mom_on)
+    sh = _shape(kf, vf, w1, cfg, mom_on, prec)
     a, d1, dz, w1n, w2n, z1n, z2n = _FusedStep.apply(kf, vf, w1, w2, z1, z2, flat(row["gam"]), e, mom,
                                                      flat(row["dmat"], C), zl, sh)
     HD = w1.shape[-1]

@@ -19,9 +19,9 @@ def test_readout_kernels_compile_for_h100() -> None:
     lines = [line for line in done.stdout.splitlines() if "shared" in line]
     readout = [line for line in lines if "step:" not in line]
     step = [line for line in lines if "step:" in line]
-    assert len(readout) == 8  # 4 layer shapes × (forward, backward)
-    assert {line.split()[4] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
-    assert len(step) == 12  # chunk 64 and 16 × three forward and three backward step kernels
-    assert {line.split()[2] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel",
+    assert len(readout) == 16  # 2 precisions × 4 layer shapes × (forward, backward)
+    assert {line.split()[5] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
+    assert len(step) == 24  # 2 precisions × chunk 64, 16 × three forward and three backward kernels
+    assert {line.split()[3] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel",
                                                   "_bwd_hidden_kernel", "_bwd_bias_kernel",
                                                   "_bwd_keys_kernel"}

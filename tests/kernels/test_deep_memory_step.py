@@ -185,3 +185,32 @@ def test_step_gradients_match_autograd_of_the_pytorch_step(act: str, norm: bool,
     got = grads(fused_step)
     for name, a, b in zip(leaves, got, ref):
         assert rel_rms(a, b) <= TOL, f"{name}: {rel_rms(a, b):.2e}"
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_model_with_tf32_dots() -> None:
+    """bf16 inputs (tf32 dots in the step and the read-out) against the float32 chunk form on
+    the same rounded inputs: output and every gradient within the bf16 tolerance 5e-3.
+    B=2, T=1024, 8 heads of 128, hidden 512, chunk 64, LayerNorm + residual, momentum."""
+    gen = torch.Generator().manual_seed(9)
+    rnd = lambda *s: torch.randn(*s, generator=gen).cuda()  # noqa: E731
+    B, T, H, D, HD = 2, 1024, 8, 128, 512
+    cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True, chunk_size=64)
+    base = [torch.nn.functional.normalize(rnd(B, T, H, D), dim=-1) for _ in range(2)]
+    base += [rnd(B, T, H, D), 0.01 * rnd(B, T, H).sigmoid()]
+    ws = [rnd(H, D, HD) * D ** -0.5, rnd(H, HD, D) * HD ** -0.5]
+    extra = [torch.nn.functional.logsigmoid(rnd(B, T, H) + 4), 0.9 * rnd(B, T, H).sigmoid()]
+
+    def run(fn, dtype: torch.dtype) -> list[torch.Tensor]:  # noqa: ANN001
+        x = [t.to(torch.bfloat16).to(dtype).requires_grad_(True) for t in base]
+        w = [t.clone().requires_grad_(True) for t in ws]
+        o, _ = fn(*x, tuple(w), cfg, g=extra[0], mu=extra[1])
+        g = torch.Generator().manual_seed(1)
+        loss = (o.float() * torch.randn(o.shape, generator=g).cuda()).sum()
+        return [o.float().detach(), *torch.autograd.grad(loss, x + w)]
+
+    got = run(triton_deep_memory, torch.bfloat16)
+    ref = run(chunk_torch.chunk_deep_memory, torch.float32)
+    for a, b in zip(got, ref):
+        assert torch.isfinite(a).all()
+        assert rel_rms(a, b) <= 5e-3
