@@ -169,7 +169,8 @@ def _dual_form(
     """Linear retention: phase 1 (chunk loop, keys and state), phase 2 (read-out, all chunks)."""
     n_chunks, C = qc.shape[2], qc.shape[3]
     rows = _chunk_end_rows(co, [min(C, T - n * C) - 1 for n in range(n_chunks)])
-    ks, vs = kc.unbind(2), vc.unbind(2)  # per chunk [B, H, C, D]: one unbind, not n selects
+    # per chunk [B, H, C, D]: one copy to contiguous chunks and one unbind, not n selects/copies
+    ks, vs = kc.contiguous().unbind(2), vc.contiguous().unbind(2)
     ds = dc.unbind(2) if dc is not None else [None] * n_chunks
     starts, all_ins, all_deltas = [], [], []
     for n in range(n_chunks):
