@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .chunk_torch import chunk_deep_memory_with, readout_torch
 from .config import DeepMemoryConfig
@@ -145,6 +146,7 @@ class _FusedReadout(torch.autograd.Function):
         return o
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, do: Tensor) -> tuple[Tensor, ...]:
         xw, w, x, a, d, u = ctx.saved_tensors
         do = do.contiguous().float()  # [N, C, DV]

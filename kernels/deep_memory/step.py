@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .config import DeepMemoryConfig
 from .memory import NORM_EPS, DeepMemoryState
@@ -449,6 +450,7 @@ class _FusedStep(torch.autograd.Function):
         return a, d1, dz, w1n, w2n, z1n, z2n
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, *grads):  # noqa: ANN001, ANN205
         saved = ctx.saved_tensors
         like = (saved[12], saved[13], saved[14], saved[2], saved[3], saved[4], saved[5])

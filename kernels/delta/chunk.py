@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 import triton
 
 from . import _tl_bwd as bwd
@@ -207,6 +208,7 @@ class ChunkDeltaRule(torch.autograd.Function):
         return o.reshape(v.shape), ht
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, do, dht):  # type: ignore[override]
         qp, kp, vp, bp, gc, x, m, h0 = ctx.saved_tensors
         plan, scale, b, t, g_dtype, has_h0 = ctx.meta

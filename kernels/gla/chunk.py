@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..tuning import autotune
 from .common import check_inputs, default_scale, gate_per_channel
@@ -571,6 +572,7 @@ class _ChunkGLA(torch.autograd.Function):
         return o, ht
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, do: Tensor, dht: Tensor | None):
         q, k, v, gc, A, h0 = ctx.saved_tensors
         dht = None if dht is None else dht.float().contiguous()
