@@ -1,0 +1,199 @@
+"""Backward Triton kernels of the fused deep-memory chunk step (see ``step.py``)."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._step_fwd import _act_grad, _act_grad2
+
+
+@triton.jit
+def _dot_all(x, y):
+    """Sum of all entries of ``x * y`` (a Frobenius inner product of two tiles)."""
+    return tl.sum(tl.sum(x * y, 1), 0)
+
+
+@triton.jit
+def _outer_grads(kt, dzt, a, d1, coef, gw1, gw2, gw1T_ptr, gw2T_ptr, m1T, m2T, PREC: tl.constexpr):
+    """Gradients through one decayed outer-product sum of the update, ``k^T diag(coef) d1`` and
+    ``a^T diag(coef) dz``, given the gradients ``gw1 [BK, BH]``, ``gw2 [BH, BV]`` of its results:
+    ``(d coef [BC], d d1 [BC, BH], d a [BC, BH], d k [BC, BK], d dz [BC, BV])``."""
+    p1 = tl.dot(kt, gw1, input_precision=PREC)  # [BC, BH] = k gW1
+    p2 = tl.dot(dzt, tl.load(gw2T_ptr, mask=m2T, other=0.0), input_precision=PREC)  # dz gW2^T
+    gcoef = tl.sum(d1 * p1, 1) + tl.sum(a * p2, 1)
+    gk = tl.dot(d1 * coef[:, None], tl.load(gw1T_ptr, mask=m1T, other=0.0), input_precision=PREC)
+    gdz = tl.dot(a * coef[:, None], gw2, input_precision=PREC)
+    return gcoef, coef[:, None] * p1, coef[:, None] * p2, gk, gdz
+
+
+@triton.jit
+def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
+                       g_a, g_d1, g_w1n, g_w2n, g_z1n, g_z2n,
+                       g_w1, g_w2, g_z1, g_z2, ga_part, gh_part, t_buf, gk_part, gdz_part,
+                       gdl_part, gzl_part, scal_part, C, K, HD, V,
+                       BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                       ACT: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):
+    """Backward, hidden block j of (batch, head) i: the state update and d1 = act'(h) (dz W2^T).
+
+    Writes the final dZ1, dZ2, the state-direct parts of dW1, dW2 (plus t^T dz), and the
+    per-block partials of dk, ddz, d(coefficient rows) and of da, dh for the later kernels."""
+    i, j = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    nj = tl.num_programs(1)
+    rc, rk, rv = tl.arange(0, BC), tl.arange(0, BK), tl.arange(0, BV)
+    ch = j * BH + tl.arange(0, BH)
+    mc, mk, mv, mh = rc < C, rk < K, rv < V, ch < HD
+    m1, m2 = mk[:, None] & mh[None, :], mh[:, None] & mv[None, :]
+    m1T, m2T = mh[:, None] & mk[None, :], mv[:, None] & mh[None, :]
+    p1 = i * K * HD + rk[:, None] * HD + ch[None, :]  # [BK, BH] tiles of W1, Z1 and their grads
+    p1T = i * K * HD + ch[:, None] + rk[None, :] * HD  # the same, transposed [BH, BK]
+    p2 = i * HD * V + ch[:, None] * V + rv[None, :]  # [BH, BV] tiles of W2, Z2
+    p2T = i * HD * V + ch[None, :] * V + rv[:, None]  # transposed [BV, BH]
+    off = i * C * HD + rc[:, None] * HD + ch[None, :]  # [BC, BH] rows of h, a, d1
+    mch = mc[:, None] & mh[None, :]
+    kt = tl.load(k + i * C * K + rc[:, None] * K + rk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
+    dzt = tl.load(dz + i * C * V + rc[:, None] * V + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
+    h = tl.load(h_in + off, mask=mch, other=0.0)
+    a = tl.load(a_in + off, mask=mch, other=0.0)
+    d1 = tl.load(d1_in + off, mask=mch, other=0.0)
+    dlv = tl.load(dl + i * C + rc, mask=mc, other=0.0)
+    g = tl.load(gam + i)
+    gw1n = tl.load(g_w1n + p1, mask=m1, other=0.0)
+    gw2n = tl.load(g_w2n + p2, mask=m2, other=0.0)
+    s_gam = _dot_all(tl.load(w1 + p1, mask=m1, other=0.0), gw1n)
+    s_gam += _dot_all(tl.load(w2 + p2, mask=m2, other=0.0), gw2n)
+    tl.store(g_w1 + p1, g * gw1n, mask=m1)
+    gw2_acc = g * gw2n
+    # outer products of the update: W1' += k^T diag(dl) d1, W2' += a^T diag(dl) dz (Z: zl)
+    gdl, g1, ga, gk, gdz = _outer_grads(kt, dzt, a, d1, dlv, gw1n, gw2n, g_w1n + p1T, g_w2n + p2T,
+                                        m1T, m2T, PREC)
+    g1 += tl.load(g_d1 + off, mask=mch, other=0.0)
+    ga += tl.load(g_a + off, mask=mch, other=0.0)
+    if MOM:
+        ev, mv_ = tl.load(e + i), tl.load(mom + i)
+        gz1n = tl.load(g_z1n + p1, mask=m1, other=0.0)
+        gz2n = tl.load(g_z2n + p2, mask=m2, other=0.0)
+        z1t = tl.load(z1 + p1, mask=m1, other=0.0)
+        z2t = tl.load(z2 + p2, mask=m2, other=0.0)
+        tl.store(g_z1 + p1, ev * gw1n + mv_ * gz1n, mask=m1)
+        tl.store(g_z2 + p2, ev * gw2n + mv_ * gz2n, mask=m2)
+        tl.store(scal_part + (i * nj + j) * 3 + 1, _dot_all(z1t, gw1n) + _dot_all(z2t, gw2n))
+        tl.store(scal_part + (i * nj + j) * 3 + 2, _dot_all(z1t, gz1n) + _dot_all(z2t, gz2n))
+        zlv = tl.load(zl + i * C + rc, mask=mc, other=0.0)
+        gzl, g1z, gaz, gkz, gdzz = _outer_grads(kt, dzt, a, d1, zlv, gz1n, gz2n, g_z1n + p1T,
+                                                g_z2n + p2T, m1T, m2T, PREC)
+        tl.store(gzl_part + (i * nj + j) * C + rc, gzl, mask=mc)
+        g1 += g1z
+        ga += gaz
+        gk += gkz
+        gdz += gdzz
+    tl.store(scal_part + (i * nj + j) * 3, s_gam)
+    tl.store(gdl_part + (i * nj + j) * C + rc, gdl, mask=mc)
+    # back through d1 = act'(h) * (dz W2^T)
+    w2T = tl.load(w2 + p2T, mask=m2T, other=0.0)  # [BV, BH]
+    mm = tl.dot(dzt, w2T, input_precision=PREC)  # [BC, BH] = dz W2^T
+    tl.store(gh_part + off, g1 * mm * _act_grad2(h, ACT), mask=mch)
+    tl.store(ga_part + off, ga, mask=mch)
+    tl.store(t_buf + off, g1 * _act_grad(h, ACT), mask=mch)
+    tl.debug_barrier()
+    t = tl.load(t_buf + off, mask=mch, other=0.0)  # through memory: built from dot results
+    tT = tl.load(t_buf + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :],
+                 other=0.0)  # [BH, BC]
+    gdz += tl.dot(t, tl.load(w2 + p2, mask=m2, other=0.0), input_precision=PREC)
+    gw2_acc += tl.dot(tT, dzt, input_precision=PREC)
+    tl.store(g_w2 + p2, gw2_acc, mask=m2)
+    tl.store(gk_part + (i * nj + j) * C * K + rc[:, None] * K + rk[None, :], gk,
+             mask=mc[:, None] & mk[None, :])
+    tl.store(gdz_part + (i * nj + j) * C * V + rc[:, None] * V + rv[None, :], gdz,
+             mask=mc[:, None] & mv[None, :])
+
+
+@triton.jit
+def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, g_y0, g_v, gk_res, NJ, C, V, eps,
+                     BC: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr,
+                     L2: tl.constexpr):
+    """Backward, (batch, head) i: from the gradient of dz back to y0 (LayerNorm's backward
+    differentiated once more), and the gradients of v and of k through the residual."""
+    i = tl.program_id(0).to(tl.int64)
+    rc, rv = tl.arange(0, BC), tl.arange(0, BV)
+    m = (rc < C)[:, None] & (rv < V)[None, :]
+    tile = rc[:, None] * V + rv[None, :]
+    G = tl.load(g_dz + i * C * V + tile, mask=m, other=0.0)
+    for j in range(0, NJ):
+        G += tl.load(gdz_part + (i * NJ + j) * C * V + tile, mask=m, other=0.0)
+    y0 = tl.load(y0_in + i * C * V + tile, mask=m, other=0.0)
+    y = y0
+    if NORM:
+        mean = tl.sum(y0, 1) / V
+        xc = tl.where(m, y0 - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / V + eps)
+        x_hat = xc * rstd[:, None]
+        y = x_hat
+    if RES:
+        y += tl.load(k + i * C * V + tile, mask=m, other=0.0)
+    vt = tl.load(v + i * C * V + tile, mask=m, other=0.0)
+    if L2:
+        r = tl.where(m, y - vt, 0.0)
+    else:
+        r = tl.where(m, -vt, 0.0)
+    if NORM:
+        s = tl.sum(r * x_hat, 1) / V  # [BC]
+        gx = tl.sum(G * x_hat, 1) / V
+        g_r = rstd[:, None] * (G - (tl.sum(G, 1) / V)[:, None] - x_hat * gx[:, None])
+        dz_over_rstd = r - (tl.sum(r, 1) / V)[:, None] - x_hat * s[:, None]
+        g_rstd = tl.sum(G * dz_over_rstd, 1)  # [BC]
+        g_xhat = -rstd[:, None] * (G * s[:, None] + r * gx[:, None])
+    else:
+        g_r = G
+    g_r = tl.where(m, g_r, 0.0)
+    tl.store(g_v + i * C * V + tile, -g_r, mask=m)
+    if L2:
+        g_y = g_r
+    else:
+        g_y = g_r * 0.0
+    if RES:
+        tl.store(gk_res + i * C * V + tile, g_y, mask=m)
+    if NORM:
+        g_xhat = tl.where(m, g_xhat + g_y, 0.0)
+        gxx = tl.sum(g_xhat * x_hat, 1) / V
+        g = rstd[:, None] * (g_xhat - (tl.sum(g_xhat, 1) / V)[:, None] - x_hat * gxx[:, None])
+        g -= (g_rstd * rstd * rstd / V)[:, None] * x_hat
+    else:
+        g = g_y
+    tl.store(g_y0 + i * C * V + tile, g, mask=m)
+
+
+@triton.jit
+def _bwd_keys_kernel(k, h_in, a_in, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, gk_part,
+                     C, K, HD, V,
+                     BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                     ACT: tl.constexpr, PREC: tl.constexpr):
+    """Backward, hidden block j of (batch, head) i: through y0 = a W2, a = act(h), h = k W1."""
+    i, j = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    nj = tl.num_programs(1)
+    rc, rk, rv = tl.arange(0, BC), tl.arange(0, BK), tl.arange(0, BV)
+    ch = j * BH + tl.arange(0, BH)
+    mc, mk, mv, mh = rc < C, rk < K, rv < V, ch < HD
+    off = i * C * HD + rc[:, None] * HD + ch[None, :]
+    mch = mc[:, None] & mh[None, :]
+    p1 = i * K * HD + rk[:, None] * HD + ch[None, :]
+    m1 = mk[:, None] & mh[None, :]
+    p2 = i * HD * V + ch[:, None] * V + rv[None, :]
+    m2 = mh[:, None] & mv[None, :]
+    gy = tl.load(g_y0 + i * C * V + rc[:, None] * V + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
+    w2T = tl.load(w2 + i * HD * V + ch[None, :] * V + rv[:, None], mask=mv[:, None] & mh[None, :], other=0.0)
+    ga = tl.load(ga_part + off, mask=mch, other=0.0) + tl.dot(gy, w2T, input_precision=PREC)
+    aT = tl.load(a_in + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :], other=0.0)
+    gw2 = tl.load(g_w2 + p2, mask=m2, other=0.0) + tl.dot(aT, gy, input_precision=PREC)
+    tl.store(g_w2 + p2, gw2, mask=m2)
+    h = tl.load(h_in + off, mask=mch, other=0.0)
+    gh = tl.load(gh_part + off, mask=mch, other=0.0) + ga * _act_grad(h, ACT)
+    tl.store(gh_part + off, gh, mask=mch)
+    tl.debug_barrier()
+    gh = tl.load(gh_part + off, mask=mch, other=0.0)  # through memory: built from a dot result
+    kT = tl.load(k + i * C * K + rc[None, :] * K + rk[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+    gw1 = tl.load(g_w1 + p1, mask=m1, other=0.0) + tl.dot(kT, gh, input_precision=PREC)
+    tl.store(g_w1 + p1, gw1, mask=m1)
+    w1T = tl.load(w1 + i * K * HD + ch[:, None] + rk[None, :] * HD, mask=mh[:, None] & mk[None, :], other=0.0)
+    pk = gk_part + (i * nj + j) * C * K + rc[:, None] * K + rk[None, :]
+    mck = mc[:, None] & mk[None, :]
+    tl.store(pk, tl.load(pk, mask=mck, other=0.0) + tl.dot(gh, w1T, input_precision=PREC), mask=mck)

@@ -1,0 +1,145 @@
+"""Forward Triton kernels of the fused deep-memory chunk step (see ``step.py``)."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _act_fwd(h, ACT: tl.constexpr):
+    """The activation between the two layers."""
+    if ACT == 1:
+        return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
+    elif ACT == 2:
+        return h * tl.sigmoid(h)
+    elif ACT == 3:
+        return tl.maximum(h, 0.0)
+    else:
+        return h
+
+
+@triton.jit
+def _act_grad(h, ACT: tl.constexpr):
+    """Its derivative."""
+    if ACT == 1:
+        return 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476)) + h * 0.3989422804014327 * tl.exp(-0.5 * h * h)
+    elif ACT == 2:
+        s = tl.sigmoid(h)
+        return s * (1.0 + h * (1.0 - s))
+    elif ACT == 3:
+        return tl.where(h > 0.0, 1.0, 0.0)
+    else:
+        return h * 0.0 + 1.0
+
+
+@triton.jit
+def _act_grad2(h, ACT: tl.constexpr):
+    """Its second derivative."""
+    if ACT == 1:
+        return 0.3989422804014327 * tl.exp(-0.5 * h * h) * (2.0 - h * h)
+    elif ACT == 2:
+        s = tl.sigmoid(h)
+        return s * (1.0 - s) * (2.0 + h * (1.0 - 2.0 * s))
+    else:
+        return h * 0.0
+
+
+@triton.jit
+def _keys_kernel(k, w1, w2, h_out, a_out, y_part, C, K, HD, V,
+                 BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                 ACT: tl.constexpr, PREC: tl.constexpr):
+    """Hidden block j of (batch, head) i: h, a = act(h), and the share a W2[j, :] of y0."""
+    i, j = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    nj = tl.num_programs(1)
+    rc, rk, rv = tl.arange(0, BC), tl.arange(0, BK), tl.arange(0, BV)
+    ch = j * BH + tl.arange(0, BH)
+    mc, mk, mv, mh = rc < C, rk < K, rv < V, ch < HD
+    kt = tl.load(k + i * C * K + rc[:, None] * K + rk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
+    w1t = tl.load(w1 + i * K * HD + rk[:, None] * HD + ch[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
+    h = tl.dot(kt, w1t, input_precision=PREC)  # [BC, BH]
+    ch_mask = mc[:, None] & mh[None, :]
+    off = i * C * HD + rc[:, None] * HD + ch[None, :]
+    tl.store(h_out + off, h, mask=ch_mask)
+    tl.store(a_out + off, _act_fwd(h, ACT), mask=ch_mask)
+    tl.debug_barrier()
+    a = tl.load(a_out + off, mask=ch_mask, other=0.0)  # through memory: a dot's result
+    w2t = tl.load(w2 + i * HD * V + ch[:, None] * V + rv[None, :], mask=mh[:, None] & mv[None, :], other=0.0)
+    part = tl.dot(a, w2t, input_precision=PREC)  # [BC, BV]
+    tl.store(y_part + (i * nj + j) * C * V + rc[:, None] * V + rv[None, :], part,
+             mask=mc[:, None] & mv[None, :])
+
+
+@triton.jit
+def _bias_kernel(y_part, k, v, y0_out, dz_out, NJ, C, V, eps,
+                 BC: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr,
+                 L2: tl.constexpr):
+    """(batch, head) i: y0 from the shares, the output, the bias gradient and dz."""
+    i = tl.program_id(0).to(tl.int64)
+    rc, rv = tl.arange(0, BC), tl.arange(0, BV)
+    m = (rc < C)[:, None] & (rv < V)[None, :]
+    tile = rc[:, None] * V + rv[None, :]
+    y0 = tl.zeros([BC, BV], dtype=tl.float32)
+    for j in range(0, NJ):
+        y0 += tl.load(y_part + (i * NJ + j) * C * V + tile, mask=m, other=0.0)
+    tl.store(y0_out + i * C * V + tile, y0, mask=m)  # kept for the backward
+    y = y0
+    if NORM:
+        mean = tl.sum(y0, 1) / V
+        xc = tl.where(m, y0 - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / V + eps)
+        y = xc * rstd[:, None]
+    if RES:
+        y += tl.load(k + i * C * V + tile, mask=m, other=0.0)  # residual needs K == V
+    vt = tl.load(v + i * C * V + tile, mask=m, other=0.0)
+    if L2:
+        r = y - vt
+    else:
+        r = -vt
+    r = tl.where(m, r, 0.0)
+    if NORM:  # back through LayerNorm: rstd (r - mean(r) - x_hat mean(r x_hat))
+        x_hat = xc * rstd[:, None]
+        r = rstd[:, None] * (r - (tl.sum(r, 1) / V)[:, None] - x_hat * (tl.sum(r * x_hat, 1) / V)[:, None])
+        r = tl.where(m, r, 0.0)
+    tl.store(dz_out + i * C * V + tile, r, mask=m)
+
+
+@triton.jit
+def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
+                   d1_out, w1n, w2n, z1n, z2n, C, K, HD, V,
+                   BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                   ACT: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):
+    """Hidden block j of (batch, head) i: d1 and the chunk-end W1[:, j], W2[j, :] (and Z)."""
+    i, j = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    rc, rk, rv = tl.arange(0, BC), tl.arange(0, BK), tl.arange(0, BV)
+    ch = j * BH + tl.arange(0, BH)
+    mc, mk, mv, mh = rc < C, rk < K, rv < V, ch < HD
+    dzt = tl.load(dz + i * C * V + rc[:, None] * V + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
+    w2T = tl.load(w2 + i * HD * V + ch[None, :] * V + rv[:, None], mask=mv[:, None] & mh[None, :], other=0.0)
+    off = i * C * HD + rc[:, None] * HD + ch[None, :]
+    ch_mask = mc[:, None] & mh[None, :]
+    h = tl.load(h_in + off, mask=ch_mask, other=0.0)
+    d1 = tl.dot(dzt, w2T, input_precision=PREC) * _act_grad(h, ACT)  # [BC, BH]
+    tl.store(d1_out + off, d1, mask=ch_mask)
+    tl.debug_barrier()
+    d1 = tl.load(d1_out + off, mask=ch_mask, other=0.0)  # through memory: a dot's result
+    dlv = tl.load(dl + i * C + rc, mask=mc, other=0.0)  # [BC] row `last` of the step weights
+    kT = tl.load(k + i * C * K + rc[None, :] * K + rk[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+    aT = tl.load(a_in + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :], other=0.0)
+    g = tl.load(gam + i)
+    p1 = i * K * HD + rk[:, None] * HD + ch[None, :]  # W1[:, j] tile [BK, BH]
+    m1 = mk[:, None] & mh[None, :]
+    p2 = i * HD * V + ch[:, None] * V + rv[None, :]  # W2[j, :] tile [BH, BV]
+    m2 = mh[:, None] & mv[None, :]
+    new1 = g * tl.load(w1 + p1, mask=m1, other=0.0) + tl.dot(kT, d1 * dlv[:, None], input_precision=PREC)
+    new2 = g * tl.load(w2 + p2, mask=m2, other=0.0) + tl.dot(aT, dzt * dlv[:, None], input_precision=PREC)
+    if MOM:
+        ev, mv_ = tl.load(e + i), tl.load(mom + i)
+        zlv = tl.load(zl + i * C + rc, mask=mc, other=0.0)
+        z1t = tl.load(z1 + p1, mask=m1, other=0.0)
+        z2t = tl.load(z2 + p2, mask=m2, other=0.0)
+        new1 += ev * z1t
+        new2 += ev * z2t
+        tl.store(z1n + p1, mv_ * z1t + tl.dot(kT, d1 * zlv[:, None], input_precision=PREC), mask=m1)
+        tl.store(z2n + p2, mv_ * z2t + tl.dot(aT, dzt * zlv[:, None], input_precision=PREC), mask=m2)
+    tl.store(w1n + p1, new1, mask=m1)
+    tl.store(w2n + p2, new2, mask=m2)
