@@ -4,6 +4,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..tuning import autotune
+
 from ._step_fwd import _act_grad, _act_grad2
 
 
@@ -26,6 +28,7 @@ def _outer_grads(kt, dzt, a, d1, coef, gw1, gw2, gw1T_ptr, gw2T_ptr, m1T, m2T, P
     return gcoef, coef[:, None] * p1, coef[:, None] * p2, gk, gdz
 
 
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "PREC"], ((4, 3), (8, 3)))
 @triton.jit
 def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
                        g_a, g_d1, g_w1n, g_w2n, g_z1n, g_z2n,
@@ -162,6 +165,8 @@ def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, g_y0, g_v, gk_res, NJ, C, V, e
     tl.store(g_y0 + i * C * V + tile, g, mask=m)
 
 
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "PREC"], ((4, 3), (8, 3)),
+          restore=["g_w1", "g_w2", "gk_part", "gh_part"])
 @triton.jit
 def _bwd_keys_kernel(k, h_in, a_in, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, gk_part,
                      C, K, HD, V,

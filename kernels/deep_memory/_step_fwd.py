@@ -4,6 +4,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..tuning import autotune
+
 
 @triton.jit
 def _act_fwd(h, ACT: tl.constexpr):
@@ -44,6 +46,7 @@ def _act_grad2(h, ACT: tl.constexpr):
         return h * 0.0
 
 
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "PREC"], ((4, 3), (8, 3)))
 @triton.jit
 def _keys_kernel(k, w1, w2, h_out, a_out, y_part, C, K, HD, V,
                  BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
@@ -103,6 +106,7 @@ def _bias_kernel(y_part, k, v, y0_out, dz_out, NJ, C, V, eps,
     tl.store(dz_out + i * C * V + tile, r, mask=m)
 
 
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "PREC"], ((4, 3), (8, 3)))
 @triton.jit
 def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
                    d1_out, w1n, w2n, z1n, z2n, C, K, HD, V,

@@ -17,6 +17,9 @@ import triton
 from triton.runtime.autotuner import Autotuner
 
 from mirasdsl.kernels import tuning
+from mirasdsl.kernels.deep_memory import _step_bwd, _step_fwd
+from mirasdsl.kernels.deep_memory.chunk import triton_deep_memory
+from mirasdsl.kernels.deep_memory.config import DeepMemoryConfig
 from mirasdsl.kernels.delta import _tl_bwd, _tl_fwd
 from mirasdsl.kernels.delta.chunk import chunk_delta_rule
 from mirasdsl.kernels.gla import chunk as gla_chunk
@@ -79,10 +82,11 @@ def _inputs(gate: str, k: int, v: int, delta: bool) -> dict[str, torch.Tensor | 
 
 
 def test_every_hot_kernel_is_autotuned_with_the_default_first() -> None:
-    tuners = autotuners(gla_chunk, _tl_fwd, _tl_bwd)
+    tuners = autotuners(gla_chunk, _tl_fwd, _tl_bwd, _step_fwd, _step_bwd)
     names = {t.base_fn.__name__ for t in tuners}
     assert {"_intra_kernel", "_bwd_intra_kernel", "_bwd_inter_kernel", "solve_kernel",
-            "main_bwd_kernel", "intra_bwd_channel_kernel", "state_fwd_kernel"} <= names
+            "main_bwd_kernel", "intra_bwd_channel_kernel", "state_fwd_kernel", "_keys_kernel",
+            "_update_kernel", "_bwd_hidden_kernel", "_bwd_keys_kernel"} <= names
     if tuning.interpreted():  # one candidate only: the interpreter benchmarks nothing
         assert all(len(t.configs) == 1 for t in tuners)
 
@@ -113,5 +117,30 @@ def test_gla_trial_runs_leave_no_trace(gate: str) -> None:
     plain = grads_of(fn, x)
     with trial_runs(autotuners(gla_chunk)):
         tuned = grads_of(fn, x)
+    for a, b in zip(tuned, plain):
+        assert torch.equal(a, b)
+
+
+def test_deep_memory_step_trial_runs_leave_no_trace() -> None:
+    """The fused chunk step's kernels (the backward ones add into partials) under trial runs."""
+    gen = torch.Generator().manual_seed(4)
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
+    B, T, H, D, HD = 1, 20, 2, 8, 24
+    cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True, chunk_size=16)
+    x = {"q": rnd(B, T, H, D), "k": F.normalize(rnd(B, T, H, D), dim=-1), "v": rnd(B, T, H, D),
+         "eta": 0.1 * rnd(B, T, H).sigmoid(), "w1": rnd(H, D, HD) * 0.3, "w2": rnd(H, HD, D) * 0.2,
+         "g": F.logsigmoid(rnd(B, T, H) + 3), "mu": 0.9 * rnd(B, T, H).sigmoid()}
+
+    def run() -> list[torch.Tensor]:
+        t = {n: v.clone().requires_grad_(True) for n, v in x.items()}
+        o, st = triton_deep_memory(t["q"], t["k"], t["v"], t["eta"], (t["w1"], t["w2"]), cfg,
+                                   g=t["g"], mu=t["mu"], output_final_state=True)
+        g = torch.Generator().manual_seed(5)
+        loss = (o * torch.randn(o.shape, generator=g).to(o)).sum() + sum(w.square().sum() for w in st.weights)
+        return [o.detach(), *torch.autograd.grad(loss, list(t.values()))]
+
+    plain = run()
+    with trial_runs(autotuners(_step_fwd, _step_bwd)):
+        tuned = run()
     for a, b in zip(tuned, plain):
         assert torch.equal(a, b)
