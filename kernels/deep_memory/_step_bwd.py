@@ -6,7 +6,7 @@ import triton.language as tl
 
 from ..tuning import autotune
 
-from ._step_fwd import _act_grad, _act_grad2
+from ._step_fwd import _act_grad, _act_grad2, _hidden_block, _ln_grad, _output_error
 
 
 @triton.jit
@@ -40,11 +40,8 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
 
     Writes the final dZ1, dZ2, the state-direct parts of dW1, dW2 (plus t^T dz), and the
     per-block partials of dk, ddz, d(coefficient rows) and of da, dh for the later kernels."""
-    i, j = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
     nj = tl.num_programs(1)
-    rc, rk, rv = tl.arange(0, BC), tl.arange(0, BK), tl.arange(0, BV)
-    ch = j * BH + tl.arange(0, BH)
-    mc, mk, mv, mh = rc < C, rk < K, rv < V, ch < HD
     m1, m2 = mk[:, None] & mh[None, :], mh[:, None] & mv[None, :]
     m1T, m2T = mh[:, None] & mk[None, :], mv[:, None] & mh[None, :]
     p1 = i * K * HD + rk[:, None] * HD + ch[None, :]  # [BK, BH] tiles of W1, Z1 and their grads
@@ -124,26 +121,13 @@ def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, g_y0, g_v, gk_res, NJ, C, V, e
     for j in range(0, NJ):
         G += tl.load(gdz_part + (i * NJ + j) * C * V + tile, mask=m, other=0.0)
     y0 = tl.load(y0_in + i * C * V + tile, mask=m, other=0.0)
-    y = y0
-    if NORM:
-        mean = tl.sum(y0, 1) / V
-        xc = tl.where(m, y0 - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / V + eps)
-        x_hat = xc * rstd[:, None]
-        y = x_hat
-    if RES:
-        y += tl.load(k + i * C * V + tile, mask=m, other=0.0)
-    vt = tl.load(v + i * C * V + tile, mask=m, other=0.0)
-    if L2:
-        r = tl.where(m, y - vt, 0.0)
-    else:
-        r = tl.where(m, -vt, 0.0)
-    if NORM:
+    r, x_hat, rstd = _output_error(y0, m, k + i * C * V + tile, v + i * C * V + tile, V, eps,
+                                   NORM, RES, L2)
+    if NORM:  # dz = _ln_grad(r): linear in r (a symmetric map), plus x_hat and rstd terms
         s = tl.sum(r * x_hat, 1) / V  # [BC]
         gx = tl.sum(G * x_hat, 1) / V
-        g_r = rstd[:, None] * (G - (tl.sum(G, 1) / V)[:, None] - x_hat * gx[:, None])
-        dz_over_rstd = r - (tl.sum(r, 1) / V)[:, None] - x_hat * s[:, None]
-        g_rstd = tl.sum(G * dz_over_rstd, 1)  # [BC]
+        g_r = _ln_grad(G, x_hat, rstd, m, V)
+        g_rstd = tl.sum(G * _ln_grad(r, x_hat, rstd, m, V), 1) / rstd  # dz is rstd * (...)
         g_xhat = -rstd[:, None] * (G * s[:, None] + r * gx[:, None])
     else:
         g_r = G
@@ -156,9 +140,7 @@ def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, g_y0, g_v, gk_res, NJ, C, V, e
     if RES:
         tl.store(gk_res + i * C * V + tile, g_y, mask=m)
     if NORM:
-        g_xhat = tl.where(m, g_xhat + g_y, 0.0)
-        gxx = tl.sum(g_xhat * x_hat, 1) / V
-        g = rstd[:, None] * (g_xhat - (tl.sum(g_xhat, 1) / V)[:, None] - x_hat * gxx[:, None])
+        g = _ln_grad(tl.where(m, g_xhat + g_y, 0.0), x_hat, rstd, m, V)
         g -= (g_rstd * rstd * rstd / V)[:, None] * x_hat
     else:
         g = g_y
@@ -173,11 +155,8 @@ def _bwd_keys_kernel(k, h_in, a_in, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, 
                      BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                      ACT: tl.constexpr, PREC: tl.constexpr):
     """Backward, hidden block j of (batch, head) i: through y0 = a W2, a = act(h), h = k W1."""
-    i, j = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
     nj = tl.num_programs(1)
-    rc, rk, rv = tl.arange(0, BC), tl.arange(0, BK), tl.arange(0, BV)
-    ch = j * BH + tl.arange(0, BH)
-    mc, mk, mv, mh = rc < C, rk < K, rv < V, ch < HD
     off = i * C * HD + rc[:, None] * HD + ch[None, :]
     mch = mc[:, None] & mh[None, :]
     p1 = i * K * HD + rk[:, None] * HD + ch[None, :]

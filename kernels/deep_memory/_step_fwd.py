@@ -46,17 +46,56 @@ def _act_grad2(h, ACT: tl.constexpr):
         return h * 0.0
 
 
+@triton.jit
+def _hidden_block(C, K, HD, V, BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
+                  BV: tl.constexpr):
+    """A hidden-block program's (batch·head i, block j), its row / key / value / hidden index
+    ranges and their validity masks."""
+    i, j = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    rc, rk, rv = tl.arange(0, BC), tl.arange(0, BK), tl.arange(0, BV)
+    ch = j * BH + tl.arange(0, BH)
+    return i, j, rc, rk, rv, ch, rc < C, rk < K, rv < V, ch < HD
+
+
+@triton.jit
+def _output_error(y0, m, k_tile, v_tile, V, eps, NORM: tl.constexpr, RES: tl.constexpr,
+                  L2: tl.constexpr):
+    """From the MLP output ``y0 [BC, BV]``: LayerNorm (``x_hat``, ``rstd``), residual, and the
+    bias gradient ``r = dl/dy``. Returns ``(r, x_hat, rstd)`` (``x_hat = y0`` without LayerNorm)."""
+    x_hat = y0
+    rstd = tl.sum(y0, 1) * 0.0 + 1.0
+    if NORM:
+        xc = tl.where(m, y0 - (tl.sum(y0, 1) / V)[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / V + eps)
+        x_hat = xc * rstd[:, None]
+    y = x_hat
+    if RES:
+        y += tl.load(k_tile, mask=m, other=0.0)  # residual needs K == V
+    vt = tl.load(v_tile, mask=m, other=0.0)
+    if L2:
+        r = tl.where(m, y - vt, 0.0)
+    else:
+        r = tl.where(m, -vt, 0.0)
+    return r, x_hat, rstd
+
+
+@triton.jit
+def _ln_grad(g, x_hat, rstd, m, V):
+    """LayerNorm's input gradient for the output gradient ``g``: ``rstd (g - mean(g) - x_hat
+    mean(g x_hat))`` per row (a symmetric map, so it is also the adjoint of itself)."""
+    mean_g = tl.sum(g, 1) / V
+    mean_gx = tl.sum(g * x_hat, 1) / V
+    return tl.where(m, rstd[:, None] * (g - mean_g[:, None] - x_hat * mean_gx[:, None]), 0.0)
+
+
 @autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "PREC"], ((4, 3), (8, 3)))
 @triton.jit
 def _keys_kernel(k, w1, w2, h_out, a_out, y_part, C, K, HD, V,
                  BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                  ACT: tl.constexpr, PREC: tl.constexpr):
     """Hidden block j of (batch, head) i: h, a = act(h), and the share a W2[j, :] of y0."""
-    i, j = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
     nj = tl.num_programs(1)
-    rc, rk, rv = tl.arange(0, BC), tl.arange(0, BK), tl.arange(0, BV)
-    ch = j * BH + tl.arange(0, BH)
-    mc, mk, mv, mh = rc < C, rk < K, rv < V, ch < HD
     kt = tl.load(k + i * C * K + rc[:, None] * K + rk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
     w1t = tl.load(w1 + i * K * HD + rk[:, None] * HD + ch[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
     h = tl.dot(kt, w1t, input_precision=PREC)  # [BC, BH]
@@ -85,24 +124,10 @@ def _bias_kernel(y_part, k, v, y0_out, dz_out, NJ, C, V, eps,
     for j in range(0, NJ):
         y0 += tl.load(y_part + (i * NJ + j) * C * V + tile, mask=m, other=0.0)
     tl.store(y0_out + i * C * V + tile, y0, mask=m)  # kept for the backward
-    y = y0
-    if NORM:
-        mean = tl.sum(y0, 1) / V
-        xc = tl.where(m, y0 - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / V + eps)
-        y = xc * rstd[:, None]
-    if RES:
-        y += tl.load(k + i * C * V + tile, mask=m, other=0.0)  # residual needs K == V
-    vt = tl.load(v + i * C * V + tile, mask=m, other=0.0)
-    if L2:
-        r = y - vt
-    else:
-        r = -vt
-    r = tl.where(m, r, 0.0)
-    if NORM:  # back through LayerNorm: rstd (r - mean(r) - x_hat mean(r x_hat))
-        x_hat = xc * rstd[:, None]
-        r = rstd[:, None] * (r - (tl.sum(r, 1) / V)[:, None] - x_hat * (tl.sum(r * x_hat, 1) / V)[:, None])
-        r = tl.where(m, r, 0.0)
+    r, x_hat, rstd = _output_error(y0, m, k + i * C * V + tile, v + i * C * V + tile, V, eps,
+                                   NORM, RES, L2)
+    if NORM:  # back through LayerNorm
+        r = _ln_grad(r, x_hat, rstd, m, V)
     tl.store(dz_out + i * C * V + tile, r, mask=m)
 
 
@@ -113,10 +138,7 @@ def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
                    BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                    ACT: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):
     """Hidden block j of (batch, head) i: d1 and the chunk-end W1[:, j], W2[j, :] (and Z)."""
-    i, j = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    rc, rk, rv = tl.arange(0, BC), tl.arange(0, BK), tl.arange(0, BV)
-    ch = j * BH + tl.arange(0, BH)
-    mc, mk, mv, mh = rc < C, rk < K, rv < V, ch < HD
+    i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
     dzt = tl.load(dz + i * C * V + rc[:, None] * V + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
     w2T = tl.load(w2 + i * HD * V + ch[None, :] * V + rv[:, None], mask=mv[:, None] & mh[None, :], other=0.0)
     off = i * C * HD + rc[:, None] * HD + ch[None, :]

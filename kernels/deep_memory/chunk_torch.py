@@ -175,10 +175,9 @@ def _dual_form(
     starts, all_ins, all_deltas = [], [], []
     for n in range(n_chunks):
         starts.append(state)
-        ins, deltas, state_next = step(state, ks[n], vs[n], ds[n], rows[n], cfg)
+        ins, deltas, state = step(state, ks[n], vs[n], ds[n], rows[n], cfg)
         all_ins.append(ins)
         all_deltas.append(deltas)
-        state = state_next
     x = qc  # [B, H, n, C, K]
     B, H = qc.shape[:2]
     for i in range(cfg.depth):
