@@ -224,6 +224,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import mirasdsl.kernels.gla.chunk as C
+from mirasdsl.kernels.compile_check import H100_SHARED_BYTES, launch_shapes
 dt = sys.argv[1]
 fp32 = {"gc", "A", "dA", "dq", "dk", "dg", "h0", "ht", "dht", "dh0"}
 i64 = {"chunk_start", "chunk_first", "cu"}
@@ -233,10 +234,7 @@ shape = dict(H=4, K=128, V=128, C=64, BC=16, BK=64, BV=64, USE_H0=True, STORE_HT
 for name in ("_cumsum_kernel", "_fwd_state_kernel", "_intra_kernel", "_fwd_o_kernel",
              "_bwd_state_kernel", "_bwd_dA_kernel", "_bwd_dv_kernel", "_bwd_intra_kernel",
              "_bwd_inter_kernel"):
-    fn = getattr(C, name)
-    shapes = [{"num_warps": c.num_warps, "num_stages": c.num_stages}
-              for c in getattr(fn, "configs", [])] or [{"num_warps": C.WARPS}]
-    fn = fn.fn if hasattr(fn, "configs") else fn  # the jit function under an autotuner
+    fn, shapes = launch_shapes(getattr(C, name), {"num_warps": C.WARPS})  # each autotune candidate
     consts = {a: shape[a] for a in fn.arg_names if a in shape}
     sig = {a: "constexpr" if a in consts else "fp32" if a == "scale" else "*i32"
            if a == "chunk_seq" else "*i64" if a in i64 else "*fp32" if a in fp32 or name ==
@@ -244,7 +242,7 @@ for name in ("_cumsum_kernel", "_fwd_state_kernel", "_intra_kernel", "_fwd_o_ker
     for opts in shapes:
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
                            target=GPUTarget("cuda", 90, 32), options=opts)
-        assert k.metadata.shared <= 232448, (name, opts, k.metadata.shared)
+        assert k.metadata.shared <= H100_SHARED_BYTES, (name, opts, k.metadata.shared)
 print("compiled")
 '''
 
