@@ -97,31 +97,105 @@ def intra_channel_kernel(
         store_tile(A, zero, rows, valid, h, H, BT, BC, c * BC)
 
 
+@triton.jit
+def _neg_diag_row(A, t0, t_end, h, H, blk, r, BT: tl.constexpr, BC: tl.constexpr):
+    """−A[i, blk·BC + j] for the chunk's row i = blk·BC + r: row r of diagonal block ``blk``."""
+    rr = (t0 + blk * BC + r).to(tl.int64)
+    cj = tl.arange(0, BC)
+    return -tl.load(A + (rr * H + h) * BT + blk * BC + cj, mask=(rr + cj * 0) < t_end, other=0.0)
+
+
+@triton.jit
+def _substitute(low, neg_row, r, BC: tl.constexpr):
+    """One forward-substitution step: row r of (I + L)^{-1} − I from the rows above it."""
+    ci = tl.arange(0, BC)
+    new = neg_row + tl.sum(neg_row[:, None] * low, 0)  # −L_r − Σ_j L_rj (X − I)_j
+    return tl.where(ci[:, None] == r, new[None, :], low)
+
+
+@triton.jit
+def _a_block(A, t0, t_end, h, H, i, j, BT: tl.constexpr, BC: tl.constexpr):
+    """Block (i, j) of the chunk's A: [BC, BC]."""
+    rows = (t0 + i * BC).to(tl.int64) + tl.arange(0, BC)
+    return load_tile(A, rows, rows < t_end, h, H, BT, BC, j * BC)
+
+
+@triton.jit
+def _store_block(X, x, t0, t_end, h, H, i, j, BT: tl.constexpr, BC: tl.constexpr):
+    """Store x as block (i, j) of the chunk's X."""
+    rows = (t0 + i * BC).to(tl.int64) + tl.arange(0, BC)
+    store_tile(X, x, rows, rows < t_end, h, H, BT, BC, j * BC)
+
+
+@triton.jit
+def block_inverse(A, X, t0, t_end, h, H, BT: tl.constexpr, BC: tl.constexpr):
+    """Store X = (I + A)^{-1} for a strictly lower [BT, BT] A with BT = 4·BC (see README.md).
+
+    The four diagonal blocks are inverted together by forward substitution (BC − 1 steps on
+    [BC, BC] tiles instead of BT − 1 on [BT, BT]), then the blocks below the diagonal follow
+    from X_ij = −X_ii Σ_{j≤m<i} A_im X_mj as fp32 matmuls.
+    """
+    tl.static_assert(BT == 4 * BC)
+    ci = tl.arange(0, BC)
+    eye = tl.where(ci[:, None] == ci[None, :], 1.0, 0.0)  # [BC, BC]
+    l0 = tl.zeros([BC, BC], dtype=tl.float32)
+    l1 = tl.zeros([BC, BC], dtype=tl.float32)
+    l2 = tl.zeros([BC, BC], dtype=tl.float32)
+    l3 = tl.zeros([BC, BC], dtype=tl.float32)
+    for r in range(1, BC):  # the four blocks are independent: one step of each per iteration
+        l0 = _substitute(l0, _neg_diag_row(A, t0, t_end, h, H, 0, r, BT, BC), r, BC)
+        l1 = _substitute(l1, _neg_diag_row(A, t0, t_end, h, H, 1, r, BT, BC), r, BC)
+        l2 = _substitute(l2, _neg_diag_row(A, t0, t_end, h, H, 2, r, BT, BC), r, BC)
+        l3 = _substitute(l3, _neg_diag_row(A, t0, t_end, h, H, 3, r, BT, BC), r, BC)
+    x00, x11, x22, x33 = l0 + eye, l1 + eye, l2 + eye, l3 + eye
+    a10 = _a_block(A, t0, t_end, h, H, 1, 0, BT, BC)
+    a21 = _a_block(A, t0, t_end, h, H, 2, 1, BT, BC)
+    a32 = _a_block(A, t0, t_end, h, H, 3, 2, BT, BC)
+    x10 = -dot(x11, dot(a10, x00, "ieee"), "ieee")
+    x21 = -dot(x22, dot(a21, x11, "ieee"), "ieee")
+    x32 = -dot(x33, dot(a32, x22, "ieee"), "ieee")
+    a20 = _a_block(A, t0, t_end, h, H, 2, 0, BT, BC)
+    a31 = _a_block(A, t0, t_end, h, H, 3, 1, BT, BC)
+    x20 = -dot(x22, dot(a20, x00, "ieee") + dot(a21, x10, "ieee"), "ieee")
+    x31 = -dot(x33, dot(a31, x11, "ieee") + dot(a32, x21, "ieee"), "ieee")
+    a30 = _a_block(A, t0, t_end, h, H, 3, 0, BT, BC)
+    x30 = -dot(x33, dot(a30, x00, "ieee") + dot(a31, x10, "ieee") + dot(a32, x20, "ieee"), "ieee")
+    zero = tl.zeros([BC, BC], dtype=tl.float32)
+    _store_block(X, x00, t0, t_end, h, H, 0, 0, BT, BC)
+    _store_block(X, zero, t0, t_end, h, H, 0, 1, BT, BC)
+    _store_block(X, zero, t0, t_end, h, H, 0, 2, BT, BC)
+    _store_block(X, zero, t0, t_end, h, H, 0, 3, BT, BC)
+    _store_block(X, x10, t0, t_end, h, H, 1, 0, BT, BC)
+    _store_block(X, x11, t0, t_end, h, H, 1, 1, BT, BC)
+    _store_block(X, zero, t0, t_end, h, H, 1, 2, BT, BC)
+    _store_block(X, zero, t0, t_end, h, H, 1, 3, BT, BC)
+    _store_block(X, x20, t0, t_end, h, H, 2, 0, BT, BC)
+    _store_block(X, x21, t0, t_end, h, H, 2, 1, BT, BC)
+    _store_block(X, x22, t0, t_end, h, H, 2, 2, BT, BC)
+    _store_block(X, zero, t0, t_end, h, H, 2, 3, BT, BC)
+    _store_block(X, x30, t0, t_end, h, H, 3, 0, BT, BC)
+    _store_block(X, x31, t0, t_end, h, H, 3, 1, BT, BC)
+    _store_block(X, x32, t0, t_end, h, H, 3, 2, BT, BC)
+    _store_block(X, x33, t0, t_end, h, H, 3, 3, BT, BC)
+
+
 @autotune(["H", "K", "V", "SOLVE", "GATE", "BK", "BV"], ((4, 3), (8, 3), (2, 3), (4, 1)))
 @triton.jit
 def solve_kernel(
     k, v, beta, G, A, X, W, U, chunk_seq, cu, chunk_off, H, K, V,
-    SOLVE: tl.constexpr, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, PREC: tl.constexpr,
+    SOLVE: tl.constexpr, GATE: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
-    """X = (I + A)^{-1} by forward substitution (or loaded when SOLVE is off), then
+    """X = (I + A)^{-1} by blocked inversion (or loaded when SOLVE is off), then
     W = X diag(β) (K ⊙ e^G) and U = X diag(β) V."""
     i_c, h = tl.program_id(0), tl.program_id(1)
     t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = t0.to(tl.int64) + tl.arange(0, BT)
     valid = rows < t_end
-    ii = tl.arange(0, BT)
     if SOLVE:
-        low = tl.zeros([BT, BT], dtype=tl.float32)  # X − I, filled row by row
-        for r in range(1, BT):
-            rr = (t0 + r).to(tl.int64)
-            b_row = -tl.load(A + (rr * H + h) * BT + ii, mask=(rr + ii * 0) < t_end, other=0.0)  # −A[r, :]
-            new = b_row + tl.sum(b_row[:, None] * low, 0)  # −A_r − Σ_j A_rj (X − I)_j
-            low = tl.where(ii[:, None] == r, new[None, :], low)
-        x = low + tl.where(ii[:, None] == ii[None, :], 1.0, 0.0)
-        store_tile(X, x, rows, valid, h, H, BT, BT, 0)
-    else:
-        x = load_tile(X, rows, valid, h, H, BT, BT, 0)
+        block_inverse(A, X, t0, t_end, h, H, BT, BC)
+        tl.debug_barrier()  # X goes through memory: this program reads back what it wrote
+    x = load_tile(X, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
     bt = load_vec(beta, rows, valid, h, H)[:, None]  # [BT, 1]
     kg = load_tile(k, rows, valid, h, H, K, BK, 0) * tl.exp(gate_tile(G, rows, valid, h, H, K, GATE, BT, BK))
     store_tile(W, dot(x, kg * bt, PREC), rows, valid, h, H, K, BK, 0)

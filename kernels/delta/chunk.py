@@ -106,7 +106,7 @@ def solve_wu(
     u = torch.empty(tt, plan.heads, plan.dv, device=k.device, dtype=torch.float32)
     fwd.solve_kernel[(plan.n_chunks, plan.heads)](
         k, v, beta, gc, a if solve else x, x, w, u, plan.chunk_seq, plan.cu, plan.chunk_off,
-        plan.heads, plan.dk, plan.dv, SOLVE=solve, GATE=plan.gate, BT=BT, BK=plan.bk,
+        plan.heads, plan.dk, plan.dv, SOLVE=solve, GATE=plan.gate, BT=BT, BC=BC, BK=plan.bk,
         BV=plan.bv, PREC=plan.prec,
     )
     return x, w, u
