@@ -161,11 +161,11 @@ def finish_rows(
           restore=["dq", "dk", "dbeta", "dG"])
 @triton.jit
 def intra_bwd_dense_kernel(
-    q, k, beta, G, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
+    q, k, beta, G, P, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
     GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
     """No gate or scalar gate: back through M = lower(Q Kᵀ ⊙ D) and
-    A = diag(β) strictly_lower(K Kᵀ ⊙ D)."""
+    A = diag(β) P, P = strictly_lower(K Kᵀ ⊙ D) (P kept from the forward)."""
     i_c, h = tl.program_id(0), tl.program_id(1)
     t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = t0.to(tl.int64) + tl.arange(0, BT)
@@ -183,7 +183,7 @@ def intra_bwd_dense_kernel(
     da = load_tile(dA, rows, valid, h, H, BT, BT, 0)  # [BT, BT], strictly lower
     dmd = load_tile(dM, rows, valid, h, H, BT, BT, 0) * decay
     dpd = da * bt[:, None] * decay
-    p = dot(kt, tl.trans(kt), PREC) * decay
+    p = load_tile(P, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
     dq_m = dot(dmd, kt, PREC)
     dk_r = dot(dpd, kt, PREC)
     dk_c = dot(tl.trans(dmd), qt, PREC) + dot(tl.trans(dpd), kt, PREC)
@@ -195,11 +195,12 @@ def intra_bwd_dense_kernel(
           restore=["dq", "dk", "dbeta", "dG"])
 @triton.jit
 def intra_bwd_channel_kernel(
-    q, k, beta, G, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
+    q, k, beta, G, P, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
     """Per-channel gate, one sub-chunk a of BC rows per program: its rows of dQ, dK (as row of
-    M and P against sub-chunks b ≤ a, as column against sub-chunks c ≥ a) and dβ."""
+    M and P against sub-chunks b ≤ a, as column against sub-chunks c ≥ a) and dβ (from P kept
+    by the forward). Columns of dM and dA are loaded, not extracted from tiles."""
     i_s, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     r0 = t0 + i_s * BC
@@ -215,7 +216,7 @@ def intra_bwd_channel_kernel(
     dq_m = tl.zeros([BC, BK], dtype=tl.float32)
     dk_r = tl.zeros([BC, BK], dtype=tl.float32)
     dk_c = tl.zeros([BC, BK], dtype=tl.float32)
-    db = tl.zeros([BC], dtype=tl.float32)
+    db = tl.sum(load_tile(dA, rows, valid, h, H, BT, BT, 0) * load_tile(P, rows, valid, h, H, BT, BT, 0), 1)
     for b in range(0, i_s):  # blocks left of the diagonal: a is the row
         rb = t0.to(tl.int64) + b * BC + ci
         vb = rb < t_end
@@ -225,7 +226,6 @@ def intra_bwd_channel_kernel(
         da_ab = load_tile(dA, rows, valid, h, H, BT, BC, b * BC)
         dq_m += dot(dm_ab, kb, PREC)
         dk_r += dot(da_ab * ba[:, None], kb, PREC)
-        db += tl.sum(da_ab * dot(ka * ea, tl.trans(kb), PREC), 1)
     dq_m *= ea
     dk_r *= ea
     n_sub = tl.cdiv(t_end - t0, BC)
@@ -241,21 +241,18 @@ def intra_bwd_channel_kernel(
         dp_ca = load_tile(dA, rc, vc, h, H, BT, BC, i_s * BC) * load_vec(beta, rc, vc, h, H)[:, None]
         back = dot(tl.trans(dm_ca), qc, PREC) + dot(tl.trans(dp_ca), kc, PREC)  # [BC, BK]
         dk_c += back * masked_exp(ref_c - ga, valid[:, None])
-    dm_aa = load_tile(dM, rows, valid, h, H, BT, BC, i_s * BC)  # diagonal block, exact
-    da_aa = load_tile(dA, rows, valid, h, H, BT, BC, i_s * BC)
-    cols = tl.arange(0, BK)
+    cols = tl.arange(0, BK)  # the diagonal block, exact, column by column
     for j in range(0, BC):
         rj = r0.to(tl.int64) + j
         jm = (cols < K) & ((rj + cols * 0) < t_end)  # [BK]
         kj = tl.load(k + (rj * H + h) * K + cols, mask=jm, other=0.0).to(tl.float32)
         gj = tl.load(G + (rj * H + h) * K + cols, mask=jm, other=0.0)
         e = masked_exp(ga - gj[None, :], valid[:, None] & (ci[:, None] >= j) & jm[None, :])  # [BC, BK]
-        dm_col = tl.sum(tl.where(ci[None, :] == j, dm_aa, 0.0), 1)  # [BC]: dM[:, j]
-        da_col = tl.sum(tl.where(ci[None, :] == j, da_aa, 0.0), 1)
-        dp_col = da_col * ba
+        col = (rows * H + h) * BT + i_s * BC + j
+        dm_col = tl.load(dM + col, mask=valid, other=0.0)  # [BC]: dM[:, j]
+        dp_col = tl.load(dA + col, mask=valid, other=0.0) * ba
         dq_m += dm_col[:, None] * kj[None, :] * e
         dk_r += dp_col[:, None] * kj[None, :] * e
-        db += da_col * tl.sum(ka * kj[None, :] * e, 1)
         col_j = tl.sum((dm_col[:, None] * qa + dp_col[:, None] * ka) * e, 0)  # [BK]
         dk_c += tl.where(ci[:, None] == j, col_j[None, :], 0.0)
     finish_rows(dq, dk, dbeta, dG, rows, valid, h, H, K, qa, ka, dq_m, dk_r, dk_c, db, 2, BK)

@@ -1,6 +1,6 @@
 """Forward Triton kernels of the chunked gated delta rule (see README.md for the math).
 
-intra (dense or per channel) -> M, A;  solve -> X = (I + A)^{-1}, W, U;
+intra (dense or per channel) -> M, P;  solve -> X = (I + diag(β) P)^{-1}, W, U;
 state pass -> S_0 per chunk and pseudo-values Ṽ;  output -> O.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from ._tl_common import (
 @autotune(["H", "K", "GATE", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)))
 @triton.jit
 def intra_dense_kernel(
-    q, k, beta, G, M, A, chunk_seq, cu, chunk_off, H, K,
+    q, k, G, M, P, chunk_seq, cu, chunk_off, H, K,
     GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
-    """No gate or scalar gate: M = lower(Q Kᵀ ⊙ D), A = strictly_lower(diag(β) K Kᵀ ⊙ D)."""
+    """No gate or scalar gate: M = lower(Q Kᵀ ⊙ D), P = strictly_lower(K Kᵀ ⊙ D)."""
     i_c, h = tl.program_id(0), tl.program_id(1)
     t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = t0.to(tl.int64) + tl.arange(0, BT)
@@ -30,7 +30,6 @@ def intra_dense_kernel(
     ii = tl.arange(0, BT)
     qt = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BT, BK]
     kt = load_tile(k, rows, valid, h, H, K, BK, 0)  # [BT, BK]
-    bt = load_vec(beta, rows, valid, h, H)  # [BT]
     keep = (ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
     if GATE == 1:
         gv = load_vec(G, rows, valid, h, H)  # [BT]
@@ -38,16 +37,16 @@ def intra_dense_kernel(
     else:
         decay = tl.where(keep, 1.0, 0.0)
     m = dot(qt, tl.trans(kt), PREC) * decay  # [BT, BT]
-    a = dot(kt, tl.trans(kt), PREC) * decay * bt[:, None]
-    a = tl.where(ii[:, None] > ii[None, :], a, 0.0)
+    p = dot(kt, tl.trans(kt), PREC) * decay
+    p = tl.where(ii[:, None] > ii[None, :], p, 0.0)
     store_tile(M, m, rows, valid, h, H, BT, BT, 0)
-    store_tile(A, a, rows, valid, h, H, BT, BT, 0)
+    store_tile(P, p, rows, valid, h, H, BT, BT, 0)
 
 
 @autotune(["H", "K", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)))
 @triton.jit
 def intra_channel_kernel(
-    q, k, beta, G, M, A, chunk_seq, cu, chunk_off, H, K,
+    q, k, G, M, P, chunk_seq, cu, chunk_off, H, K,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
     """Per-channel gate, one sub-chunk of BC rows per program.
@@ -65,7 +64,6 @@ def intra_channel_kernel(
     qa = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BC, BK]
     ka = load_tile(k, rows, valid, h, H, K, BK, 0)
     ga = load_tile(G, rows, valid, h, H, K, BK, 0)
-    ba = load_vec(beta, rows, valid, h, H)  # [BC]
     ref = gate_row(G, tl.minimum(r0, t_end - 1).to(tl.int64), h, H, K, 2, BK)  # [1, BK]
     ea = masked_exp(ga - ref, valid[:, None])  # [BC, BK]
     qs, ks = qa * ea, ka * ea
@@ -75,7 +73,7 @@ def intra_channel_kernel(
         gb = load_tile(G, rb, vb, h, H, K, BK, 0)
         kb = load_tile(k, rb, vb, h, H, K, BK, 0) * masked_exp(ref - gb, vb[:, None])  # [BC, BK]
         store_tile(M, dot(qs, tl.trans(kb), PREC), rows, valid, h, H, BT, BC, b * BC)
-        store_tile(A, dot(ks, tl.trans(kb), PREC) * ba[:, None], rows, valid, h, H, BT, BC, b * BC)
+        store_tile(P, dot(ks, tl.trans(kb), PREC), rows, valid, h, H, BT, BC, b * BC)
     m_d = tl.zeros([BC, BC], dtype=tl.float32)
     p_d = tl.zeros([BC, BC], dtype=tl.float32)
     cols = tl.arange(0, BK)
@@ -90,19 +88,22 @@ def intra_channel_kernel(
         m_d = tl.where(ci[None, :] == j, m_col[:, None], m_d)
         p_d = tl.where((ci[None, :] == j) & (ci[:, None] > j), p_col[:, None], p_d)
     store_tile(M, m_d, rows, valid, h, H, BT, BC, i_s * BC)
-    store_tile(A, p_d * ba[:, None], rows, valid, h, H, BT, BC, i_s * BC)
+    store_tile(P, p_d, rows, valid, h, H, BT, BC, i_s * BC)
     zero = tl.zeros([BC, BC], dtype=tl.float32)
     for c in range(i_s + 1, BT // BC):  # right of the diagonal
         store_tile(M, zero, rows, valid, h, H, BT, BC, c * BC)
-        store_tile(A, zero, rows, valid, h, H, BT, BC, c * BC)
+        store_tile(P, zero, rows, valid, h, H, BT, BC, c * BC)
 
 
 @triton.jit
-def _neg_diag_row(A, t0, t_end, h, H, blk, r, BT: tl.constexpr, BC: tl.constexpr):
-    """−A[i, blk·BC + j] for the chunk's row i = blk·BC + r: row r of diagonal block ``blk``."""
+def _neg_diag_row(P, beta, t0, t_end, h, H, blk, r, BT: tl.constexpr, BC: tl.constexpr):
+    """−A[i, blk·BC + j] = −β_i P[i, blk·BC + j] for the chunk's row i = blk·BC + r: row r of
+    diagonal block ``blk``."""
     rr = (t0 + blk * BC + r).to(tl.int64)
     cj = tl.arange(0, BC)
-    return -tl.load(A + (rr * H + h) * BT + blk * BC + cj, mask=(rr + cj * 0) < t_end, other=0.0)
+    live = (rr + cj * 0) < t_end
+    b_r = tl.load(beta + rr * H + h + cj * 0, mask=live, other=0.0).to(tl.float32)  # β_i, broadcast
+    return -b_r * tl.load(P + (rr * H + h) * BT + blk * BC + cj, mask=live, other=0.0)
 
 
 @triton.jit
@@ -114,10 +115,11 @@ def _substitute(low, neg_row, r, BC: tl.constexpr):
 
 
 @triton.jit
-def _a_block(A, t0, t_end, h, H, i, j, BT: tl.constexpr, BC: tl.constexpr):
-    """Block (i, j) of the chunk's A: [BC, BC]."""
+def _a_block(P, beta, t0, t_end, h, H, i, j, BT: tl.constexpr, BC: tl.constexpr):
+    """Block (i, j) of the chunk's A = diag(β) P: [BC, BC]."""
     rows = (t0 + i * BC).to(tl.int64) + tl.arange(0, BC)
-    return load_tile(A, rows, rows < t_end, h, H, BT, BC, j * BC)
+    valid = rows < t_end
+    return load_tile(P, rows, valid, h, H, BT, BC, j * BC) * load_vec(beta, rows, valid, h, H)[:, None]
 
 
 @triton.jit
@@ -128,8 +130,8 @@ def _store_block(X, x, t0, t_end, h, H, i, j, BT: tl.constexpr, BC: tl.constexpr
 
 
 @triton.jit
-def block_inverse(A, X, t0, t_end, h, H, BT: tl.constexpr, BC: tl.constexpr):
-    """Store X = (I + A)^{-1} for a strictly lower [BT, BT] A with BT = 4·BC (see README.md).
+def block_inverse(P, beta, X, t0, t_end, h, H, BT: tl.constexpr, BC: tl.constexpr):
+    """Store X = (I + A)^{-1}, A = diag(β) P strictly lower [BT, BT], BT = 4·BC (README.md).
 
     The four diagonal blocks are inverted together by forward substitution (BC − 1 steps on
     [BC, BC] tiles instead of BT − 1 on [BT, BT]), then the blocks below the diagonal follow
@@ -143,22 +145,22 @@ def block_inverse(A, X, t0, t_end, h, H, BT: tl.constexpr, BC: tl.constexpr):
     l2 = tl.zeros([BC, BC], dtype=tl.float32)
     l3 = tl.zeros([BC, BC], dtype=tl.float32)
     for r in range(1, BC):  # the four blocks are independent: one step of each per iteration
-        l0 = _substitute(l0, _neg_diag_row(A, t0, t_end, h, H, 0, r, BT, BC), r, BC)
-        l1 = _substitute(l1, _neg_diag_row(A, t0, t_end, h, H, 1, r, BT, BC), r, BC)
-        l2 = _substitute(l2, _neg_diag_row(A, t0, t_end, h, H, 2, r, BT, BC), r, BC)
-        l3 = _substitute(l3, _neg_diag_row(A, t0, t_end, h, H, 3, r, BT, BC), r, BC)
+        l0 = _substitute(l0, _neg_diag_row(P, beta, t0, t_end, h, H, 0, r, BT, BC), r, BC)
+        l1 = _substitute(l1, _neg_diag_row(P, beta, t0, t_end, h, H, 1, r, BT, BC), r, BC)
+        l2 = _substitute(l2, _neg_diag_row(P, beta, t0, t_end, h, H, 2, r, BT, BC), r, BC)
+        l3 = _substitute(l3, _neg_diag_row(P, beta, t0, t_end, h, H, 3, r, BT, BC), r, BC)
     x00, x11, x22, x33 = l0 + eye, l1 + eye, l2 + eye, l3 + eye
-    a10 = _a_block(A, t0, t_end, h, H, 1, 0, BT, BC)
-    a21 = _a_block(A, t0, t_end, h, H, 2, 1, BT, BC)
-    a32 = _a_block(A, t0, t_end, h, H, 3, 2, BT, BC)
+    a10 = _a_block(P, beta, t0, t_end, h, H, 1, 0, BT, BC)
+    a21 = _a_block(P, beta, t0, t_end, h, H, 2, 1, BT, BC)
+    a32 = _a_block(P, beta, t0, t_end, h, H, 3, 2, BT, BC)
     x10 = -dot(x11, dot(a10, x00, "ieee"), "ieee")
     x21 = -dot(x22, dot(a21, x11, "ieee"), "ieee")
     x32 = -dot(x33, dot(a32, x22, "ieee"), "ieee")
-    a20 = _a_block(A, t0, t_end, h, H, 2, 0, BT, BC)
-    a31 = _a_block(A, t0, t_end, h, H, 3, 1, BT, BC)
+    a20 = _a_block(P, beta, t0, t_end, h, H, 2, 0, BT, BC)
+    a31 = _a_block(P, beta, t0, t_end, h, H, 3, 1, BT, BC)
     x20 = -dot(x22, dot(a20, x00, "ieee") + dot(a21, x10, "ieee"), "ieee")
     x31 = -dot(x33, dot(a31, x11, "ieee") + dot(a32, x21, "ieee"), "ieee")
-    a30 = _a_block(A, t0, t_end, h, H, 3, 0, BT, BC)
+    a30 = _a_block(P, beta, t0, t_end, h, H, 3, 0, BT, BC)
     x30 = -dot(x33, dot(a30, x00, "ieee") + dot(a31, x10, "ieee") + dot(a32, x20, "ieee"), "ieee")
     zero = tl.zeros([BC, BC], dtype=tl.float32)
     _store_block(X, x00, t0, t_end, h, H, 0, 0, BT, BC)
@@ -182,18 +184,18 @@ def block_inverse(A, X, t0, t_end, h, H, BT: tl.constexpr, BC: tl.constexpr):
 @autotune(["H", "K", "V", "SOLVE", "GATE", "BK", "BV"], ((4, 3), (8, 3), (2, 3), (4, 1)))
 @triton.jit
 def solve_kernel(
-    k, v, beta, G, A, X, W, U, chunk_seq, cu, chunk_off, H, K, V,
+    k, v, beta, G, P, X, W, U, chunk_seq, cu, chunk_off, H, K, V,
     SOLVE: tl.constexpr, GATE: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
-    """X = (I + A)^{-1} by blocked inversion (or loaded when SOLVE is off), then
+    """X = (I + diag(β) P)^{-1} by blocked inversion (or loaded when SOLVE is off), then
     W = X diag(β) (K ⊙ e^G) and U = X diag(β) V."""
     i_c, h = tl.program_id(0), tl.program_id(1)
     t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = t0.to(tl.int64) + tl.arange(0, BT)
     valid = rows < t_end
     if SOLVE:
-        block_inverse(A, X, t0, t_end, h, H, BT, BC)
+        block_inverse(P, beta, X, t0, t_end, h, H, BT, BC)
         tl.debug_barrier()  # X goes through memory: this program reads back what it wrote
     x = load_tile(X, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
     bt = load_vec(beta, rows, valid, h, H)[:, None]  # [BT, 1]

@@ -1,7 +1,7 @@
 """Triton chunked gated delta rule, forward and backward (``torch.autograd.Function``).
 
-Forward: in-chunk gate cumsum -> intra-chunk products (M, A) -> UT transform by forward
-substitution (X = (I + A)^{-1}, W, U) -> sequential state pass over chunks (S_0 per chunk,
+Forward: in-chunk gate cumsum -> intra-chunk products (M, P) -> UT transform by blocked
+inversion (X = (I + diag(β) P)^{-1}, W, U) -> sequential state pass over chunks (S_0 per chunk,
 pseudo-values Ṽ) -> outputs. Backward recomputes W, U, S_0 and Ṽ from the saved X, walks the
 chunks backwards for dS, then forms all input gradients chunk-parallel. Accumulation and state
 are float32 whatever the input dtype. See README.md for the formulas.
@@ -79,11 +79,11 @@ def gate_cumsum(g: Tensor, plan: Plan, reverse: bool = False) -> Tensor:
     return out
 
 
-def intra(q: Tensor, k: Tensor, beta: Tensor, gc: Tensor, plan: Plan) -> tuple[Tensor, Tensor]:
-    """M = lower(Q Kᵀ ⊙ D) and A = strictly_lower(diag(β) K Kᵀ ⊙ D): [TT, H, BT] each."""
+def intra(q: Tensor, k: Tensor, gc: Tensor, plan: Plan) -> tuple[Tensor, Tensor]:
+    """M = lower(Q Kᵀ ⊙ D) and P = strictly_lower(K Kᵀ ⊙ D): [TT, H, BT] each."""
     m = q.new_empty(q.shape[0], plan.heads, BT, dtype=torch.float32)  # every valid row is written
-    a = torch.empty_like(m)
-    args = (q, k, beta, gc, m, a, plan.chunk_seq, plan.cu, plan.chunk_off, plan.heads, plan.dk)
+    p = torch.empty_like(m)
+    args = (q, k, gc, m, p, plan.chunk_seq, plan.cu, plan.chunk_off, plan.heads, plan.dk)
     if plan.gate == 2:
         fwd.intra_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
             *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec,
@@ -92,20 +92,21 @@ def intra(q: Tensor, k: Tensor, beta: Tensor, gc: Tensor, plan: Plan) -> tuple[T
         fwd.intra_dense_kernel[(plan.n_chunks, plan.heads)](
             *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
         )
-    return m, a
+    return m, p
 
 
 def solve_wu(
-    k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, a: Tensor | None, x: Tensor | None, plan: Plan
+    k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, p: Tensor | None, x: Tensor | None, plan: Plan
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """X = (I + A)^{-1} (solved when ``a`` is given, else taken from ``x``), W and U (float32)."""
+    """X = (I + diag(β) P)^{-1} (solved when ``p`` is given, else taken from ``x``), W and U
+    (float32)."""
     tt = k.shape[0]
-    solve = a is not None
+    solve = p is not None
     x = torch.empty(tt, plan.heads, BT, device=k.device, dtype=torch.float32) if solve else x
     w = torch.empty(tt, plan.heads, plan.dk, device=k.device, dtype=torch.float32)
     u = torch.empty(tt, plan.heads, plan.dv, device=k.device, dtype=torch.float32)
     fwd.solve_kernel[(plan.n_chunks, plan.heads)](
-        k, v, beta, gc, a if solve else x, x, w, u, plan.chunk_seq, plan.cu, plan.chunk_off,
+        k, v, beta, gc, p if solve else x, x, w, u, plan.chunk_seq, plan.cu, plan.chunk_off,
         plan.heads, plan.dk, plan.dv, SOLVE=solve, GATE=plan.gate, BT=BT, BC=BC, BK=plan.bk,
         BV=plan.bv, PREC=plan.prec,
     )
@@ -131,10 +132,10 @@ def state_forward(
 def forward_packed(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, scale: float,
     h0: Tensor | None, want_ht: bool, plan: Plan,
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-    """Packed forward: returns o [TT, H, V], final state, X and M (saved for the backward)."""
-    m, a = intra(q, k, beta, gc, plan)
-    x, w, u = solve_wu(k, v, beta, gc, a, None, plan)
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    """Packed forward: returns o [TT, H, V], final state, and X, M, P (saved for the backward)."""
+    m, p = intra(q, k, gc, plan)
+    x, w, u = solve_wu(k, v, beta, gc, p, None, plan)
     hs, vn, ht = state_forward(k, gc, w, u, h0, want_ht, plan)
     o = torch.empty_like(v)
     grid = (triton.cdiv(plan.dv, plan.bv), plan.n_chunks, plan.heads)
@@ -142,11 +143,11 @@ def forward_packed(
         q, gc, m, vn, hs, o, plan.chunk_seq, plan.cu, plan.chunk_off, scale, plan.heads,
         plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec,
     )
-    return o, ht, x, m
+    return o, ht, x, m, p
 
 
 def backward_packed(
-    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, x: Tensor, m: Tensor,
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, x: Tensor, m: Tensor, p: Tensor,
     h0: Tensor | None, do: Tensor, dht: Tensor | None, scale: float, plan: Plan,
 ) -> tuple[Tensor, ...]:
     """Packed backward: dq, dk, dv, dβ, dG (per token, before the reverse cumsum) and dS_init."""
@@ -172,7 +173,7 @@ def backward_packed(
         scale, plan.heads, plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop,
         PREC=plan.prec,
     )
-    args = (q, k, beta, gc, dm, da, dq, dk, db, dg, *common, plan.heads, plan.dk)
+    args = (q, k, beta, gc, p, dm, da, dq, dk, db, dg, *common, plan.heads, plan.dk)
     if plan.gate == 2:
         bwd.intra_bwd_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
             *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec,
@@ -201,8 +202,8 @@ class ChunkDeltaRule(torch.autograd.Function):
         qp, kp, vp, bp = (_pack(x) for x in (q, k, v, beta))
         gc = gate_cumsum(_pack(g), plan) if g is not None else qp.new_zeros(1, dtype=torch.float32)
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        o, ht, x, m = forward_packed(qp, kp, vp, bp, gc, scale, h0, output_final_state, plan)
-        ctx.save_for_backward(qp, kp, vp, bp, gc, x, m, h0)
+        o, ht, x, m, p = forward_packed(qp, kp, vp, bp, gc, scale, h0, output_final_state, plan)
+        ctx.save_for_backward(qp, kp, vp, bp, gc, x, m, p, h0)
         ctx.meta = (plan, scale, b, t, g.dtype if g is not None else None, initial_state is not None)
         ctx.dtypes = (q.dtype, k.dtype, beta.dtype, None if initial_state is None else initial_state.dtype)
         return o.reshape(v.shape), ht
@@ -210,12 +211,12 @@ class ChunkDeltaRule(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, do, dht):  # type: ignore[override]
-        qp, kp, vp, bp, gc, x, m, h0 = ctx.saved_tensors
+        qp, kp, vp, bp, gc, x, m, p, h0 = ctx.saved_tensors
         plan, scale, b, t, g_dtype, has_h0 = ctx.meta
         q_dtype, k_dtype, beta_dtype, h0_dtype = ctx.dtypes
         dht = dht.float().contiguous() if dht is not None else None
         dq, dk, dv, db, dgt, dh0 = backward_packed(
-            qp, kp, vp, bp, gc, x, m, h0, _pack(do), dht, scale, plan
+            qp, kp, vp, bp, gc, x, m, p, h0, _pack(do), dht, scale, plan
         )
         unpack = lambda y, dtype: y.reshape(b, t, *y.shape[1:]).to(dtype)  # noqa: E731
         dg = unpack(gate_cumsum(dgt, plan, reverse=True), g_dtype) if g_dtype is not None else None
