@@ -94,8 +94,11 @@ def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
     fn, option_sets = launch_shapes(launch.fn, launch.kwargs)
     names = fn.arg_names
     consts = {k: v for k, v in launch.kwargs.items() if k not in ("num_warps", "num_stages")}
+    consts.update({p.name: a for p, a in zip(fn.params, launch.args) if p.is_constexpr})
     sig: dict[str, str] = {}
     for name, arg in zip(names, launch.args):
+        if name in consts:
+            continue
         if isinstance(arg, torch.Tensor):
             sig[name] = _PTR[arg.dtype]
         elif isinstance(arg, bool):

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..tuning import autotune
-from .common import check_inputs, default_scale, gate_per_channel
+from .common import check_inputs, default_scale
 
 SUB = 16  # sub-chunk size of the intra-chunk kernels
 WARPS = 8  # for the 64×64-tile kernels: with 4, sm_90 builds spill registers (checked with ptxas)
@@ -58,23 +58,51 @@ def _row(ptr, row, lim, cols, ncols, stride):
 
 
 @triton.jit
+def _gates(gc, t0, i_h, rows, valid, ck, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr):
+    """In-chunk log-gates ``b`` of the rows: ``[C, BK]`` per channel (GATE 2), ``[C, 1]`` for a
+    scalar gate ``gc: [TT, H]`` (GATE 1), zeros ``[C, 1]`` without a gate (GATE 0)."""
+    if GATE == 2:
+        return _tile(gc + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)
+    elif GATE == 1:
+        return tl.load(gc + (t0 + rows) * H + i_h, mask=valid, other=0.0)[:, None]
+    else:
+        return (rows * 0).to(tl.float32)[:, None]
+
+
+@triton.jit
+def _gate_last(gc, t0, i_h, last, ck, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr):
+    """``b`` at the chunk's last row over the K tile, ``[BK]`` (a scalar gate broadcast)."""
+    if GATE == 2:
+        return _row(gc + t0 * (H * K) + i_h * K, last, last + 1, ck, K, H * K)
+    elif GATE == 1:
+        return tl.load(gc + (t0 + last) * H + i_h + ck * 0)
+    else:
+        return (ck * 0).to(tl.float32)
+
+
+@triton.jit
 def _cumsum_kernel(g, gc, chunk_seq, chunk_start, cu, H: tl.constexpr, K: tl.constexpr,
-                   C: tl.constexpr, BK: tl.constexpr):
-    """``gc[t] = Σ_{s in chunk, s <= t} g[s]`` in fp32; grid (chunks, heads, K tiles)."""
+                   C: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr):
+    """``gc[t] = Σ_{s in chunk, s <= t} g[s]`` in fp32; grid (chunks, heads, K tiles), one K
+    tile for a scalar gate ``[TT, H]``."""
     i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    cols = i_k * BK + tl.arange(0, BK)
-    base = t0 * (H * K) + i_h * K
-    y = tl.cumsum(_tile(g + base, rows, valid, cols, K, H * K), axis=0)  # [C, BK]
-    mask = valid[:, None] & (cols[None, :] < K)
-    tl.store(gc + base + rows[:, None] * (H * K) + cols[None, :], y, mask=mask)
+    if GATE == 2:
+        cols = i_k * BK + tl.arange(0, BK)
+        base = t0 * (H * K) + i_h * K
+        y = tl.cumsum(_tile(g + base, rows, valid, cols, K, H * K), axis=0)  # [C, BK]
+        mask = valid[:, None] & (cols[None, :] < K)
+        tl.store(gc + base + rows[:, None] * (H * K) + cols[None, :], y, mask=mask)
+    else:
+        x = tl.load(g + (t0 + rows) * H + i_h, mask=valid, other=0.0).to(tl.float32)  # [C]
+        tl.store(gc + (t0 + rows) * H + i_h, tl.cumsum(x, axis=0), mask=valid)
 
 
 @triton.jit
 def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: tl.constexpr,
                       V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
-                      F32: tl.constexpr):
+                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, GATE: tl.constexpr,
+                      PREC: tl.constexpr, F32: tl.constexpr):
     """States entering every chunk, ``h[c] : [K, V]``; grid (K tiles, V tiles, N · H)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
@@ -100,9 +128,9 @@ def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: 
         valid = rows < nv
         last = tl.minimum(nv, C) - 1
         kt = _tile(k + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        bt = _tile(gc + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _gates(gc, t0, i_h, rows, valid, ck, H, K, GATE)  # [C, BK] or [C, 1]
         vt = _tile(v + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-        bl = _row(gc + t0 * (H * K) + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+        bl = _gate_last(gc, t0, i_h, last, ck, H, K, GATE)  # [BK]
         kd = kt * tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
         S = S * tl.exp(bl)[:, None]
         S += tl.dot(tl.trans(kd.to(DT)), vt.to(DT), input_precision=PREC)
@@ -156,11 +184,52 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
              mask=valid_i[:, None])
 
 
-@autotune(["H", "K", "V", "C", "BK", "BV", "F32"], ((8, 3), (4, 3), (8, 2)))
+@triton.jit
+def _decay(gc, t0, i_h, rows, valid, H: tl.constexpr, GATE: tl.constexpr, UPPER: tl.constexpr):
+    """``D_tj = e^{b_t − b_j}`` on ``j ≤ t`` (0 elsewhere) for a scalar or no gate, ``[C, C]``;
+    transposed (``D[j, t]``) when UPPER. Exponents of masked entries are 0 before ``exp``."""
+    if UPPER:
+        keep = (rows[:, None] <= rows[None, :]) & valid[:, None] & valid[None, :]
+    else:
+        keep = (rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :]
+    if GATE == 1:
+        b = tl.load(gc + (t0 + rows) * H + i_h, mask=valid, other=0.0)  # [C]
+        diff = b[None, :] - b[:, None] if UPPER else b[:, None] - b[None, :]
+        return tl.where(keep, tl.exp(tl.where(keep, diff, 0.0)), 0.0)
+    else:
+        return tl.where(keep, 1.0, 0.0)
+
+
+@autotune(["H", "K", "C", "BK", "GATE", "F32"], ((4, 3), (8, 3), (4, 2)))
+@triton.jit
+def _intra_dense_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
+                        K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr,
+                        PREC: tl.constexpr, F32: tl.constexpr):
+    """``A = scale · (q kᵀ) ⊙ D`` for a scalar or no gate: one matmul per chunk, no sub-chunks
+    (``e^{b_t − b_j}`` is one number per pair); grid (chunks, heads)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    if F32:
+        DT = tl.float32
+    else:
+        DT = q.dtype.element_ty
+    off = t0 * (H * K) + i_h * K
+    acc = tl.zeros([C, C], dtype=tl.float32)
+    for kb in range(0, K, BK):
+        ck = kb + tl.arange(0, BK)
+        qt = _tile(q + off, rows, valid, ck, K, H * K)  # [C, BK]
+        kt = _tile(k + off, rows, valid, ck, K, H * K)  # [C, BK]
+        acc += tl.dot(qt.to(DT), tl.trans(kt.to(DT)), input_precision=PREC)
+    acc = acc * _decay(gc, t0, i_h, rows, valid, H, GATE, False) * scale
+    tl.store(A + t0 * (H * C) + i_h * C + rows[:, None] * (H * C) + rows[None, :], acc,
+             mask=valid[:, None])
+
+
+@autotune(["H", "K", "V", "C", "BK", "BV", "GATE", "F32"], ((8, 3), (4, 3), (8, 2)))
 @triton.jit
 def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
                   K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+                  BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """``o = scale · (q ⊙ e^{b}) h + A v``; grid (chunks, V tiles, heads)."""
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
@@ -174,7 +243,7 @@ def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.co
     for kb in range(0, K, BK):
         ck = kb + tl.arange(0, BK)
         qt = _tile(q + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        bt = _tile(gc + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _gates(gc, t0, i_h, rows, valid, ck, H, K, GATE)  # [C, BK] or [C, 1]
         ht = _tile(hb, ck, ck < K, cv, V, V)  # [BK, BV]
         acc += tl.dot((qt * tl.exp(bt)).to(DT), ht.to(DT), input_precision=PREC)
     acc *= scale
@@ -189,7 +258,7 @@ def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.co
 def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.constexpr,
                       K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                      PREC: tl.constexpr, F32: tl.constexpr):
+                      GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """Gradients of the states leaving every chunk, ``dh[c]``, in reverse; grid like the fwd."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
@@ -217,9 +286,9 @@ def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.con
         valid = rows < nv
         last = tl.minimum(nv, C) - 1
         qt = _tile(q + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        bt = _tile(gc + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
+        bt = _gates(gc, t0, i_h, rows, valid, ck, H, K, GATE)  # [C, BK] or [C, 1]
         dot_ = _tile(do + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-        bl = _row(gc + t0 * (H * K) + i_h * K, last, last + 1, ck, K, H * K)  # [BK]
+        bl = _gate_last(gc, t0, i_h, last, ck, H, K, GATE)  # [BK]
         qd = qt * tl.exp(bt) * scale
         dS = dS * tl.exp(bl)[:, None]
         dS += tl.dot(tl.trans(qd.to(DT)), dot_.to(DT), input_precision=PREC)
@@ -249,11 +318,11 @@ def _bwd_dA_kernel(do, v, dA, chunk_seq, chunk_start, cu, scale, H: tl.constexpr
              mask=valid[:, None])
 
 
-@autotune(["H", "K", "V", "C", "BK", "BV", "F32"], ((8, 3), (4, 3), (8, 2)))
+@autotune(["H", "K", "V", "C", "BK", "BV", "GATE", "F32"], ((8, 3), (4, 3), (8, 2)))
 @triton.jit
 def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.constexpr,
                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+                   BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """``dv = Aᵀ do + (k ⊙ e^{b_C − b}) dh``; grid (chunks, V tiles, heads)."""
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
@@ -263,7 +332,6 @@ def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.const
         DT = k.dtype.element_ty
     cv = i_v * BV + tl.arange(0, BV)
     last = tl.minimum(nv, C) - 1
-    gb = gc + t0 * (H * K) + i_h * K
     dhb = dh + (i_c.to(tl.int64) * H + i_h) * K * V
     at = _tile(A + t0 * (H * C) + i_h * C, rows, valid, rows, C, H * C)  # [C, C]
     dot_ = _tile(do + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
@@ -271,8 +339,8 @@ def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.const
     for kb in range(0, K, BK):
         ck = kb + tl.arange(0, BK)
         kt = _tile(k + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
-        bt = _tile(gb, rows, valid, ck, K, H * K)  # [C, BK]
-        bl = _row(gb, last, last + 1, ck, K, H * K)  # [BK]
+        bt = _gates(gc, t0, i_h, rows, valid, ck, H, K, GATE)  # [C, BK] or [C, 1]
+        bl = _gate_last(gc, t0, i_h, last, ck, H, K, GATE)  # [BK]
         kd = kt * tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
         dht = _tile(dhb, ck, ck < K, cv, V, V)  # [BK, BV]
         acc += tl.dot(kd.to(DT), dht.to(DT), input_precision=PREC)
@@ -347,17 +415,49 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     tl.store(dk + off + loc, dki, mask=mask)
 
 
-@autotune(["H", "K", "V", "C", "BK", "BV", "F32"], ((8, 3), (4, 3), (8, 2)),
+@autotune(["H", "K", "C", "BK", "GATE", "F32"], ((4, 3), (8, 3), (4, 2)))
+@triton.jit
+def _bwd_intra_dense_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.constexpr,
+                            K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                            GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+    """Intra-chunk ``dq = (dA ⊙ D) k``, ``dk = (dA ⊙ D)ᵀ q`` (fp32) for a scalar or no gate;
+    grid (chunks, heads, K tiles). ``(dA ⊙ D)ᵀ`` is loaded transposed, not transposed."""
+    i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
+    if F32:
+        DT = tl.float32
+    else:
+        DT = q.dtype.element_ty
+    off = t0 * (H * K) + i_h * K
+    dAb = dA + t0 * (H * C) + i_h * C
+    ck = i_k * BK + tl.arange(0, BK)
+    both = valid[:, None] & valid[None, :]
+    dad = tl.load(dAb + rows[:, None] * (H * C) + rows[None, :], mask=both, other=0.0)  # [C, C]
+    dad_t = tl.load(dAb + rows[None, :] * (H * C) + rows[:, None], mask=both, other=0.0)  # dAᵀ
+    dad = dad * _decay(gc, t0, i_h, rows, valid, H, GATE, False)
+    dad_t = dad_t * _decay(gc, t0, i_h, rows, valid, H, GATE, True)
+    qt = _tile(q + off, rows, valid, ck, K, H * K)  # [C, BK]
+    kt = _tile(k + off, rows, valid, ck, K, H * K)  # [C, BK]
+    dqi = tl.dot(dad.to(DT), kt.to(DT), input_precision=PREC)  # [C, BK]
+    dki = tl.dot(dad_t.to(DT), qt.to(DT), input_precision=PREC)
+    mask = valid[:, None] & (ck[None, :] < K)
+    loc = rows[:, None] * (H * K) + ck[None, :]
+    tl.store(dq + off + loc, dqi, mask=mask)
+    tl.store(dk + off + loc, dki, mask=mask)
+
+
+@autotune(["H", "K", "V", "C", "BK", "BV", "GATE", "F32"], ((8, 3), (4, 3), (8, 2)),
           restore=["dq", "dk"])
 @triton.jit
 def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start, cu, scale,
-                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-                      F32: tl.constexpr):
+                      TT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
+                      PREC: tl.constexpr, F32: tl.constexpr):
     """Add the state terms to ``dq, dk`` (fp32, in place) and write ``dg``; grid (chunks, K, H).
 
     ``dq += scale e^{b} ⊙ (do hᵀ)``, ``dk += e^{b_C − b} ⊙ (v dhᵀ)``; ``db = q ⊙ dq − k ⊙ dk``,
-    ``dg_t = Σ_{s>=t} db_s + e^{b_C} ⊙ Σ_v (h ⊙ dh) + Σ_j k_j ⊙ dk_j^{state}``.
+    ``dg_t = Σ_{s>=t} db_s + e^{b_C} ⊙ Σ_v (h ⊙ dh) + Σ_j k_j ⊙ dk_j^{state}``. A scalar gate's
+    ``dg`` is this summed over the K tile, into ``dg[i_k] : [TT, H]`` (torch sums the tiles).
     """
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
@@ -384,20 +484,24 @@ def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start
     off = t0 * (H * K) + i_h * K
     qt = _tile(q + off, rows, valid, ck, K, H * K)  # [C, BK]
     kt = _tile(k + off, rows, valid, ck, K, H * K)  # [C, BK]
-    bt = _tile(gc + off, rows, valid, ck, K, H * K)  # [C, BK]
-    bl = _row(gc + off, last, last + 1, ck, K, H * K)  # [BK]
+    bt = _gates(gc, t0, i_h, rows, valid, ck, H, K, GATE)  # [C, BK] or [C, 1]
+    bl = _gate_last(gc, t0, i_h, last, ck, H, K, GATE)  # [BK]
     mask = valid[:, None] & (ck[None, :] < K)
     loc = rows[:, None] * (H * K) + ck[None, :]
     dq_s *= scale * tl.exp(bt)
     dk_s *= tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
     dqt = tl.load(dq + off + loc, mask=mask, other=0.0) + dq_s
     dkt = tl.load(dk + off + loc, mask=mask, other=0.0) + dk_s
-    db = qt * dqt - kt * dkt  # [C, BK]
-    extra = tl.exp(bl) * hdh + tl.sum(kt * dk_s, axis=0)  # [BK]
-    dgt = tl.sum(db, axis=0)[None, :] - tl.cumsum(db, axis=0) + db + extra[None, :]
     tl.store(dq + off + loc, dqt, mask=mask)
     tl.store(dk + off + loc, dkt, mask=mask)
-    tl.store(dg + off + loc, dgt, mask=mask)
+    if GATE > 0:
+        db = qt * dqt - kt * dkt  # [C, BK]
+        extra = tl.exp(bl) * hdh + tl.sum(kt * dk_s, axis=0)  # [BK]
+        dgt = tl.sum(db, axis=0)[None, :] - tl.cumsum(db, axis=0) + db + extra[None, :]
+        if GATE == 2:
+            tl.store(dg + off + loc, dgt, mask=mask)
+        else:
+            tl.store(dg + i_k.to(tl.int64) * TT * H + (t0 + rows) * H + i_h, tl.sum(dgt, axis=1), mask=valid)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -452,6 +556,7 @@ class _Meta:
     seq: Tensor  # [NC] int32, sequence of each chunk
     start: Tensor  # [NC] int64, first token of each chunk
     first: Tensor  # [N] int64, first chunk of each sequence
+    gate: int  # 0 no gate, 1 scalar [TT, H], 2 per channel [TT, H, K]
     prec: str  # tl.dot input precision: "ieee" for fp32 inputs
     f32: bool  # matmul operands in fp32
     out_f32: bool  # o, dv written in fp32 and rounded by torch
@@ -459,8 +564,9 @@ class _Meta:
 
     @staticmethod
     def build(q: Tensor, v: Tensor, cu: Tensor, table: tuple[Tensor, ...], C: int,
-              scale: float) -> "_Meta":
-        """From the flattened ``q: [TT, H, K]``, ``v: [TT, H, V]`` and the chunk table."""
+              scale: float, gate: int) -> "_Meta":
+        """From the flattened ``q: [TT, H, K]``, ``v: [TT, H, V]``, the chunk table and the gate
+        mode."""
         TT, H, K = q.shape
         seq, start, first = table
         interpreted = os.environ.get("TRITON_INTERPRET") == "1"
@@ -470,7 +576,7 @@ class _Meta:
         bf16_interp = interpreted and q.dtype == torch.bfloat16
         return _Meta(TT=TT, H=H, K=K, V=v.shape[-1], N=cu.numel() - 1, NC=seq.numel(), C=C,
                      BK=_block(K), BV=_block(v.shape[-1]), scale=scale, cu=cu, seq=seq,
-                     start=start, first=first, prec="ieee" if fp32 else "tf32",
+                     start=start, first=first, gate=gate, prec="ieee" if fp32 else "tf32",
                      f32=fp32 or bf16_interp, out_f32=bf16_interp,
                      state_dtype=torch.float32 if fp32 else q.dtype)
 
@@ -482,18 +588,21 @@ class _Meta:
     @property
     def kw_tuned(self) -> dict:
         """The same for the autotuned kernels (their warps and stages come from the tuner)."""
-        return {"PREC": self.prec, "F32": self.f32}
+        return {"GATE": self.gate, "PREC": self.prec, "F32": self.f32}
 
     def state_grid(self) -> tuple[int, int, int]:
         """(K tiles, V tiles, sequences · heads) for the state-passing kernels."""
         return triton.cdiv(self.K, self.BK), triton.cdiv(self.V, self.BV), self.N * self.H
 
 
-def _gate_cumsum(g: Tensor, m: _Meta) -> Tensor:
-    """In-chunk cumulative log-gates, fp32 ``[TT, H, K]``."""
-    gc = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=g.device)
-    grid = (m.NC, m.H, triton.cdiv(m.K, m.BK))
-    _cumsum_kernel[grid](g, gc, m.seq, m.start, m.cu, m.H, m.K, m.C, m.BK)
+def _gate_cumsum(g: Tensor | None, m: _Meta, device: torch.device) -> Tensor:
+    """In-chunk cumulative log-gates, fp32 ``[TT, H, K]`` or ``[TT, H]`` (a scalar gate); a
+    one-element placeholder without a gate (never read)."""
+    if g is None:
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    gc = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+    grid = (m.NC, m.H, triton.cdiv(m.K, m.BK) if m.gate == 2 else 1)
+    _cumsum_kernel[grid](g, gc, m.seq, m.start, m.cu, m.H, m.K, m.C, m.BK, m.gate)
     return gc
 
 
@@ -511,9 +620,13 @@ def _states(k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, want_ht: bool,
 def _scores(q: Tensor, k: Tensor, gc: Tensor, m: _Meta) -> Tensor:
     """Intra-chunk scores ``A: [TT, H, C]`` (fp32, scale included)."""
     A = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
-    grid = (m.NC * (m.C // SUB), m.H)
-    _intra_kernel[grid](q, k, gc, A, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.C, SUB, m.BK,
-                        **m.kw_tuned)
+    if m.gate < 2:
+        _intra_dense_kernel[(m.NC, m.H)](q, k, gc, A, m.seq, m.start, m.cu, m.scale, m.H, m.K,
+                                         m.C, m.BK, **m.kw_tuned)
+        return A
+    kw = {"PREC": m.prec, "F32": m.f32}
+    _intra_kernel[(m.NC * (m.C // SUB), m.H)](q, k, gc, A, m.seq, m.start, m.cu, m.scale, m.H,
+                                             m.K, m.C, SUB, m.BK, **kw)
     return A
 
 
@@ -541,7 +654,7 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h0: Tensor
                                       dht is not None, h0 is not None, **m.kw)
     dA = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     _bwd_dA_kernel[(m.NC, m.H)](do, v, dA, m.seq, m.start, m.cu, m.scale, m.H, m.V, m.C, m.BV,
-                                **m.kw)
+                                PREC=m.prec, F32=m.f32, num_warps=WARPS)
     dv = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
     _bwd_dv_kernel[(m.NC, triton.cdiv(m.V, m.BV), m.H)](k, gc, A, do, dh, dv, m.seq, m.start,
                                                         m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
@@ -549,11 +662,18 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h0: Tensor
     dq = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
     nk = triton.cdiv(m.K, m.BK)
-    _bwd_intra_kernel[(m.NC * (m.C // SUB), m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start, m.cu,
-                                                      m.H, m.K, m.C, SUB, m.BK, **m.kw_tuned)
-    dg = torch.empty_like(dq)
+    if m.gate < 2:
+        _bwd_intra_dense_kernel[(m.NC, m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start, m.cu, m.H,
+                                                 m.K, m.C, m.BK, **m.kw_tuned)
+    else:
+        _bwd_intra_kernel[(m.NC * (m.C // SUB), m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start,
+                                                          m.cu, m.H, m.K, m.C, SUB, m.BK,
+                                                          PREC=m.prec, F32=m.f32)
+    # per channel: dg like dq; scalar: one [TT, H] slice per K tile, summed below; none: unused
+    dg = dq.new_empty((nk, m.TT, m.H) if m.gate == 1 else (m.TT, m.H, m.K) if m.gate else (1,))
     _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dg, m.seq, m.start, m.cu,
-                                       m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, **m.kw_tuned)
+                                       m.scale, m.TT, m.H, m.K, m.V, m.C, m.BK, m.BV, **m.kw_tuned)
+    dg = dg.sum(0) if m.gate == 1 else dg
     return dq, dk, dv.to(v.dtype), dg, (dh0 if h0 is not None else None)
 
 
@@ -563,8 +683,7 @@ class _ChunkGLA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, h0: Tensor | None,
                 m: _Meta, want_ht: bool) -> tuple[Tensor, Tensor | None]:
-        gc = (_gate_cumsum(g, m) if g is not None
-              else torch.zeros(m.TT, m.H, m.K, dtype=torch.float32, device=q.device))
+        gc = _gate_cumsum(g, m, q.device)
         o, ht, A = _forward(q, k, v, gc, h0, want_ht, m)
         ctx.save_for_backward(q, k, v, gc, A, h0)
         ctx.m = m
@@ -607,10 +726,10 @@ def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None,
     else:
         cu = cu_seqlens.to(device=q.device, dtype=torch.int64)  # [N + 1]
         table = _chunk_table(cu, chunk_size, None)
-    g = gate_per_channel(g, K)
     flat = [x.reshape(B * T, H, x.shape[-1]).contiguous() for x in (q, k, v)]  # [TT, H, D]
-    gf = None if g is None else g.reshape(B * T, H, K).contiguous()  # [TT, H, K]
+    gf = None if g is None else g.reshape(B * T, *g.shape[2:]).contiguous()  # [TT, H(, K)]
+    gate = 0 if g is None else 1 if g.dim() == 3 else 2
     h0 = None if initial_state is None else initial_state.contiguous()  # [N, H, K, V]
-    m = _Meta.build(flat[0], flat[2], cu, table, chunk_size, default_scale(scale, K))
+    m = _Meta.build(flat[0], flat[2], cu, table, chunk_size, default_scale(scale, K), gate)
     o, ht = _ChunkGLA.apply(*flat, gf, h0, m, output_final_state)
     return o.reshape(B, T, H, V), ht

@@ -84,7 +84,8 @@ def _inputs(gate: str, k: int, v: int, delta: bool) -> dict[str, torch.Tensor | 
 def test_every_hot_kernel_is_autotuned_with_the_default_first() -> None:
     tuners = autotuners(gla_chunk, _tl_fwd, _tl_bwd, _step_fwd, _step_bwd)
     names = {t.base_fn.__name__ for t in tuners}
-    assert {"_intra_kernel", "_bwd_intra_kernel", "_bwd_inter_kernel", "solve_kernel",
+    assert {"_intra_kernel", "_bwd_intra_kernel", "_intra_dense_kernel", "_bwd_intra_dense_kernel",
+            "_bwd_inter_kernel", "solve_kernel",
             "main_bwd_kernel", "intra_bwd_channel_kernel", "state_fwd_kernel", "_keys_kernel",
             "_update_kernel", "_bwd_hidden_kernel", "_bwd_keys_kernel"} <= names
     if tuning.interpreted():  # one candidate only: the interpreter benchmarks nothing
@@ -106,7 +107,7 @@ def test_delta_rule_trial_runs_leave_no_trace(gate: str) -> None:
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("gate", ["scalar", "channel"])
+@pytest.mark.parametrize("gate", ["none", "scalar", "channel"])
 def test_gla_trial_runs_leave_no_trace(gate: str) -> None:
     x = _inputs(gate, 20, 12, delta=False)
 
