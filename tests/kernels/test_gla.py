@@ -104,12 +104,13 @@ def test_cu_seqlens_equals_separate_sequences() -> None:
         assert torch.allclose(o[:, a:b], oi) and torch.allclose(s[i:i + 1], si)
 
 
+@pytest.mark.parametrize("gate", ["scalar", "channel"])
 @pytest.mark.parametrize("fn", [chunk_gla_torch, chunk_gla], ids=["chunk_torch", "triton"])
-def test_extreme_decay_is_stable(fn) -> None:
+def test_extreme_decay_is_stable(fn, gate: str) -> None:
     """log-gates near -30 per step (e^{-30·64} underflows): nothing overflows, and the result is
     close to a float64 token loop. The cumulative log-gates reach ~-10³ inside a chunk, where
     fp32 spacing is ~1e-4, hence the looser tolerance."""
-    x = make_inputs(1, 70, 1, 16, 8, "channel", 15.0, seed=6)
+    x = make_inputs(1, 70, 1, 16, 8, gate, 15.0, seed=6)
     ref = run_with_grads(recurrent_gla, {n: t.detach().double().requires_grad_(True)
                                          for n, t in x.items()})
     assert_close(run_with_grads(fn, x, chunk_size=32), ref, 1e-4)
