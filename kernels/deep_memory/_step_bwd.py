@@ -31,7 +31,7 @@ def _outer_grads(kt, dzt, a, d1, coef, gw1, gw2, gw1T_ptr, gw2T_ptr, m1T, m2T, P
 @autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "PREC"], ((4, 3), (8, 3)))
 @triton.jit
 def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
-                       g_a, g_d1, g_w1n, g_w2n, g_z1n, g_z2n,
+                       g_a, g_d1, g_w1n, g_w2n, g_z1n, g_z2n, x_w1, x_w2, x_z1, x_z2,
                        g_w1, g_w2, g_z1, g_z2, ga_part, gh_part, t_buf, gk_part, gdz_part,
                        gdl_part, gzl_part, scal_part, C, K, HD, V,
                        BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
@@ -39,7 +39,8 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
     """Backward, hidden block j of (batch, head) i: the state update and d1 = act'(h) (dz W2^T).
 
     Writes the final dZ1, dZ2, the state-direct parts of dW1, dW2 (plus t^T dz), and the
-    per-block partials of dk, ddz, d(coefficient rows) and of da, dh for the later kernels."""
+    per-block partials of dk, ddz, d(coefficient rows) and of da, dh for the later kernels.
+    ``x_*``: gradients the chunk-start state receives from elsewhere (the read-out), added."""
     i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
     nj = tl.num_programs(1)
     m1, m2 = mk[:, None] & mh[None, :], mh[:, None] & mv[None, :]
@@ -61,8 +62,8 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
     gw2n = tl.load(g_w2n + p2, mask=m2, other=0.0)
     s_gam = _dot_all(tl.load(w1 + p1, mask=m1, other=0.0), gw1n)
     s_gam += _dot_all(tl.load(w2 + p2, mask=m2, other=0.0), gw2n)
-    tl.store(g_w1 + p1, g * gw1n, mask=m1)
-    gw2_acc = g * gw2n
+    tl.store(g_w1 + p1, g * gw1n + tl.load(x_w1 + p1, mask=m1, other=0.0), mask=m1)
+    gw2_acc = g * gw2n + tl.load(x_w2 + p2, mask=m2, other=0.0)
     # outer products of the update: W1' += k^T diag(dl) d1, W2' += a^T diag(dl) dz (Z: zl)
     gdl, g1, ga, gk, gdz = _outer_grads(kt, dzt, a, d1, dlv, gw1n, gw2n, g_w1n + p1T, g_w2n + p2T,
                                         m1T, m2T, PREC)
@@ -74,8 +75,8 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
         gz2n = tl.load(g_z2n + p2, mask=m2, other=0.0)
         z1t = tl.load(z1 + p1, mask=m1, other=0.0)
         z2t = tl.load(z2 + p2, mask=m2, other=0.0)
-        tl.store(g_z1 + p1, ev * gw1n + mv_ * gz1n, mask=m1)
-        tl.store(g_z2 + p2, ev * gw2n + mv_ * gz2n, mask=m2)
+        tl.store(g_z1 + p1, ev * gw1n + mv_ * gz1n + tl.load(x_z1 + p1, mask=m1, other=0.0), mask=m1)
+        tl.store(g_z2 + p2, ev * gw2n + mv_ * gz2n + tl.load(x_z2 + p2, mask=m2, other=0.0), mask=m2)
         tl.store(scal_part + (i * nj + j) * 3 + 1, _dot_all(z1t, gw1n) + _dot_all(z2t, gw2n))
         tl.store(scal_part + (i * nj + j) * 3 + 2, _dot_all(z1t, gz1n) + _dot_all(z2t, gz2n))
         zlv = tl.load(zl + i * C + rc, mask=mc, other=0.0)

@@ -8,9 +8,9 @@ without writing the [C, C] score matrix to memory (``XW = [gam X, e X]``, ``W = 
 ``A`` the keys' layer inputs, ``D`` the decay/step coefficients, ``U`` the keys' output errors).
 Its backward is a second Triton kernel for the masked part (dX, dA, dD, dU in one pass per
 chunk); the two dense products ``dXW = dO W^T`` and ``dW = XW^T dO`` are plain batched GEMMs and
-run through torch (cuBLAS). The per-chunk key forward/backward and the state update are
-three Triton kernels per chunk (``step.py``, forward and backward) for depth-2 memories with an
-l2 or dot bias in float32; other configurations take batched GEMMs through torch.
+run through torch (cuBLAS). The chunk loop (per chunk: the keys' forward/backward and the state
+update) is one autograd Function with three Triton kernels per chunk each way (``step.py``) for
+depth-2 memories with an l2 or dot bias in float32; other configurations take the PyTorch loop.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 from .chunk_torch import chunk_deep_memory_with, readout_torch
 from .config import DeepMemoryConfig
 from .memory import DeepMemoryState, Weights, accum_dtype
-from .step import fused_step, fused_step_supported
+from .step import fused_phase1, fused_step_supported
 
 MAX_TRITON_CHUNK = 128  # larger chunks make the [C, C] tile too big for registers
 
@@ -191,9 +191,9 @@ def triton_deep_memory(
     """
     use = cfg.linear_retention and cfg.chunk_size <= MAX_TRITON_CHUNK
     prec = dot_precision(q.dtype)
-    step = (functools.partial(fused_step, prec=prec)
-            if use and fused_step_supported(cfg, accum_dtype(q)) else None)
+    phase1 = (functools.partial(fused_phase1, prec=prec)
+              if use and fused_step_supported(cfg, accum_dtype(q)) else None)
     return chunk_deep_memory_with(
         q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state,
-        functools.partial(readout_triton, prec=prec) if use else readout_torch, step,
+        functools.partial(readout_triton, prec=prec) if use else readout_torch, phase1,
     )

@@ -32,8 +32,11 @@ from .memory import (
 
 # readout(xw [N,C,DW], w [N,DW,DV], x [N,C,DK], a [N,C,DK], d [N,C,C], u [N,C,DV]) -> [N,C,DV]
 Readout = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
-# step(state, k [B,H,C,K], v [B,H,C,V], d, chunk-end coefficient rows, cfg) -> (ins, deltas, state)
-Step = Callable[..., tuple[list[Tensor], list[Tensor], DeepMemoryState]]
+# phase1(state, kc, vc, dc, chunk-end coefficient table, cfg) -> (chunk-start weights per layer,
+# chunk-start momenta per layer or None, layer inputs per layer, output errors per layer, final
+# state); every per-layer tensor [B, H, n, ...]
+Phase1Out = tuple[list[Tensor], list[Tensor] | None, list[Tensor], list[Tensor], DeepMemoryState]
+Phase1 = Callable[..., Phase1Out]
 
 
 def readout_torch(xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor) -> Tensor:
@@ -122,17 +125,22 @@ def _outer_sum(coef: Tensor, a: Tensor, u: Tensor) -> Tensor:
     return (a * coef.unsqueeze(-1)).transpose(-1, -2) @ u  # [..., d_in, d_out]
 
 
-def _chunk_end_rows(co: dict[str, Tensor], ends: list[int]) -> list[dict[str, Tensor]]:
-    """Per chunk, the coefficients' row at the chunk's last real token ``ends[n]``:
-    ``[B, H]`` (gam, e, mom) or ``[B, H, C]`` (dmat, zmat).
-
-    Gathered for all chunks at once and unbound (views), so that autograd sees one gather and
-    one unbind instead of a ``select`` per chunk, whose backward would write a zero tensor of
-    the whole coefficient table once per chunk."""
-    n_chunks = len(ends)
-    chunk = torch.arange(n_chunks, device=co["gam"].device)
+def chunk_end_table(co: dict[str, Tensor], ends: list[int]) -> dict[str, Tensor]:
+    """The coefficients' row at each chunk's last real token ``ends[n]``, for all chunks at once
+    (one gather per coefficient): ``[B, H, n]`` (gam, e, mom) or ``[B, H, n, C]`` (dmat, zmat)."""
+    chunk = torch.arange(len(ends), device=co["gam"].device)
     last = torch.tensor(ends, device=co["gam"].device)
-    per_name = {name: t[:, :, chunk, last].unbind(2) for name, t in co.items()}
+    return {name: t[:, :, chunk, last] for name, t in co.items()}
+
+
+def _chunk_end_rows(table: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+    """Per chunk, its row of :func:`chunk_end_table`: ``[B, H]`` or ``[B, H, C]`` (views).
+
+    One unbind for all chunks, so that autograd sees one gather and one unbind instead of a
+    ``select`` per chunk, whose backward would write a zero tensor of the whole coefficient
+    table once per chunk."""
+    per_name = {name: t.unbind(2) for name, t in table.items()}
+    n_chunks = len(next(iter(per_name.values())))
     return [{name: rows[n] for name, rows in per_name.items()} for n in range(n_chunks)]
 
 
@@ -162,33 +170,43 @@ def _torch_step(state: DeepMemoryState, k: Tensor, v: Tensor, d: Tensor | None,
     return ins, deltas, _advance_chunk(state, ins, deltas, row)
 
 
+def loop_phase1(state: DeepMemoryState, kc: Tensor, vc: Tensor, dc: Tensor | None,
+                table: dict[str, Tensor], cfg: DeepMemoryConfig) -> Phase1Out:
+    """Phase 1 in PyTorch: a Python loop over chunks of :func:`_torch_step`, then the chunk-start
+    states and the per-token gradient factors stacked over chunks ([B, H, n, ...])."""
+    rows = _chunk_end_rows(table)
+    # per chunk [B, H, C, D]: one copy to contiguous chunks and one unbind, not n selects/copies
+    ks, vs = kc.contiguous().unbind(2), vc.contiguous().unbind(2)
+    ds = dc.unbind(2) if dc is not None else [None] * len(rows)
+    starts, all_ins, all_deltas = [], [], []
+    for n in range(len(rows)):
+        starts.append(state)
+        ins, deltas, state = _torch_step(state, ks[n], vs[n], ds[n], rows[n], cfg)
+        all_ins.append(ins)
+        all_deltas.append(deltas)
+    stack = lambda xs: [torch.stack(x, 2) for x in zip(*xs)]  # noqa: E731  per layer [B, H, n, ...]
+    w0s = stack([s.weights for s in starts])
+    z0s = stack([s.momentum for s in starts]) if cfg.momentum else None
+    return w0s, z0s, stack(all_ins), stack(all_deltas), state
+
+
 def _dual_form(
     qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None, co: dict[str, Tensor], T: int,
-    state: DeepMemoryState, cfg: DeepMemoryConfig, readout: Readout, step: Step,
+    state: DeepMemoryState, cfg: DeepMemoryConfig, readout: Readout, phase1: Phase1,
 ) -> tuple[Tensor, DeepMemoryState]:
     """Linear retention: phase 1 (chunk loop, keys and state), phase 2 (read-out, all chunks)."""
     n_chunks, C = qc.shape[2], qc.shape[3]
-    rows = _chunk_end_rows(co, [min(C, T - n * C) - 1 for n in range(n_chunks)])
-    # per chunk [B, H, C, D]: one copy to contiguous chunks and one unbind, not n selects/copies
-    ks, vs = kc.contiguous().unbind(2), vc.contiguous().unbind(2)
-    ds = dc.unbind(2) if dc is not None else [None] * n_chunks
-    starts, all_ins, all_deltas = [], [], []
-    for n in range(n_chunks):
-        starts.append(state)
-        ins, deltas, state = step(state, ks[n], vs[n], ds[n], rows[n], cfg)
-        all_ins.append(ins)
-        all_deltas.append(deltas)
+    table = chunk_end_table(co, [min(C, T - n * C) - 1 for n in range(n_chunks)])
+    w0s, z0s, all_a, all_u, state = phase1(state, kc, vc, dc, table, cfg)
     x = qc  # [B, H, n, C, K]
     B, H = qc.shape[:2]
     for i in range(cfg.depth):
-        w0 = torch.stack([s.weights[i] for s in starts], 2)  # [B, H, n, d_in, d_out]
+        w0 = w0s[i]  # [B, H, n, d_in, d_out]
         xw = co["gam"].unsqueeze(-1) * x  # [B, H, n, C, d_in]
         if cfg.momentum:
-            z0 = torch.stack([s.momentum[i] for s in starts], 2)  # [B, H, n, d_in, d_out]
             xw = torch.cat([xw, co["e"].unsqueeze(-1) * x], -1)  # [B, H, n, C, 2 d_in]
-            w0 = torch.cat([w0, z0], -2)  # [B, H, n, 2 d_in, d_out]
-        a = torch.stack([ins[i] for ins in all_ins], 2)  # [B, H, n, C, d_in]
-        u = torch.stack([dl[i] for dl in all_deltas], 2)  # [B, H, n, C, d_out]
+            w0 = torch.cat([w0, z0s[i]], -2)  # [B, H, n, 2 d_in, d_out]
+        a, u = all_a[i], all_u[i]  # [B, H, n, C, d_in], [B, H, n, C, d_out]
         out = readout(*(t.flatten(0, 2) for t in (xw, w0, x, a, co["dmat"], u)))
         out = out.reshape(B, H, n_chunks, C, -1)  # [B, H, n, C, d_out]
         x = activation(out, cfg.activation) if i < cfg.depth - 1 else out
@@ -242,10 +260,10 @@ def chunk_deep_memory_with(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, init_weights: Weights, cfg: DeepMemoryConfig,
     g: Tensor | None, mu: Tensor | None, lam: Tensor | None, delta: Tensor | None,
     initial_state: DeepMemoryState | None, output_final_state: bool, readout: Readout,
-    step: Step | None = None,
+    phase1: Phase1 | None = None,
 ) -> tuple[Tensor, DeepMemoryState | None]:
-    """:func:`chunk_deep_memory` with a pluggable dual-form read-out and chunk step (the
-    Triton backend's; ``step=None`` is the PyTorch step)."""
+    """:func:`chunk_deep_memory` with a pluggable dual-form read-out and chunk loop (the
+    Triton backend's; ``phase1=None`` is the PyTorch loop, :func:`loop_phase1`)."""
     check_inputs(q, k, v, eta, init_weights, cfg, g, mu, lam, delta)
     B, T, H, _ = q.shape
     C = cfg.chunk_size
@@ -260,7 +278,7 @@ def chunk_deep_memory_with(
     state = start_state(init_weights, cfg, B, initial_state, dt)
     if cfg.linear_retention:
         co = dual_coefficients(log_a, eta_c, mu_c)
-        o, state = _dual_form(qc, kc, vc, dc, co, T, state, cfg, readout, step or _torch_step)
+        o, state = _dual_form(qc, kc, vc, dc, co, T, state, cfg, readout, phase1 or loop_phase1)
     else:
         o, state = _materialised(qc, kc, vc, dc, log_a, eta_c, mu_c, T, state, cfg)
     o = o.movedim(1, 3).flatten(1, 2)[:, :T]  # [B, T, H, V]

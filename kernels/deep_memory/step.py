@@ -1,6 +1,7 @@
-"""One chunk step of a depth-2 deep memory in three Triton kernels, and its backward in three.
+"""Phase 1 of a depth-2 deep memory: the chunk loop as one autograd Function, three Triton
+kernels per chunk forward and three backward.
 
-The step is phase 1 of ``chunk_torch._dual_form`` for one chunk of every (batch, head) at once:
+Each step is phase 1 of ``chunk_torch._dual_form`` for one chunk of every (batch, head) at once:
 the keys go forward through the MLP at the chunk's starting weights, the attentional bias is
 back-propagated by hand (``key_gradients``), and the state moves to the chunk's end
 (``_advance_chunk``). In PyTorch that is about 175 ops per chunk (forward + backward); here:
@@ -19,6 +20,15 @@ backward (``_step_bwd.py``)
 5. ``_bwd_bias_kernel`` (N,): from the gradient of ``dz`` back to ``y0`` (LayerNorm's backward
    differentiated once more), and to ``v`` and (residual) ``k``;
 6. ``_bwd_keys_kernel`` (N, hidden blocks): through ``y0 = a W2``, ``a = act(h)``, ``h = k W1``.
+
+The whole loop is one ``torch.autograd.Function`` (``_FusedLoop``): the chunks' inputs are laid
+out chunk-major (``[n, N, ...]``, so each chunk's slice is contiguous), every chunk writes into
+buffers allocated once for all chunks (the chunk-start states ``S [n + 1, P]``, one flat row
+``[W1 | W2 | Z1 | Z2]`` per chunk), and the backward walks the chunks in reverse carrying the
+state's gradient. Per chunk that leaves the six kernel launches, a sum over the hidden blocks
+for dk (plus the residual's share) and one add of the read-out's gradient on the chunk-start
+state: no per-chunk autograd nodes, copies, stacks or gradient accumulation
+(``benchmarks/count_launches.py`` counts them).
 
 Every ``tl.dot`` operand comes from a load (values computed from a dot go through memory, with a
 barrier): Triton 3.4-3.7.0 miscompiles some dot-of-dot patterns on Hopper (fla issue #640).
@@ -80,103 +90,204 @@ def _shape(k: Tensor, v: Tensor, w1: Tensor, cfg: DeepMemoryConfig, mom_on: bool
     return _Shape(N, C, K, HD, V, triton.cdiv(HD, tiles["BH"]), tiles, flags, prec)
 
 
-def _forward(k: Tensor, v: Tensor, w1: Tensor, w2: Tensor, z1: Tensor, z2: Tensor, gam: Tensor,
-             e: Tensor, mom: Tensor, dl: Tensor, zl: Tensor, sh: _Shape) -> tuple[Tensor, ...]:
-    """Flattened ``[N, ...]`` float32 tensors -> ``h, a, d1, dz, y0, w1', w2', z1', z2'``."""
+def _part_views(rows: Tensor, sh: _Shape) -> list[Tensor]:
+    """The state parts ``W1 [N, K, HD], W2 [N, HD, V]`` (+ ``Z1, Z2`` with momentum) of flat
+    state rows ``rows [..., P]`` as views ``[..., N, d_in, d_out]``."""
+    shapes = [(sh.N, sh.K, sh.HD), (sh.N, sh.HD, sh.V)] * (2 if sh.flags["MOM"] else 1)
+    out, off = [], 0
+    for shape in shapes:
+        size = shape[0] * shape[1] * shape[2]
+        out.append(rows[..., off:off + size].unflatten(-1, shape))
+        off += size
+    return out
+
+
+def _views(buf: Tensor, sh: _Shape) -> list[Tensor]:
+    """The state parts of one flat state row ``buf [P]``."""
+    return _part_views(buf, sh)
+
+
+def _with_momentum(parts: list[Tensor]) -> list[Tensor]:
+    """``W1, W2, Z1, Z2``: without momentum the Z slots repeat W1, W2 (the kernels neither read
+    nor write them then: MOM=False)."""
+    return parts if len(parts) == 4 else parts + parts
+
+
+def _forward_chunk(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor], coef: tuple,
+                   out: tuple, y_part: Tensor, sh: _Shape) -> None:
+    """One chunk: ``h, a, d1, y0, dz`` into ``out`` and the chunk-end state into ``new``."""
     t, f = sh.tiles, sh.flags
-    new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
-    h, a, d1 = new(sh.N, sh.C, sh.HD), new(sh.N, sh.C, sh.HD), new(sh.N, sh.C, sh.HD)
-    y_part, y0, dz = new(sh.N, sh.NJ, sh.C, sh.V), new(sh.N, sh.C, sh.V), new(sh.N, sh.C, sh.V)
+    w1, w2, z1, z2 = _with_momentum(state)
+    w1n, w2n, z1n, z2n = _with_momentum(new)
+    gam, e, mom, dl, zl = coef
+    h, a, d1, y0, dz = out
     _keys_kernel[sh.hidden_grid](k, w1, w2, h, a, y_part, sh.C, sh.K, sh.HD, sh.V, **t,
                                  ACT=f["ACT"], PREC=sh.prec)
     _bias_kernel[(sh.N,)](y_part, k, v, y0, dz, sh.NJ, sh.C, sh.V, NORM_EPS, BC=t["BC"], BV=t["BV"],
                           NORM=f["NORM"], RES=f["RES"], L2=f["L2"])
-    w1n, w2n, z1n, z2n = (torch.empty_like(x) for x in (w1, w2, z1, z2))
     _update_kernel[sh.hidden_grid](k, h, a, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, d1, w1n, w2n,
                                    z1n, z2n, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"],
                                    MOM=f["MOM"], PREC=sh.prec)
-    return h, a, d1, dz, y0, w1n, w2n, z1n, z2n
 
 
-def _backward(saved: tuple[Tensor, ...], grads: tuple[Tensor, ...], sh: _Shape) -> tuple[Tensor, ...]:
-    """Gradients of ``k, v, w1, w2, z1, z2, gam, e, mom, dl, zl`` from those of
-    ``a, d1, dz, w1', w2', z1', z2'`` (three kernels, then sums over the hidden blocks)."""
-    k, v, w1, w2, z1, z2, gam, e, mom, dl, zl, h, a, d1, dz, y0 = saved
-    g_a, g_d1, g_dz, g_w1n, g_w2n, g_z1n, g_z2n = grads
-    t, f = sh.tiles, sh.flags
-    new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
-    g_w1, g_w2, g_z1, g_z2 = (torch.empty_like(x) for x in (w1, w2, z1, z2))
-    ga_part, gh_part, t_buf = (new(sh.N, sh.C, sh.HD) for _ in range(3))
-    gk_part, gdz_part = new(sh.N, sh.NJ, sh.C, sh.K), new(sh.N, sh.NJ, sh.C, sh.V)
-    # every entry is written (the momentum ones only with MOM; without it their gradients go to
-    # detached placeholders and are dropped), so no zero-fill is needed
-    gdl_part, gzl_part, scal_part = new(sh.N, sh.NJ, sh.C), new(sh.N, sh.NJ, sh.C), new(sh.N, sh.NJ, 3)
-    _bwd_hidden_kernel[sh.hidden_grid](
-        k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
-        g_z2n, g_w1, g_w2, g_z1, g_z2, ga_part, gh_part, t_buf, gk_part, gdz_part, gdl_part,
-        gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
-    g_y0, g_v = new(sh.N, sh.C, sh.V), new(sh.N, sh.C, sh.V)
-    gk_res = new(sh.N, sh.C, sh.K) if f["RES"] else g_v  # written only with the residual
-    _bwd_bias_kernel[(sh.N,)](gdz_part, g_dz, y0, k, v, g_y0, g_v, gk_res, sh.NJ, sh.C, sh.V,
-                              NORM_EPS, BC=t["BC"], BV=t["BV"], NORM=f["NORM"], RES=f["RES"],
-                              L2=f["L2"])
-    _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, gk_part,
-                                     sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], PREC=sh.prec)
-    g_k = gk_part.sum(1) + gk_res if f["RES"] else gk_part.sum(1)  # [N, C, K]
-    scal = scal_part.sum(1)  # [N, 3]
-    return (g_k, g_v, g_w1, g_w2, g_z1, g_z2, scal[:, 0], scal[:, 1], scal[:, 2],
-            gdl_part.sum(1), gzl_part.sum(1))
+@dataclass
+class _Scratch:
+    """Per-chunk work buffers of the backward, allocated once and reused by every chunk."""
 
-
-class _FusedStep(torch.autograd.Function):
-    """One chunk step on flattened ``[N, ...]`` float32 tensors; backward by three kernels."""
+    ga: Tensor  # [N, C, HD] partial da
+    gh: Tensor  # [N, C, HD] partial dh
+    t: Tensor  # [N, C, HD]
+    gk: Tensor  # [N, NJ, C, K] per-block dk
+    gdz: Tensor  # [N, NJ, C, V] per-block d(dz)
+    g_y0: Tensor  # [N, C, V]
+    gk_res: Tensor  # [N, C, K] the residual's dk
 
     @staticmethod
-    def forward(ctx, k, v, w1, w2, z1, z2, gam, e, mom, dl, zl, sh):  # noqa: ANN001, ANN205
-        h, a, d1, dz, y0, w1n, w2n, z1n, z2n = _forward(k, v, w1, w2, z1, z2, gam, e, mom, dl, zl, sh)
-        ctx.save_for_backward(k, v, w1, w2, z1, z2, gam, e, mom, dl, zl, h, a, d1, dz, y0)
+    def make(sh: _Shape, like: Tensor) -> "_Scratch":
+        new = lambda *s: torch.empty(*s, device=like.device, dtype=like.dtype)  # noqa: E731
+        return _Scratch(new(sh.N, sh.C, sh.HD), new(sh.N, sh.C, sh.HD), new(sh.N, sh.C, sh.HD),
+                        new(sh.N, sh.NJ, sh.C, sh.K), new(sh.N, sh.NJ, sh.C, sh.V),
+                        new(sh.N, sh.C, sh.V), new(sh.N, sh.C, sh.K))
+
+
+def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts: tuple,
+                    grads: tuple, g_new: list[Tensor], g_extra: list[Tensor], g_state: list[Tensor],
+                    outs: tuple, buf: _Scratch, sh: _Shape) -> None:
+    """One chunk in reverse: from the gradients of its outputs (``grads``: da, dd1, ddz), of its
+    end state (``g_new``) and of its start state from elsewhere (``g_extra``: the read-out's),
+    the whole gradient of its start state (``g_state``) and those of k, v and the coefficient
+    rows (``outs``: dk, dv, and the per-block partials of dγ/de/dm, ddl, dzl)."""
+    t, f = sh.tiles, sh.flags
+    w1, w2, z1, z2 = _with_momentum(state)
+    g_w1n, g_w2n, g_z1n, g_z2n = _with_momentum(g_new)
+    g_w1, g_w2, g_z1, g_z2 = _with_momentum(g_state)
+    x_w1, x_w2, x_z1, x_z2 = _with_momentum(g_extra)
+    gam, e, mom, dl, zl = coef
+    h, a, d1, y0, dz = acts
+    g_a, g_d1, g_dz = grads
+    g_k, g_v, scal_part, gdl_part, gzl_part = outs
+    _bwd_hidden_kernel[sh.hidden_grid](
+        k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
+        g_z2n, x_w1, x_w2, x_z1, x_z2, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, buf.gk, buf.gdz, gdl_part,
+        gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
+    gk_res = buf.gk_res if f["RES"] else g_v  # written only with the residual
+    _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, buf.g_y0, g_v, gk_res, sh.NJ, sh.C, sh.V,
+                              NORM_EPS, BC=t["BC"], BV=t["BV"], NORM=f["NORM"], RES=f["RES"],
+                              L2=f["L2"])
+    _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, buf.g_y0, buf.ga, buf.gh, g_w1, g_w2, buf.gk,
+                                     sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], PREC=sh.prec)
+    torch.sum(buf.gk, 1, out=g_k)  # [N, C, K]
+    if f["RES"]:
+        g_k += buf.gk_res
+
+
+class _FusedLoop(torch.autograd.Function):
+    """Phase 1 over all chunks on chunk-major float32 tensors: k ``[n, N, C, K]``, v ``[n, N, C,
+    V]``, the initial state row ``s0 [P]``, the chunk-end coefficient rows γ, e, m ``[n, N]`` and
+    dl, zl ``[n, N, C]``. Returns a, d1 ``[n, N, C, HD]``, dz ``[n, N, C, V]``, then per state
+    part (W1, W2(, Z1, Z2)) its chunk-start values ``[n, N, d_in, d_out]``, then per part its
+    final value ``[N, d_in, d_out]`` (views of one ``[n + 1, P]`` buffer: each part's gradient
+    arrives on its own, and the read-out's share is added inside the backward kernel)."""
+
+    @staticmethod
+    def forward(ctx, k, v, s0, gam, e, mom, dl, zl, sh):  # noqa: ANN001, ANN205
+        n = k.shape[0]
+        new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
+        h, a, d1 = (new(n, sh.N, sh.C, sh.HD) for _ in range(3))
+        y0, dz = new(n, sh.N, sh.C, sh.V), new(n, sh.N, sh.C, sh.V)
+        states = new(n + 1, s0.numel())
+        states[0] = s0
+        y_part = new(sh.N, sh.NJ, sh.C, sh.V)
+        for i in range(n):
+            _forward_chunk(k[i], v[i], _views(states[i], sh), _views(states[i + 1], sh),
+                           (gam[i], e[i], mom[i], dl[i], zl[i]), (h[i], a[i], d1[i], y0[i], dz[i]),
+                           y_part, sh)
+        ctx.save_for_backward(k, v, states, gam, e, mom, dl, zl, h, a, d1, y0, dz)
         ctx.sh = sh
-        return a, d1, dz, w1n, w2n, z1n, z2n
+        return (a, d1, dz, *_part_views(states[:n], sh), *_views(states[n], sh))
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
-    def backward(ctx, *grads):  # noqa: ANN001, ANN205
-        saved = ctx.saved_tensors
-        like = (saved[12], saved[13], saved[14], saved[2], saved[3], saved[4], saved[5])
-        grads = tuple(torch.zeros_like(x) if g is None else g.contiguous() for g, x in zip(grads, like))
-        out = _backward(saved, grads, ctx.sh)
-        return (*(g if need else None for g, need in zip(out, ctx.needs_input_grad)), None)
+    def backward(ctx, g_a, g_d1, g_dz, *g_parts):  # noqa: ANN001, ANN205
+        k, v, states, gam, e, mom, dl, zl, h, a, d1, y0, dz = ctx.saved_tensors
+        sh = ctx.sh
+        n = k.shape[0]
+        n_parts = len(g_parts) // 2
+        g_a, g_d1, g_dz = (g.contiguous() for g in (g_a, g_d1, g_dz))
+        g_starts = [g.contiguous() for g in g_parts[:n_parts]]  # [n, N, d_in, d_out] each
+        g_k, g_v = torch.empty_like(k), torch.empty_like(v)
+        new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
+        # every entry is written (the momentum ones only with MOM, and then they are returned)
+        scal, gdl, gzl = new(n, sh.N, sh.NJ, 3), new(n, sh.N, sh.NJ, sh.C), new(n, sh.N, sh.NJ, sh.C)
+        buf = _Scratch.make(sh, k)
+        g_end = torch.cat([g.reshape(-1) for g in g_parts[n_parts:]])  # [P]: the final state's
+        g_start = torch.empty_like(g_end)
+        for i in reversed(range(n)):
+            _backward_chunk(k[i], v[i], _views(states[i], sh), (gam[i], e[i], mom[i], dl[i], zl[i]),
+                            (h[i], a[i], d1[i], y0[i], dz[i]), (g_a[i], g_d1[i], g_dz[i]),
+                            _views(g_end, sh), [g[i] for g in g_starts], _views(g_start, sh),
+                            (g_k[i], g_v[i], scal[i], gdl[i], gzl[i]), buf, sh)
+            g_end, g_start = g_start, g_end
+        s = scal.sum(2)  # [n, N, 3]
+        mom_on = sh.flags["MOM"]
+        return (g_k, g_v, g_end, s[..., 0], s[..., 1] if mom_on else None,
+                s[..., 2] if mom_on else None, gdl.sum(2), gzl.sum(2) if mom_on else None, None)
+
+
+def run_loop(k: Tensor, v: Tensor, parts: list[Tensor], rows: dict[str, Tensor], cfg: DeepMemoryConfig,
+             prec: str) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
+    """Chunk-major phase 1: k ``[n, N, C, K]``, v ``[n, N, C, V]``, the state parts
+    ``[W1, W2(, Z1, Z2)]`` each ``[N, d_in, d_out]``, chunk-end coefficient rows ``gam, e, mom``
+    ``[n, N]`` and ``dmat, zmat`` ``[n, N, C]``. Returns a, d1, dz, the parts' chunk-start
+    values ``[n, N, d_in, d_out]`` and their final values (differentiable: ``_FusedLoop``)."""
+    mom_on = len(parts) == 4
+    sh = _shape(k[0], v[0], parts[0], cfg, mom_on, prec)
+    s0 = torch.cat([p.reshape(-1) for p in parts])  # [P]
+    if mom_on:
+        e, mom, zl = rows["e"], rows["mom"], rows["zmat"]
+    else:  # placeholders the kernels never read (MOM=False); detached: they take no gradient
+        e = mom = rows["gam"].detach()
+        zl = rows["dmat"].detach()
+    a, d1, dz, *states = _FusedLoop.apply(k, v, s0, rows["gam"], e, mom, rows["dmat"], zl, sh)
+    return a, d1, dz, states[:len(parts)], states[len(parts):]
+
+
+def _chunk_major(x: Tensor) -> Tensor:
+    """``[B, H, n, ...]`` -> contiguous ``[n, B·H, ...]``."""
+    return x.movedim(2, 0).flatten(1, 2).contiguous()
+
+
+def _batch_major(x: Tensor, B: int, H: int) -> Tensor:
+    """``[n, B·H, ...]`` -> ``[B, H, n, ...]`` (a view)."""
+    return x.unflatten(1, (B, H)).movedim(0, 2)
+
+
+def fused_phase1(state: DeepMemoryState, kc: Tensor, vc: Tensor, dc: Tensor | None,
+                 table: dict[str, Tensor], cfg: DeepMemoryConfig, prec: str = "ieee"):  # noqa: ANN201
+    """``chunk_torch.loop_phase1`` by the fused loop: kc ``[B, H, n, C, K]``, vc ``[B, H, n, C,
+    V]``, ``table`` the chunk-end coefficient rows (``gam, e, mom`` ``[B, H, n]``; ``dmat, zmat``
+    ``[B, H, n, C]``); ``dc`` (the huber threshold) is unused by the l2 and dot biases. Returns
+    the chunk-start weights and momenta per layer ``[B, H, n, d_in, d_out]``, the layer inputs
+    and output errors per layer ``[B, H, n, C, d]`` and the final state."""
+    B, H = kc.shape[:2]
+    parts = [p.reshape(B * H, *p.shape[2:]) for p in (*state.weights, *(state.momentum or ()))]
+    rows = {name: _chunk_major(t) for name, t in table.items()}
+    a, d1, dz, starts, ends = run_loop(_chunk_major(kc), _chunk_major(vc), parts, rows, cfg, prec)
+    per_chunk = [_batch_major(s, B, H) for s in starts]  # [B, H, n, d_in, d_out]
+    final = [s.unflatten(0, (B, H)) for s in ends]  # [B, H, d_in, d_out]
+    mom_on = state.momentum is not None
+    return (per_chunk[:2], per_chunk[2:] if mom_on else None, [kc, _batch_major(a, B, H)],
+            [_batch_major(d1, B, H), _batch_major(dz, B, H)],
+            DeepMemoryState(tuple(final[:2]), tuple(final[2:]) if mom_on else None))
 
 
 def fused_step(state: DeepMemoryState, k: Tensor, v: Tensor, d: Tensor | None,
                row: dict[str, Tensor], cfg: DeepMemoryConfig, prec: str = "ieee"
                ) -> tuple[list[Tensor], list[Tensor], DeepMemoryState]:
-    """``key_gradients`` + ``_advance_chunk`` for one chunk, differentiable (backward kernels).
-
-    k: [B, H, C, K], v: [B, H, C, V] (float32), state weights/momenta [B, H, d_in, d_out],
-    ``d`` (the huber threshold) is unused by the l2 and dot biases,
-    ``row``: the chunk-end coefficients (``gam, e, mom`` [B, H]; ``dmat, zmat`` [B, H, C]).
-    ``prec``: ``tl.dot`` input precision, ``"ieee"`` (float32) or ``"tf32"`` (half-precision
-    models: ``chunk.dot_precision``). Returns ``(ins, deltas, new_state)`` as the PyTorch step does.
-    """
-    B, H, C, K = k.shape
-    N = B * H
-    flat = lambda x, *s: x.reshape(N, *s).contiguous()  # noqa: E731
-    kf, vf = flat(k, C, K), flat(v, C, v.shape[-1])
-    w1, w2 = (flat(w, *w.shape[2:]) for w in state.weights)
-    mom_on = state.momentum is not None
-    if mom_on:
-        z1, z2 = (flat(z, *z.shape[2:]) for z in state.momentum)
-        e, mom, zl = flat(row["e"]), flat(row["mom"]), flat(row["zmat"], C)
-    else:  # placeholders the kernels never read (MOM=False); detached: they take no gradient
-        z1, z2 = w1.detach(), w2.detach()
-        e = mom = flat(row["gam"]).detach()
-        zl = flat(row["dmat"], C).detach()
-    sh = _shape(kf, vf, w1, cfg, mom_on, prec)
-    a, d1, dz, w1n, w2n, z1n, z2n = _FusedStep.apply(kf, vf, w1, w2, z1, z2, flat(row["gam"]), e, mom,
-                                                     flat(row["dmat"], C), zl, sh)
-    HD = w1.shape[-1]
-    unflat = lambda x, *s: x.reshape(B, H, *s)  # noqa: E731
-    new = DeepMemoryState((unflat(w1n, K, HD), unflat(w2n, HD, v.shape[-1])),
-                          (unflat(z1n, K, HD), unflat(z2n, HD, v.shape[-1])) if mom_on else None)
-    return [k, unflat(a, C, HD)], [unflat(d1, C, HD), unflat(dz, C, v.shape[-1])], new
+    """One chunk through the fused loop, with ``chunk_torch._torch_step``'s contract (tests and
+    compile checks): k ``[B, H, C, K]``, v ``[B, H, C, V]`` float32, state parts ``[B, H, d_in,
+    d_out]``, ``row`` the chunk-end coefficients (``gam, e, mom`` ``[B, H]``; ``dmat, zmat``
+    ``[B, H, C]``). Returns ``(ins, deltas, new_state)``."""
+    table = {name: t.unsqueeze(2) for name, t in row.items()}  # one chunk: [B, H, 1, ...]
+    _, _, ins, deltas, new = fused_phase1(state, k.unsqueeze(2), v.unsqueeze(2), None, table, cfg, prec)
+    return [x.squeeze(2) for x in ins], [x.squeeze(2) for x in deltas], new

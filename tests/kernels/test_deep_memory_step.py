@@ -13,7 +13,8 @@ from mirasdsl.kernels.deep_memory import chunk_torch
 from mirasdsl.kernels.deep_memory.chunk import triton_deep_memory
 from mirasdsl.kernels.deep_memory.config import DeepMemoryConfig
 from mirasdsl.kernels.deep_memory.memory import DeepMemoryState
-from mirasdsl.kernels.deep_memory.step import fused_step, fused_step_supported
+from mirasdsl.kernels.deep_memory import step as dm_step
+from mirasdsl.kernels.deep_memory.step import fused_phase1, fused_step, fused_step_supported
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-5
@@ -84,15 +85,26 @@ def test_forward_without_gradients_uses_the_fused_step_and_matches() -> None:
 
 
 def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Triton backend trains through the fused step (one call per chunk) and its output and
-    every input gradient equal the PyTorch chunk backend's within 1e-5 (T = 37, chunk 16)."""
-    calls = []
+    """The Triton backend trains through the fused loop (one call for all chunks, three
+    chunks' worth of step kernels each way) and its output and every input gradient equal the
+    PyTorch chunk backend's within 1e-5 (T = 37, chunk 16)."""
+    calls, launches = [], []
 
     def recording(*a, **k):  # noqa: ANN002, ANN003
         calls.append(1)
-        return fused_step(*a, **k)
+        return fused_phase1(*a, **k)
 
-    monkeypatch.setattr(dm_chunk, "fused_step", recording)
+    class Counted:  # counts the launches of one kernel, then runs it
+        def __init__(self, kernel) -> None:  # noqa: ANN001
+            self.kernel = kernel
+
+        def __getitem__(self, grid):  # noqa: ANN001, ANN204
+            launches.append(self.kernel)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(dm_chunk, "fused_phase1", recording)
+    monkeypatch.setattr(dm_step, "_keys_kernel", Counted(dm_step._keys_kernel))
+    monkeypatch.setattr(dm_step, "_bwd_keys_kernel", Counted(dm_step._bwd_keys_kernel))
     args, kw, cfg = _titans_like(37, 16)
 
     def run(fn) -> list[torch.Tensor]:  # noqa: ANN001
@@ -105,7 +117,7 @@ def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: 
         return [o.detach(), *torch.autograd.grad(loss, x)]
 
     got = run(triton_deep_memory)
-    assert len(calls) == 3  # three chunks
+    assert len(calls) == 1 and len(launches) == 6  # one loop; three chunks forward and backward
     ref = run(chunk_torch.chunk_deep_memory)
     for a, b in zip(got, ref):
         assert rel_rms(a, b) <= TOL
