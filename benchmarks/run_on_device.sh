@@ -15,6 +15,11 @@
 #
 # BUDGET_S (default 540) stops starting new cases so the call ends inside the 10-minute limit;
 # skipped cases are listed as such. Split a long run with --shapes S / --shapes L.
+#
+# Compiled kernels and autotuning results (TRITON_CACHE_AUTOTUNING) are cached in
+# /tmp/triton_cache and packed into $OUT/triton_cache.tar.gz at the end (when under 40 MB). Unpack
+# it into .triton_cache/ (ignored) and carry it on the next call: fla's first calls compiled and
+# autotuned for 110-260 s each on a fresh machine.
 set -uo pipefail
 REPO="$(pwd)"
 OUT="${OUT:-/tmp/mirasdsl_bench}"
@@ -36,6 +41,21 @@ if [ -d search ]; then cp -r search "$PKG/mirasdsl/search"; fi
 export PYTHONPATH="$PKG:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=/tmp/triton_cache
+export TRITON_CACHE_AUTOTUNING=1
+mkdir -p "$TRITON_CACHE_DIR"
+if [ -d .triton_cache ]; then
+    cp -r .triton_cache/. "$TRITON_CACHE_DIR"/ && echo "triton cache carried: $(du -sh .triton_cache | cut -f1)"
+fi
+pack_cache() {  # leave the cache for the next call (the machine is released when idle)
+    tar -czf "$OUT/triton_cache.tar.gz" -C "$TRITON_CACHE_DIR" . 2>/dev/null
+    local size; size=$(stat -c %s "$OUT/triton_cache.tar.gz" 2>/dev/null || echo 0)
+    if [ "$size" -gt 40000000 ]; then
+        rm -f "$OUT/triton_cache.tar.gz"; echo "triton cache not packed: $size bytes"
+    else
+        echo "triton cache packed: $size bytes in triton_cache.tar.gz"
+    fi
+}
+trap pack_cache EXIT
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
 
@@ -53,4 +73,5 @@ fi
 
 python3 benchmarks/kernels.py --out "$OUT" --budget-s "${BUDGET_S:-540}" "$@" 2>&1 \
     | tee "$OUT/log.txt"
-exit "${PIPESTATUS[0]}"
+status="${PIPESTATUS[0]}"
+exit "$status"
