@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
@@ -41,27 +41,16 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def deep_memory_call(chunks: int, chunk: int, backend: str):  # noqa: ANN201
-    """Titans-like depth-2 memory (GELU, LayerNorm + residual, L2 bias, momentum), tiny sizes."""
+def deep_memory_call(chunks: int, chunk: int, backend: str) -> Callable[[], torch.Tensor]:
+    """Titans-like depth-2 memory (``cpu_deep_memory.titans_like``) at tiny sizes."""
+    from cpu_deep_memory import call, titans_like  # this folder
+
     from mirasdsl.kernels.deep_memory.chunk import triton_deep_memory
     from mirasdsl.kernels.deep_memory.chunk_torch import chunk_deep_memory
-    from mirasdsl.kernels.deep_memory.config import DeepMemoryConfig
 
     # called directly: the dispatcher sends "triton" to CUDA or the interpreter only
-    run = triton_deep_memory if backend == "triton" else chunk_deep_memory
-
-    B, H, D = 1, 2, 16
-    T = chunks * chunk
-    cfg = DeepMemoryConfig(depth=2, hidden=4 * D, activation="gelu", residual=True, norm=True,
-                           bias="l2", momentum=True, chunk_size=chunk)
-    q, k = (F.normalize(torch.randn(B, T, H, D), dim=-1).requires_grad_(True) for _ in range(2))
-    v = torch.randn(B, T, H, D, requires_grad=True)  # [B, T, H, D]
-    eta = (0.01 * torch.rand(B, T, H)).requires_grad_(True)
-    g = F.logsigmoid(torch.randn(B, T, H) + 4).requires_grad_(True)
-    mu = (0.9 * torch.rand(B, T, H)).requires_grad_(True)
-    w1 = (torch.randn(H, D, 4 * D) * D ** -0.5).requires_grad_(True)
-    w2 = (torch.randn(H, 4 * D, D) * (4 * D) ** -0.5).requires_grad_(True)
-    return lambda: run(q, k, v, eta, (w1, w2), cfg, g=g, mu=mu)[0]
+    cfg, x = titans_like(1, chunks * chunk, 2, 16, chunk)
+    return call(triton_deep_memory if backend == "triton" else chunk_deep_memory, cfg, x)
 
 
 def _name(fn) -> str:  # noqa: ANN001

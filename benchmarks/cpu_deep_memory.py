@@ -40,20 +40,33 @@ def titans(B: int, T: int, H: int, D: int, chunk: int) -> tuple[Callable, list]:
     return (lambda: mem(x)[0]), [x, *mem.parameters()]
 
 
-def ours(B: int, T: int, H: int, D: int, chunk: int) -> tuple[Callable, list]:
-    from mirasdsl.kernels.deep_memory import DeepMemoryConfig, deep_memory
+def titans_like(B: int, T: int, H: int, D: int, chunk: int) -> tuple[object, dict]:
+    """Titans' memory in our terms (depth-2 MLP of hidden 4 D, GELU, LayerNorm + residual, L2
+    bias, momentum, per-token decay) and random leaf inputs: ``(cfg, {name: tensor})``."""
+    from mirasdsl.kernels.deep_memory import DeepMemoryConfig
 
     cfg = DeepMemoryConfig(depth=2, hidden=4 * D, activation="gelu", residual=True, norm=True,
                            bias="l2", momentum=True, chunk_size=chunk)
     q, k = (F.normalize(torch.randn(B, T, H, D), dim=-1).requires_grad_(True) for _ in range(2))
-    v = torch.randn(B, T, H, D, requires_grad=True)  # [B, T, H, D]
-    eta = (0.01 * torch.rand(B, T, H)).requires_grad_(True)
-    g = F.logsigmoid(torch.randn(B, T, H) + 4).requires_grad_(True)
-    mu = (0.9 * torch.rand(B, T, H)).requires_grad_(True)
-    w1 = (torch.randn(H, D, 4 * D) * D ** -0.5).requires_grad_(True)
-    w2 = (torch.randn(H, 4 * D, D) * (4 * D) ** -0.5).requires_grad_(True)
-    fn = lambda: deep_memory(q, k, v, eta, (w1, w2), cfg, g=g, mu=mu, backend="chunk")[0]  # noqa: E731
-    return fn, [q, k, v, eta, g, mu, w1, w2]
+    x = {"q": q, "k": k, "v": torch.randn(B, T, H, D, requires_grad=True),  # [B, T, H, D]
+         "eta": (0.01 * torch.rand(B, T, H)).requires_grad_(True),
+         "g": F.logsigmoid(torch.randn(B, T, H) + 4).requires_grad_(True),
+         "mu": (0.9 * torch.rand(B, T, H)).requires_grad_(True),
+         "w1": (torch.randn(H, D, 4 * D) * D ** -0.5).requires_grad_(True),
+         "w2": (torch.randn(H, 4 * D, D) * (4 * D) ** -0.5).requires_grad_(True)}
+    return cfg, x
+
+
+def call(run: Callable, cfg: object, x: dict) -> Callable[[], torch.Tensor]:
+    """``run(q, k, v, eta, (w1, w2), cfg, g=, mu=)``'s output as a thunk."""
+    return lambda: run(x["q"], x["k"], x["v"], x["eta"], (x["w1"], x["w2"]), cfg, g=x["g"], mu=x["mu"])[0]
+
+
+def ours(B: int, T: int, H: int, D: int, chunk: int) -> tuple[Callable, list]:
+    from mirasdsl.kernels.deep_memory.chunk_torch import chunk_deep_memory
+
+    cfg, x = titans_like(B, T, H, D, chunk)
+    return call(chunk_deep_memory, cfg, x), list(x.values())
 
 
 def main() -> None:

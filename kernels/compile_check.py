@@ -7,10 +7,11 @@ and resource errors that otherwise show only on the GPU. Needs TRITON_INTERPRET 
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -137,3 +138,22 @@ def compile_all(launches: list[Launch]) -> list[Candidate]:
                                + "\n".join(c.line() for c in candidates))
         report.extend(candidates)
     return report
+
+
+GATES = {0: "none", 1: "scalar", 2: "channel"}  # gate modes of the gated families (GLA, delta)
+
+
+def gated_family_cli(doc: str, record_launches: Callable[[int, int, int, torch.dtype], list[Launch]]) -> None:
+    """Command line of a gated family's compile check: compile the recorded launches
+    (``record_launches(gate, dk, dv, dtype)``) of each gate mode; one line per candidate,
+    ``gate=<mode> K=<dk> V=<dv> <dtype>: <name> shared <bytes> B``. Raises (exit 1) when a
+    launch has no viable candidate."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--dk", type=int, default=128)
+    parser.add_argument("--dv", type=int, default=128)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--gates", default="0,1,2", help="gate modes: 0 none, 1 scalar, 2 channel")
+    a = parser.parse_args()
+    for gate in (int(x) for x in a.gates.split(",")):
+        for cand in compile_all(record_launches(gate, a.dk, a.dv, getattr(torch, a.dtype))):
+            print(f"gate={GATES[gate]} K={a.dk} V={a.dv} {a.dtype}: {cand.line()}")

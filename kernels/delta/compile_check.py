@@ -9,11 +9,9 @@ layout and resource errors that only show on the GPU. Run it where TRITON_INTERP
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from ..compile_check import Candidate, Launch, compile_all, recording
+from ..compile_check import Launch, gated_family_cli, recording
 
 
 def record_launches(gate: int, dk: int, dv: int, dtype: torch.dtype) -> list[Launch]:
@@ -33,23 +31,5 @@ def record_launches(gate: int, dk: int, dv: int, dtype: torch.dtype) -> list[Lau
     return log
 
 
-def check(gate: int, dk: int, dv: int, dtype: torch.dtype) -> list[Candidate]:
-    """Compile every launch of one configuration; raise if one has no viable launch shape."""
-    return compile_all(record_launches(gate, dk, dv, dtype))
-
-
-def main() -> None:
-    """Command line: compile every gate mode for the given head sizes and dtype."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dk", type=int, default=128)
-    parser.add_argument("--dv", type=int, default=128)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--gates", default="0,1,2")
-    a = parser.parse_args()
-    for gate in (int(x) for x in a.gates.split(",")):
-        for cand in check(gate, a.dk, a.dv, getattr(torch, a.dtype)):
-            print(f"gate={gate} K={a.dk} V={a.dv} {a.dtype}: {cand.line()}")
-
-
 if __name__ == "__main__":
-    main()
+    gated_family_cli(__doc__, record_launches)

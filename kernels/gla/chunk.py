@@ -58,6 +58,17 @@ def _row(ptr, row, lim, cols, ncols, stride):
 
 
 @triton.jit
+def _mm(a, b, like, PREC: tl.constexpr, F32: tl.constexpr):
+    """``a @ b`` accumulated in fp32, with the operands in ``like``'s element type (bf16/fp16
+    tensor cores) or, with F32 (fp32 inputs, or bf16 under the interpreter, whose bf16 dot is
+    wrong), in fp32."""
+    if F32:
+        return tl.dot(a, b, input_precision=PREC)
+    else:
+        return tl.dot(a.to(like.dtype.element_ty), b.to(like.dtype.element_ty), input_precision=PREC)
+
+
+@triton.jit
 def _gates(gc, t0, i_h, rows, valid, ck, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr):
     """In-chunk log-gates ``b`` of the rows: ``[C, BK]`` per channel (GATE 2), ``[C, 1]`` for a
     scalar gate ``gc: [TT, H]`` (GATE 1), zeros ``[C, 1]`` without a gate (GATE 0)."""
@@ -109,10 +120,6 @@ def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: 
     bos = tl.load(cu + i_n).to(tl.int64)
     eos = tl.load(cu + i_n + 1).to(tl.int64)
     c0 = tl.load(chunk_first + i_n).to(tl.int64)
-    if F32:  # fp32 inputs, or bf16 under the interpreter (its bf16 dot is wrong)
-        DT = tl.float32
-    else:
-        DT = k.dtype.element_ty
     ck = i_k * BK + tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
     rows = tl.arange(0, C)
@@ -133,7 +140,7 @@ def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: 
         bl = _gate_last(gc, t0, i_h, last, ck, H, K, GATE)  # [BK]
         kd = kt * tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
         S = S * tl.exp(bl)[:, None]
-        S += tl.dot(tl.trans(kd.to(DT)), vt.to(DT), input_precision=PREC)
+        S += _mm(tl.trans(kd), vt, k, PREC, F32)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + soff, S, mask=smask)
 
@@ -151,10 +158,6 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
     NS: tl.constexpr = C // BC
     i_c, i_s, i_h = tl.program_id(0) // NS, tl.program_id(0) % NS, tl.program_id(1)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:
-        DT = tl.float32
-    else:
-        DT = q.dtype.element_ty
     off = t0 * (H * K) + i_h * K  # this chunk's first row, this head
     qb, kb_, gb = q + off, k + off, gc + off
     ri = tl.arange(0, BC)
@@ -172,7 +175,7 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
         ba = _tile(gb, rows, before, ck, K, H * K)  # [C, BK]
         qr = qi * tl.exp(tl.where(valid_i[:, None], bi - bref[None, :], 0.0))
         kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
-        acc += tl.dot(qr.to(DT), tl.trans(kr.to(DT)), input_precision=PREC)
+        acc += _mm(qr, tl.trans(kr), q, PREC, F32)
         for j in range(0, BC):
             kj = _row(kb_, first + j, nv, ck, K, H * K)  # [BK]
             bj = _row(gb, first + j, nv, ck, K, H * K)  # [BK]
@@ -209,17 +212,13 @@ def _intra_dense_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.co
     (``e^{b_t − b_j}`` is one number per pair); grid (chunks, heads)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:
-        DT = tl.float32
-    else:
-        DT = q.dtype.element_ty
     off = t0 * (H * K) + i_h * K
     acc = tl.zeros([C, C], dtype=tl.float32)
     for kb in range(0, K, BK):
         ck = kb + tl.arange(0, BK)
         qt = _tile(q + off, rows, valid, ck, K, H * K)  # [C, BK]
         kt = _tile(k + off, rows, valid, ck, K, H * K)  # [C, BK]
-        acc += tl.dot(qt.to(DT), tl.trans(kt.to(DT)), input_precision=PREC)
+        acc += _mm(qt, tl.trans(kt), q, PREC, F32)
     acc = acc * _decay(gc, t0, i_h, rows, valid, H, GATE, False) * scale
     tl.store(A + t0 * (H * C) + i_h * C + rows[:, None] * (H * C) + rows[None, :], acc,
              mask=valid[:, None])
@@ -233,10 +232,6 @@ def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.co
     """``o = scale · (q ⊙ e^{b}) h + A v``; grid (chunks, V tiles, heads)."""
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:
-        DT = tl.float32
-    else:
-        DT = v.dtype.element_ty
     cv = i_v * BV + tl.arange(0, BV)
     hb = h + (i_c.to(tl.int64) * H + i_h) * K * V
     acc = tl.zeros([C, BV], dtype=tl.float32)
@@ -245,11 +240,11 @@ def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.co
         qt = _tile(q + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
         bt = _gates(gc, t0, i_h, rows, valid, ck, H, K, GATE)  # [C, BK] or [C, 1]
         ht = _tile(hb, ck, ck < K, cv, V, V)  # [BK, BV]
-        acc += tl.dot((qt * tl.exp(bt)).to(DT), ht.to(DT), input_precision=PREC)
+        acc += _mm(qt * tl.exp(bt), ht, v, PREC, F32)
     acc *= scale
     at = _tile(A + t0 * (H * C) + i_h * C, rows, valid, rows, C, H * C)  # [C, C]
     vt = _tile(v + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-    acc += tl.dot(at.to(DT), vt.to(DT), input_precision=PREC)
+    acc += _mm(at, vt, v, PREC, F32)
     tl.store(o + t0 * (H * V) + i_h * V + rows[:, None] * (H * V) + cv[None, :],
              acc.to(o.dtype.element_ty), mask=valid[:, None] & (cv[None, :] < V))
 
@@ -265,10 +260,6 @@ def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.con
     bos = tl.load(cu + i_n).to(tl.int64)
     eos = tl.load(cu + i_n + 1).to(tl.int64)
     c0 = tl.load(chunk_first + i_n).to(tl.int64)
-    if F32:
-        DT = tl.float32
-    else:
-        DT = q.dtype.element_ty
     ck = i_k * BK + tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
     rows = tl.arange(0, C)
@@ -291,7 +282,7 @@ def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.con
         bl = _gate_last(gc, t0, i_h, last, ck, H, K, GATE)  # [BK]
         qd = qt * tl.exp(bt) * scale
         dS = dS * tl.exp(bl)[:, None]
-        dS += tl.dot(tl.trans(qd.to(DT)), dot_.to(DT), input_precision=PREC)
+        dS += _mm(tl.trans(qd), dot_, q, PREC, F32)
     if STORE_DH0:
         tl.store(dh0 + (i_n * H + i_h) * K * V + soff, dS, mask=smask)
 
@@ -303,16 +294,12 @@ def _bwd_dA_kernel(do, v, dA, chunk_seq, chunk_start, cu, scale, H: tl.constexpr
     """``dA = scale · do vᵀ`` on and below the diagonal; grid (chunks, heads)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:
-        DT = tl.float32
-    else:
-        DT = v.dtype.element_ty
     acc = tl.zeros([C, C], dtype=tl.float32)
     for vb in range(0, V, BV):
         cv = vb + tl.arange(0, BV)
         dot_ = _tile(do + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
         vt = _tile(v + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-        acc += tl.dot(dot_.to(DT), tl.trans(vt.to(DT)), input_precision=PREC)
+        acc += _mm(dot_, tl.trans(vt), v, PREC, F32)
     acc = tl.where(rows[:, None] >= rows[None, :], acc * scale, 0.0)
     tl.store(dA + t0 * (H * C) + i_h * C + rows[:, None] * (H * C) + rows[None, :], acc,
              mask=valid[:, None])
@@ -326,16 +313,12 @@ def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.const
     """``dv = Aᵀ do + (k ⊙ e^{b_C − b}) dh``; grid (chunks, V tiles, heads)."""
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:
-        DT = tl.float32
-    else:
-        DT = k.dtype.element_ty
     cv = i_v * BV + tl.arange(0, BV)
     last = tl.minimum(nv, C) - 1
     dhb = dh + (i_c.to(tl.int64) * H + i_h) * K * V
     at = _tile(A + t0 * (H * C) + i_h * C, rows, valid, rows, C, H * C)  # [C, C]
     dot_ = _tile(do + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
-    acc = tl.dot(tl.trans(at.to(DT)), dot_.to(DT), input_precision=PREC)  # [C, BV]
+    acc = _mm(tl.trans(at), dot_, k, PREC, F32)  # [C, BV]
     for kb in range(0, K, BK):
         ck = kb + tl.arange(0, BK)
         kt = _tile(k + t0 * (H * K) + i_h * K, rows, valid, ck, K, H * K)  # [C, BK]
@@ -343,7 +326,7 @@ def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.const
         bl = _gate_last(gc, t0, i_h, last, ck, H, K, GATE)  # [BK]
         kd = kt * tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
         dht = _tile(dhb, ck, ck < K, cv, V, V)  # [BK, BV]
-        acc += tl.dot(kd.to(DT), dht.to(DT), input_precision=PREC)
+        acc += _mm(kd, dht, k, PREC, F32)
     tl.store(dv + t0 * (H * V) + i_h * V + rows[:, None] * (H * V) + cv[None, :],
              acc.to(dv.dtype.element_ty), mask=valid[:, None] & (cv[None, :] < V))
 
@@ -363,10 +346,6 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     i_c, i_s = tl.program_id(0) // NS, tl.program_id(0) % NS
     i_h, i_k = tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:
-        DT = tl.float32
-    else:
-        DT = q.dtype.element_ty
     off = t0 * (H * K) + i_h * K  # this chunk's first row, this head
     qb, kb_, gb = q + off, k + off, gc + off
     dAb = dA + t0 * (H * C) + i_h * C
@@ -384,7 +363,7 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     ba = _tile(gb, rows, before, ck, K, H * K)  # [C, BK]
     kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
     dAi = _tile(dAb, rows_i, valid_i, rows, first, H * C)  # [BC, C]
-    dqi = tl.dot(dAi.to(DT), kr.to(DT), input_precision=PREC)
+    dqi = _mm(dAi, kr, q, PREC, F32)
     dqi *= tl.exp(tl.where(valid_i[:, None], bi - bref[None, :], 0.0))
     # dk from later sub-chunks, reference at the last row of this one
     after = (rows >= first + BC) & valid
@@ -393,7 +372,7 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     ba2 = _tile(gb, rows, after, ck, K, H * K)  # [C, BK]
     qr = qa * tl.exp(tl.where(after[:, None], ba2 - rref[None, :], 0.0))
     dAc = _tile(dAb + first, rows, after, ri, BC, H * C)  # [C, BC]
-    dki = tl.dot(tl.trans(dAc.to(DT)), qr.to(DT), input_precision=PREC)
+    dki = _mm(tl.trans(dAc), qr, q, PREC, F32)
     dki *= tl.exp(tl.where(valid_i[:, None], rref[None, :] - bi, 0.0))
     # the diagonal block, element by element
     for j in range(0, BC):
@@ -424,10 +403,6 @@ def _bwd_intra_dense_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H:
     grid (chunks, heads, K tiles). ``(dA ⊙ D)ᵀ`` is loaded transposed, not transposed."""
     i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:
-        DT = tl.float32
-    else:
-        DT = q.dtype.element_ty
     off = t0 * (H * K) + i_h * K
     dAb = dA + t0 * (H * C) + i_h * C
     ck = i_k * BK + tl.arange(0, BK)
@@ -438,8 +413,8 @@ def _bwd_intra_dense_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H:
     dad_t = dad_t * _decay(gc, t0, i_h, rows, valid, H, GATE, True)
     qt = _tile(q + off, rows, valid, ck, K, H * K)  # [C, BK]
     kt = _tile(k + off, rows, valid, ck, K, H * K)  # [C, BK]
-    dqi = tl.dot(dad.to(DT), kt.to(DT), input_precision=PREC)  # [C, BK]
-    dki = tl.dot(dad_t.to(DT), qt.to(DT), input_precision=PREC)
+    dqi = _mm(dad, kt, q, PREC, F32)  # [C, BK]
+    dki = _mm(dad_t, qt, q, PREC, F32)
     mask = valid[:, None] & (ck[None, :] < K)
     loc = rows[:, None] * (H * K) + ck[None, :]
     tl.store(dq + off + loc, dqi, mask=mask)
@@ -461,10 +436,6 @@ def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start
     """
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    if F32:
-        DT = tl.float32
-    else:
-        DT = q.dtype.element_ty
     ck = i_k * BK + tl.arange(0, BK)
     last = tl.minimum(nv, C) - 1
     hb = h + (i_c.to(tl.int64) * H + i_h) * K * V
@@ -478,8 +449,8 @@ def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start
         vt = _tile(v + t0 * (H * V) + i_h * V, rows, valid, cv, V, H * V)  # [C, BV]
         ht = _tile(hb, ck, ck < K, cv, V, V)  # [BK, BV]
         dht = _tile(dhb, ck, ck < K, cv, V, V)  # [BK, BV]
-        dq_s += tl.dot(dot_.to(DT), tl.trans(ht.to(DT)), input_precision=PREC)
-        dk_s += tl.dot(vt.to(DT), tl.trans(dht.to(DT)), input_precision=PREC)
+        dq_s += _mm(dot_, tl.trans(ht), q, PREC, F32)
+        dk_s += _mm(vt, tl.trans(dht), q, PREC, F32)
         hdh += tl.sum(ht * dht, axis=1)
     off = t0 * (H * K) + i_h * K
     qt = _tile(q + off, rows, valid, ck, K, H * K)  # [C, BK]
