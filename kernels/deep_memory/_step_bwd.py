@@ -6,7 +6,9 @@ import triton.language as tl
 
 from ..tuning import autotune
 
-from ._step_fwd import _act_grad, _act_grad2, _hidden_block, _ln_grad, _output_error
+from ._step_fwd import (
+    DOT, HUBER, L2, LP, SMOOTH, _act_grad, _act_grad2, _hidden_block, _ln_grad, _output_error,
+)
 
 
 @triton.jit
@@ -109,11 +111,34 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
 
 
 @triton.jit
-def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, g_y0, g_v, gk_res, NJ, C, V, eps,
-                     BC: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr,
-                     L2: tl.constexpr):
+def _bias_vjp(g_r, r0, n2, d, bp, m, g_d_ptr, row_ok, BIAS: tl.constexpr):
+    """``J^T g_r`` for ``r = bias_grad(r0)`` (``_bias_grad``; J is symmetric), and for the huber
+    bias the threshold's gradient, stored at ``g_d_ptr`` (rows ``row_ok``)."""
+    if BIAS == L2:
+        g = g_r
+    elif BIAS == LP:  # elementwise: f'(r0) = (r0^2 + e)^(p/2 - 2) ((r0^2 + e) + (p - 2) r0^2)
+        s = r0 * r0 + SMOOTH
+        g = g_r * tl.exp((0.5 * bp - 2.0) * tl.log(s)) * (s + (bp - 2.0) * r0 * r0)
+    elif BIAS == HUBER:  # beyond d: (d / |r0|) (I - r0 r0^T / |r0|^2), else I
+        big = n2 > d * d
+        norm = tl.sqrt(tl.where(big, n2, 1.0))
+        proj = tl.sum(r0 * g_r, 1)  # [BC] r0 . g_r
+        g = tl.where(big[:, None], (d / norm)[:, None] * (g_r - r0 * (proj / (norm * norm))[:, None]), g_r)
+        tl.store(g_d_ptr, tl.where(big, proj / norm, 0.0), mask=row_ok)
+    else:  # ROBUST: (1 + b / n) I - b r0 r0^T / n^3, n = sqrt(|r0|^2 + e)
+        n = tl.sqrt(n2 + SMOOTH)
+        proj = tl.sum(r0 * g_r, 1)
+        g = (1.0 + bp / n)[:, None] * g_r - (bp * proj / (n * n * n))[:, None] * r0
+    return tl.where(m, g, 0.0)
+
+
+@triton.jit
+def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, delta, g_y0, g_v, gk_res, g_delta, NJ, C, V,
+                     eps, bp, BC: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr,
+                     RES: tl.constexpr, BIAS: tl.constexpr):
     """Backward, (batch, head) i: from the gradient of dz back to y0 (LayerNorm's backward
-    differentiated once more), and the gradients of v and of k through the residual."""
+    differentiated once more, the bias gradient's Jacobian), and the gradients of v, of the
+    huber threshold and of k through the residual."""
     i = tl.program_id(0).to(tl.int64)
     rc, rv = tl.arange(0, BC), tl.arange(0, BV)
     m = (rc < C)[:, None] & (rv < V)[None, :]
@@ -122,8 +147,11 @@ def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, g_y0, g_v, gk_res, NJ, C, V, e
     for j in range(0, NJ):
         G += tl.load(gdz_part + (i * NJ + j) * C * V + tile, mask=m, other=0.0)
     y0 = tl.load(y0_in + i * C * V + tile, mask=m, other=0.0)
-    r, x_hat, rstd = _output_error(y0, m, k + i * C * V + tile, v + i * C * V + tile, V, eps,
-                                   NORM, RES, L2)
+    d = rc * 0.0  # [BC] the huber threshold of each row
+    if BIAS == HUBER:
+        d = tl.load(delta + i * C + rc, mask=rc < C, other=1.0)
+    r, r0, n2, x_hat, rstd = _output_error(y0, m, k + i * C * V + tile, v + i * C * V + tile, d,
+                                           bp, V, eps, NORM, RES, BIAS)
     if NORM:  # dz = _ln_grad(r): linear in r (a symmetric map), plus x_hat and rstd terms
         s = tl.sum(r * x_hat, 1) / V  # [BC]
         gx = tl.sum(G * x_hat, 1) / V
@@ -133,11 +161,12 @@ def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, g_y0, g_v, gk_res, NJ, C, V, e
     else:
         g_r = G
     g_r = tl.where(m, g_r, 0.0)
-    tl.store(g_v + i * C * V + tile, -g_r, mask=m)
-    if L2:
-        g_y = g_r
-    else:
+    if BIAS == DOT:  # r = -v
         g_y = g_r * 0.0
+        tl.store(g_v + i * C * V + tile, -g_r, mask=m)
+    else:  # r = f(y - v)
+        g_y = _bias_vjp(g_r, r0, n2, d, bp, m, g_delta + i * C + rc, rc < C, BIAS)
+        tl.store(g_v + i * C * V + tile, -g_y, mask=m)
     if RES:
         tl.store(gk_res + i * C * V + tile, g_y, mask=m)
     if NORM:

@@ -57,11 +57,38 @@ def _hidden_block(C, K, HD, V, BC: tl.constexpr, BK: tl.constexpr, BH: tl.conste
     return i, j, rc, rk, rv, ch, rc < C, rk < K, rv < V, ch < HD
 
 
+# attentional biases (BIAS) and the smoothing constants of memory.py (LP_EPS, ROBUST_EPS)
+DOT = tl.constexpr(0)
+L2 = tl.constexpr(1)
+LP = tl.constexpr(2)
+HUBER = tl.constexpr(3)
+ROBUST = tl.constexpr(4)
+SMOOTH = tl.constexpr(1e-6)
+
+
 @triton.jit
-def _output_error(y0, m, k_tile, v_tile, V, eps, NORM: tl.constexpr, RES: tl.constexpr,
-                  L2: tl.constexpr):
+def _bias_grad(r0, d, bp, m, BIAS: tl.constexpr):
+    """``dl/dy`` from the residual ``r0 = y - v [BC, BV]`` (memory.bias_grad): ``bp`` is p (lp) or
+    the radius (robust), ``d [BC]`` the huber threshold per row. Returns ``(r, n2)``,
+    ``n2 = ||r0||^2`` per row."""
+    n2 = tl.sum(r0 * r0, 1)  # [BC]
+    if BIAS == L2:
+        r = r0
+    elif BIAS == LP:
+        r = r0 * tl.exp((0.5 * bp - 1.0) * tl.log(r0 * r0 + SMOOTH))
+    elif BIAS == HUBER:
+        r = r0 * (d / tl.sqrt(tl.maximum(n2, d * d)))[:, None]  # r0 min(1, d / ||r0||)
+    else:  # ROBUST
+        r = r0 * (1.0 + bp / tl.sqrt(n2 + SMOOTH))[:, None]
+    return tl.where(m, r, 0.0), n2
+
+
+@triton.jit
+def _output_error(y0, m, k_tile, v_tile, d, bp, V, eps, NORM: tl.constexpr, RES: tl.constexpr,
+                  BIAS: tl.constexpr):
     """From the MLP output ``y0 [BC, BV]``: LayerNorm (``x_hat``, ``rstd``), residual, and the
-    bias gradient ``r = dl/dy``. Returns ``(r, x_hat, rstd)`` (``x_hat = y0`` without LayerNorm)."""
+    bias gradient ``r = dl/dy``. Returns ``(r, r0, n2, x_hat, rstd)``: ``r0 = y - v``, ``n2`` its
+    squared row norms (``x_hat = y0`` without LayerNorm; ``r0, n2`` unused by the dot bias)."""
     x_hat = y0
     rstd = tl.sum(y0, 1) * 0.0 + 1.0
     if NORM:
@@ -72,11 +99,12 @@ def _output_error(y0, m, k_tile, v_tile, V, eps, NORM: tl.constexpr, RES: tl.con
     if RES:
         y += tl.load(k_tile, mask=m, other=0.0)  # residual needs K == V
     vt = tl.load(v_tile, mask=m, other=0.0)
-    if L2:
-        r = tl.where(m, y - vt, 0.0)
+    r0 = tl.where(m, y - vt, 0.0)
+    if BIAS == DOT:
+        r, n2 = tl.where(m, -vt, 0.0), rstd
     else:
-        r = tl.where(m, -vt, 0.0)
-    return r, x_hat, rstd
+        r, n2 = _bias_grad(r0, d, bp, m, BIAS)
+    return r, r0, n2, x_hat, rstd
 
 
 @triton.jit
@@ -112,10 +140,11 @@ def _keys_kernel(k, w1, w2, h_out, a_out, y_part, C, K, HD, V,
 
 
 @triton.jit
-def _bias_kernel(y_part, k, v, y0_out, dz_out, NJ, C, V, eps,
+def _bias_kernel(y_part, k, v, delta, y0_out, dz_out, NJ, C, V, eps, bp,
                  BC: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr,
-                 L2: tl.constexpr):
-    """(batch, head) i: y0 from the shares, the output, the bias gradient and dz."""
+                 BIAS: tl.constexpr):
+    """(batch, head) i: y0 from the shares, the output, the bias gradient and dz. ``delta``:
+    the huber threshold per token ``[N, C]`` (read with BIAS == HUBER only)."""
     i = tl.program_id(0).to(tl.int64)
     rc, rv = tl.arange(0, BC), tl.arange(0, BV)
     m = (rc < C)[:, None] & (rv < V)[None, :]
@@ -124,8 +153,11 @@ def _bias_kernel(y_part, k, v, y0_out, dz_out, NJ, C, V, eps,
     for j in range(0, NJ):
         y0 += tl.load(y_part + (i * NJ + j) * C * V + tile, mask=m, other=0.0)
     tl.store(y0_out + i * C * V + tile, y0, mask=m)  # kept for the backward
-    r, x_hat, rstd = _output_error(y0, m, k + i * C * V + tile, v + i * C * V + tile, V, eps,
-                                   NORM, RES, L2)
+    d = rc * 0.0  # [BC] the huber threshold of each row
+    if BIAS == HUBER:
+        d = tl.load(delta + i * C + rc, mask=rc < C, other=1.0)
+    r, _, _, x_hat, rstd = _output_error(y0, m, k + i * C * V + tile, v + i * C * V + tile, d, bp,
+                                         V, eps, NORM, RES, BIAS)
     if NORM:  # back through LayerNorm
         r = _ln_grad(r, x_hat, rstd, m, V)
     tl.store(dz_out + i * C * V + tile, r, mask=m)

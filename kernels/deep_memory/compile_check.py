@@ -32,8 +32,10 @@ def record_launches(C: int, dw: int, dk: int, dv: int, prec: str = "ieee") -> li
     return log
 
 
-def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512) -> list[Launch]:
-    """Run one fused chunk step (LayerNorm, residual, momentum) on CPU tensors, kernels recorded."""
+def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512,
+                         bias: str = "l2") -> list[Launch]:
+    """Run one fused chunk step (LayerNorm, residual, momentum, the given attentional bias) on
+    CPU tensors, kernels recorded."""
     from . import step
     from .config import DeepMemoryConfig
     from .memory import DeepMemoryState
@@ -42,14 +44,16 @@ def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512
              "_bwd_bias_kernel", "_bwd_keys_kernel"]
     with recording([(step, n) for n in names]) as log:
         B, H = 1, 1
+        extra = {"lp": {"p": 3.0}, "robust": {"robust_radius": 1.0}}.get(bias, {})
         cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True,
-                               chunk_size=C)
+                               chunk_size=C, bias=bias, **extra)
         leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
         k, v = leaf(B, H, C, D), leaf(B, H, C, D)
         w = (leaf(B, H, D, HD), leaf(B, H, HD, D))
         row = {"gam": leaf(B, H), "e": leaf(B, H), "mom": leaf(B, H), "dmat": leaf(B, H, C),
                "zmat": leaf(B, H, C)}
-        ins, deltas, new = step.fused_step(DeepMemoryState(w, w), k, v, None, row, cfg, prec=prec)
+        d = leaf(B, H, C) if bias == "huber" else None
+        ins, deltas, new = step.fused_step(DeepMemoryState(w, w), k, v, d, row, cfg, prec=prec)
         outs = [ins[1], *deltas, *new.weights, *new.momentum]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])  # values: not computed
     return log
@@ -63,6 +67,11 @@ def main() -> None:
         for C in (64, 16):
             for cand in compile_all(record_step_launches(C, prec)):
                 print(f"C={C} {prec} step: {cand.line()}")
+        for bias in ("dot", "lp", "huber", "robust"):  # only the two bias kernels change with it
+            launches = [x for x in record_step_launches(64, prec, bias=bias)
+                        if getattr(x.fn, "fn", x.fn).__name__.endswith("bias_kernel")]
+            for cand in compile_all(launches):
+                print(f"C=64 {prec} bias={bias}: {cand.line()}")
 
 
 if __name__ == "__main__":

@@ -49,11 +49,12 @@ from .config import DeepMemoryConfig
 from .memory import NORM_EPS, DeepMemoryState
 
 _ACT = {"identity": 0, "gelu": 1, "silu": 2, "relu": 3}
+_BIAS = {"dot": 0, "l2": 1, "lp": 2, "huber": 3, "robust": 4}  # _step_fwd.DOT ... ROBUST
 
 
 def fused_step_supported(cfg: DeepMemoryConfig, dtype: torch.dtype) -> bool:
-    """Depth-2 memories with linear retention and an l2 or dot bias, computed in float32."""
-    return (cfg.depth == 2 and cfg.linear_retention and cfg.bias in ("l2", "dot")
+    """Depth-2 memories with linear retention (any bias), computed in float32."""
+    return (cfg.depth == 2 and cfg.linear_retention and cfg.bias in _BIAS
             and cfg.activation in _ACT and dtype == torch.float32)
 
 
@@ -68,8 +69,9 @@ class _Shape:
     V: int
     NJ: int
     tiles: dict
-    flags: dict  # ACT, NORM, RES, L2, MOM
+    flags: dict  # ACT, NORM, RES, BIAS, MOM
     prec: str  # tl.dot input precision
+    bp: float  # the bias's parameter: p (lp), the radius (robust), else unused
 
     @property
     def hidden_grid(self) -> tuple[int, int]:
@@ -85,9 +87,10 @@ def _shape(k: Tensor, v: Tensor, w1: Tensor, cfg: DeepMemoryConfig, mom_on: bool
     N, C, K = k.shape
     V, HD = v.shape[-1], w1.shape[-1]
     tiles = dict(BC=_block(C), BK=_block(K), BH=_block(HD, 64), BV=_block(V))
-    flags = dict(ACT=_ACT[cfg.activation], NORM=cfg.norm, RES=cfg.residual, L2=cfg.bias == "l2",
+    flags = dict(ACT=_ACT[cfg.activation], NORM=cfg.norm, RES=cfg.residual, BIAS=_BIAS[cfg.bias],
                  MOM=mom_on)
-    return _Shape(N, C, K, HD, V, triton.cdiv(HD, tiles["BH"]), tiles, flags, prec)
+    bp = {"lp": cfg.p, "robust": cfg.robust_radius}.get(cfg.bias) or 0.0
+    return _Shape(N, C, K, HD, V, triton.cdiv(HD, tiles["BH"]), tiles, flags, prec, float(bp))
 
 
 def _part_views(rows: Tensor, sh: _Shape) -> list[Tensor]:
@@ -119,12 +122,12 @@ def _forward_chunk(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor],
     t, f = sh.tiles, sh.flags
     w1, w2, z1, z2 = _with_momentum(state)
     w1n, w2n, z1n, z2n = _with_momentum(new)
-    gam, e, mom, dl, zl = coef
+    gam, e, mom, dl, zl, delta = coef
     h, a, d1, y0, dz = out
     _keys_kernel[sh.hidden_grid](k, w1, w2, h, a, y_part, sh.C, sh.K, sh.HD, sh.V, **t,
                                  ACT=f["ACT"], PREC=sh.prec)
-    _bias_kernel[(sh.N,)](y_part, k, v, y0, dz, sh.NJ, sh.C, sh.V, NORM_EPS, BC=t["BC"], BV=t["BV"],
-                          NORM=f["NORM"], RES=f["RES"], L2=f["L2"])
+    _bias_kernel[(sh.N,)](y_part, k, v, delta, y0, dz, sh.NJ, sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"],
+                          BV=t["BV"], NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
     _update_kernel[sh.hidden_grid](k, h, a, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, d1, w1n, w2n,
                                    z1n, z2n, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"],
                                    MOM=f["MOM"], PREC=sh.prec)
@@ -156,24 +159,25 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     """One chunk in reverse: from the gradients of its outputs (``grads``: da, dd1, ddz), of its
     end state (``g_new``) and of its start state from elsewhere (``g_extra``: the read-out's),
     the whole gradient of its start state (``g_state``) and those of k, v and the coefficient
-    rows (``outs``: dk, dv, and the per-block partials of dγ/de/dm, ddl, dzl)."""
+    rows (``outs``: dk, dv, the huber threshold's gradient, and the per-block partials of
+    dγ/de/dm, ddl, dzl)."""
     t, f = sh.tiles, sh.flags
     w1, w2, z1, z2 = _with_momentum(state)
     g_w1n, g_w2n, g_z1n, g_z2n = _with_momentum(g_new)
     g_w1, g_w2, g_z1, g_z2 = _with_momentum(g_state)
     x_w1, x_w2, x_z1, x_z2 = _with_momentum(g_extra)
-    gam, e, mom, dl, zl = coef
+    gam, e, mom, dl, zl, delta = coef
     h, a, d1, y0, dz = acts
     g_a, g_d1, g_dz = grads
-    g_k, g_v, scal_part, gdl_part, gzl_part = outs
+    g_k, g_v, g_delta, scal_part, gdl_part, gzl_part = outs
     _bwd_hidden_kernel[sh.hidden_grid](
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
         g_z2n, x_w1, x_w2, x_z1, x_z2, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, buf.gk, buf.gdz, gdl_part,
         gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
     gk_res = buf.gk_res if f["RES"] else g_v  # written only with the residual
-    _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, buf.g_y0, g_v, gk_res, sh.NJ, sh.C, sh.V,
-                              NORM_EPS, BC=t["BC"], BV=t["BV"], NORM=f["NORM"], RES=f["RES"],
-                              L2=f["L2"])
+    _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, sh.NJ,
+                              sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
+                              RES=f["RES"], BIAS=f["BIAS"])
     _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, buf.g_y0, buf.ga, buf.gh, g_w1, g_w2, buf.gk,
                                      sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], PREC=sh.prec)
     torch.sum(buf.gk, 1, out=g_k)  # [N, C, K]
@@ -184,13 +188,13 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
 class _FusedLoop(torch.autograd.Function):
     """Phase 1 over all chunks on chunk-major float32 tensors: k ``[n, N, C, K]``, v ``[n, N, C,
     V]``, the initial state row ``s0 [P]``, the chunk-end coefficient rows γ, e, m ``[n, N]`` and
-    dl, zl ``[n, N, C]``. Returns a, d1 ``[n, N, C, HD]``, dz ``[n, N, C, V]``, then per state
+    dl, zl ``[n, N, C]``, the huber threshold per token ``delta [n, N, C]``. Returns a, d1 ``[n, N, C, HD]``, dz ``[n, N, C, V]``, then per state
     part (W1, W2(, Z1, Z2)) its chunk-start values ``[n, N, d_in, d_out]``, then per part its
     final value ``[N, d_in, d_out]`` (views of one ``[n + 1, P]`` buffer: each part's gradient
     arrives on its own, and the read-out's share is added inside the backward kernel)."""
 
     @staticmethod
-    def forward(ctx, k, v, s0, gam, e, mom, dl, zl, sh):  # noqa: ANN001, ANN205
+    def forward(ctx, k, v, s0, gam, e, mom, dl, zl, delta, sh):  # noqa: ANN001, ANN205
         n = k.shape[0]
         new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
         h, a, d1 = (new(n, sh.N, sh.C, sh.HD) for _ in range(3))
@@ -200,22 +204,22 @@ class _FusedLoop(torch.autograd.Function):
         y_part = new(sh.N, sh.NJ, sh.C, sh.V)
         for i in range(n):
             _forward_chunk(k[i], v[i], _views(states[i], sh), _views(states[i + 1], sh),
-                           (gam[i], e[i], mom[i], dl[i], zl[i]), (h[i], a[i], d1[i], y0[i], dz[i]),
-                           y_part, sh)
-        ctx.save_for_backward(k, v, states, gam, e, mom, dl, zl, h, a, d1, y0, dz)
+                           (gam[i], e[i], mom[i], dl[i], zl[i], delta[i]),
+                           (h[i], a[i], d1[i], y0[i], dz[i]), y_part, sh)
+        ctx.save_for_backward(k, v, states, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz)
         ctx.sh = sh
         return (a, d1, dz, *_part_views(states[:n], sh), *_views(states[n], sh))
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, g_a, g_d1, g_dz, *g_parts):  # noqa: ANN001, ANN205
-        k, v, states, gam, e, mom, dl, zl, h, a, d1, y0, dz = ctx.saved_tensors
+        k, v, states, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz = ctx.saved_tensors
         sh = ctx.sh
         n = k.shape[0]
         n_parts = len(g_parts) // 2
         g_a, g_d1, g_dz = (g.contiguous() for g in (g_a, g_d1, g_dz))
         g_starts = [g.contiguous() for g in g_parts[:n_parts]]  # [n, N, d_in, d_out] each
-        g_k, g_v = torch.empty_like(k), torch.empty_like(v)
+        g_k, g_v, g_delta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(delta)
         new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
         # every entry is written (the momentum ones only with MOM, and then they are returned)
         scal, gdl, gzl = new(n, sh.N, sh.NJ, 3), new(n, sh.N, sh.NJ, sh.C), new(n, sh.N, sh.NJ, sh.C)
@@ -223,23 +227,26 @@ class _FusedLoop(torch.autograd.Function):
         g_end = torch.cat([g.reshape(-1) for g in g_parts[n_parts:]])  # [P]: the final state's
         g_start = torch.empty_like(g_end)
         for i in reversed(range(n)):
-            _backward_chunk(k[i], v[i], _views(states[i], sh), (gam[i], e[i], mom[i], dl[i], zl[i]),
+            _backward_chunk(k[i], v[i], _views(states[i], sh),
+                            (gam[i], e[i], mom[i], dl[i], zl[i], delta[i]),
                             (h[i], a[i], d1[i], y0[i], dz[i]), (g_a[i], g_d1[i], g_dz[i]),
                             _views(g_end, sh), [g[i] for g in g_starts], _views(g_start, sh),
-                            (g_k[i], g_v[i], scal[i], gdl[i], gzl[i]), buf, sh)
+                            (g_k[i], g_v[i], g_delta[i], scal[i], gdl[i], gzl[i]), buf, sh)
             g_end, g_start = g_start, g_end
         s = scal.sum(2)  # [n, N, 3]
-        mom_on = sh.flags["MOM"]
+        mom_on, huber = sh.flags["MOM"], sh.flags["BIAS"] == _BIAS["huber"]
         return (g_k, g_v, g_end, s[..., 0], s[..., 1] if mom_on else None,
-                s[..., 2] if mom_on else None, gdl.sum(2), gzl.sum(2) if mom_on else None, None)
+                s[..., 2] if mom_on else None, gdl.sum(2), gzl.sum(2) if mom_on else None,
+                g_delta if huber else None, None)
 
 
-def run_loop(k: Tensor, v: Tensor, parts: list[Tensor], rows: dict[str, Tensor], cfg: DeepMemoryConfig,
-             prec: str) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
-    """Chunk-major phase 1: k ``[n, N, C, K]``, v ``[n, N, C, V]``, the state parts
-    ``[W1, W2(, Z1, Z2)]`` each ``[N, d_in, d_out]``, chunk-end coefficient rows ``gam, e, mom``
-    ``[n, N]`` and ``dmat, zmat`` ``[n, N, C]``. Returns a, d1, dz, the parts' chunk-start
-    values ``[n, N, d_in, d_out]`` and their final values (differentiable: ``_FusedLoop``)."""
+def run_loop(k: Tensor, v: Tensor, delta: Tensor | None, parts: list[Tensor], rows: dict[str, Tensor],
+             cfg: DeepMemoryConfig, prec: str) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
+    """Chunk-major phase 1: k ``[n, N, C, K]``, v ``[n, N, C, V]``, the huber threshold ``delta
+    [n, N, C]`` (None for the other biases), the state parts ``[W1, W2(, Z1, Z2)]`` each ``[N,
+    d_in, d_out]``, chunk-end coefficient rows ``gam, e, mom`` ``[n, N]`` and ``dmat, zmat``
+    ``[n, N, C]``. Returns a, d1, dz, the parts' chunk-start values ``[n, N, d_in, d_out]`` and
+    their final values (differentiable: ``_FusedLoop``)."""
     mom_on = len(parts) == 4
     sh = _shape(k[0], v[0], parts[0], cfg, mom_on, prec)
     s0 = torch.cat([p.reshape(-1) for p in parts])  # [P]
@@ -248,7 +255,9 @@ def run_loop(k: Tensor, v: Tensor, parts: list[Tensor], rows: dict[str, Tensor],
     else:  # placeholders the kernels never read (MOM=False); detached: they take no gradient
         e = mom = rows["gam"].detach()
         zl = rows["dmat"].detach()
-    a, d1, dz, *states = _FusedLoop.apply(k, v, s0, rows["gam"], e, mom, rows["dmat"], zl, sh)
+    if delta is None:  # a placeholder the kernels never read (BIAS != HUBER); no gradient
+        delta = rows["dmat"].detach()
+    a, d1, dz, *states = _FusedLoop.apply(k, v, s0, rows["gam"], e, mom, rows["dmat"], zl, delta, sh)
     return a, d1, dz, states[:len(parts)], states[len(parts):]
 
 
@@ -266,13 +275,14 @@ def fused_phase1(state: DeepMemoryState, kc: Tensor, vc: Tensor, dc: Tensor | No
                  table: dict[str, Tensor], cfg: DeepMemoryConfig, prec: str = "ieee"):  # noqa: ANN201
     """``chunk_torch.loop_phase1`` by the fused loop: kc ``[B, H, n, C, K]``, vc ``[B, H, n, C,
     V]``, ``table`` the chunk-end coefficient rows (``gam, e, mom`` ``[B, H, n]``; ``dmat, zmat``
-    ``[B, H, n, C]``); ``dc`` (the huber threshold) is unused by the l2 and dot biases. Returns
+    ``[B, H, n, C]``); ``dc`` the huber threshold ``[B, H, n, C]`` (None for other biases). Returns
     the chunk-start weights and momenta per layer ``[B, H, n, d_in, d_out]``, the layer inputs
     and output errors per layer ``[B, H, n, C, d]`` and the final state."""
     B, H = kc.shape[:2]
     parts = [p.reshape(B * H, *p.shape[2:]) for p in (*state.weights, *(state.momentum or ()))]
     rows = {name: _chunk_major(t) for name, t in table.items()}
-    a, d1, dz, starts, ends = run_loop(_chunk_major(kc), _chunk_major(vc), parts, rows, cfg, prec)
+    dlt = _chunk_major(dc) if cfg.bias == "huber" else None
+    a, d1, dz, starts, ends = run_loop(_chunk_major(kc), _chunk_major(vc), dlt, parts, rows, cfg, prec)
     per_chunk = [_batch_major(s, B, H) for s in starts]  # [B, H, n, d_in, d_out]
     final = [s.unflatten(0, (B, H)) for s in ends]  # [B, H, d_in, d_out]
     mom_on = state.momentum is not None
@@ -287,7 +297,9 @@ def fused_step(state: DeepMemoryState, k: Tensor, v: Tensor, d: Tensor | None,
     """One chunk through the fused loop, with ``chunk_torch._torch_step``'s contract (tests and
     compile checks): k ``[B, H, C, K]``, v ``[B, H, C, V]`` float32, state parts ``[B, H, d_in,
     d_out]``, ``row`` the chunk-end coefficients (``gam, e, mom`` ``[B, H]``; ``dmat, zmat``
-    ``[B, H, C]``). Returns ``(ins, deltas, new_state)``."""
+    ``[B, H, C]``), ``d`` the huber threshold ``[B, H, C]`` (None for other biases). Returns
+    ``(ins, deltas, new_state)``."""
     table = {name: t.unsqueeze(2) for name, t in row.items()}  # one chunk: [B, H, 1, ...]
-    _, _, ins, deltas, new = fused_phase1(state, k.unsqueeze(2), v.unsqueeze(2), None, table, cfg, prec)
+    dc = d.unsqueeze(2) if d is not None else None
+    _, _, ins, deltas, new = fused_phase1(state, k.unsqueeze(2), v.unsqueeze(2), dc, table, cfg, prec)
     return [x.squeeze(2) for x in ins], [x.squeeze(2) for x in deltas], new

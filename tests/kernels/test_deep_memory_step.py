@@ -5,6 +5,8 @@ Runs under TRITON_INTERPRET=1 on the CPU (conftest.py) at odd sizes; tolerance: 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -30,7 +32,19 @@ CONFIGS = [  # activation, norm, residual, bias, momentum
     ("silu", False, False, "dot", False),
     ("relu", True, False, "l2", True),
     ("identity", False, True, "l2", False),
+    ("gelu", True, True, "huber", True),
+    ("silu", False, False, "huber", False),
+    ("gelu", True, False, "lp", True),
+    ("identity", False, True, "lp", False),
+    ("relu", True, True, "robust", False),
 ]
+BIAS_ARGS = {"lp": {"p": 3.0}, "robust": {"robust_radius": 0.7}}  # huber: a per-token threshold
+
+
+def huber_threshold(bias: str, rnd, B: int, H: int, C: int) -> torch.Tensor | None:  # noqa: ANN001
+    """Per-token thresholds around the residual norms (about 3.5 at V = 12): some rows are
+    clipped, some are not."""
+    return rnd(B, H, C).abs() * 2.0 + 1.5 if bias == "huber" else None
 
 
 @pytest.mark.parametrize("act,norm,res,bias,mom", CONFIGS)
@@ -41,16 +55,17 @@ def test_step_matches_the_pytorch_step(act: str, norm: bool, res: bool, bias: st
     rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
     B, H, C, K, HD, V = 2, 3, 11, 12, 40, 12
     cfg = DeepMemoryConfig(depth=2, activation=act, norm=norm, residual=res, bias=bias,
-                           momentum=mom, chunk_size=16)
+                           momentum=mom, chunk_size=16, **BIAS_ARGS.get(bias, {}))
     k, v = rnd(B, H, C, K), rnd(B, H, C, V)
+    d = huber_threshold(bias, rnd, B, H, C)
     weights = (rnd(B, H, K, HD) * 0.3, rnd(B, H, HD, V) * 0.2)
     momenta = (rnd(B, H, K, HD) * 0.1, rnd(B, H, HD, V) * 0.1) if mom else None
     row = {"gam": rnd(B, H).sigmoid(), "dmat": -rnd(B, H, C).abs()}
     if mom:
         row.update(e=rnd(B, H).sigmoid(), mom=rnd(B, H).sigmoid(), zmat=-rnd(B, H, C).abs())
     state = DeepMemoryState(weights, momenta)
-    ins, deltas, new = chunk_torch._torch_step(state, k, v, None, row, cfg)
-    ins_f, deltas_f, new_f = fused_step(state, k, v, None, row, cfg)
+    ins, deltas, new = chunk_torch._torch_step(state, k, v, d, row, cfg)
+    ins_f, deltas_f, new_f = fused_step(state, k, v, d, row, cfg)
     ref = [*ins, *deltas, *new.weights, *(new.momentum or ())]
     got = [*ins_f, *deltas_f, *new_f.weights, *(new_f.momentum or ())]
     assert len(got) == len(ref)
@@ -123,13 +138,38 @@ def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: 
         assert rel_rms(a, b) <= TOL
 
 
+@pytest.mark.parametrize("bias", ["huber", "lp"])
+def test_training_through_the_fused_loop_with_other_biases(bias: str) -> None:
+    """Huber (a per-token threshold, itself differentiated) and lp: the whole Triton backend's
+    output and every input gradient equal the chunk backend's within 1e-5 (T = 37, chunk 16)."""
+    args, kw, cfg = _titans_like(37, 16)
+    cfg = dataclasses.replace(cfg, bias=bias, **BIAS_ARGS.get(bias, {}))
+    if bias == "huber":
+        gen = torch.Generator().manual_seed(4)
+        kw["delta"] = (torch.rand(args[0].shape[:3], generator=gen) * 2.0 + 0.5).to(DEVICE)
+
+    def run(fn) -> list[torch.Tensor]:  # noqa: ANN001
+        x = [t.clone().requires_grad_(True) for t in (*args[:4], *args[4], *kw.values())]
+        a, ws, kws = x[:4], tuple(x[4:6]), dict(zip(kw, x[6:]))
+        o, st = fn(*a, ws, cfg, **kws, output_final_state=True)
+        gen = torch.Generator().manual_seed(2)
+        loss = (o * torch.randn(o.shape, generator=gen).to(o)).sum() + sum(
+            (w * torch.randn(w.shape, generator=gen).to(w)).sum() for w in st.weights + st.momentum)
+        return [o.detach(), *torch.autograd.grad(loss, x)]
+
+    assert fused_step_supported(cfg, torch.float32)
+    for a, b in zip(run(triton_deep_memory), run(chunk_torch.chunk_deep_memory)):
+        assert rel_rms(a, b) <= TOL
+
+
 def test_supported_configurations() -> None:
     base = dict(depth=2, bias="l2", chunk_size=16)
     assert fused_step_supported(DeepMemoryConfig(**base), torch.float32)
     assert not fused_step_supported(DeepMemoryConfig(**base), torch.float64)
     assert not fused_step_supported(DeepMemoryConfig(**{**base, "depth": 3}), torch.float32)
-    assert not fused_step_supported(DeepMemoryConfig(**{**base, "bias": "huber", "huber_delta": 1.0}),
-                                    torch.float32)
+    for bias, extra in (("huber", {"huber_delta": 1.0}), ("lp", {"p": 3.0}), ("dot", {}),
+                        ("robust", {"robust_radius": 1.0})):
+        assert fused_step_supported(DeepMemoryConfig(**{**base, "bias": bias, **extra}), torch.float32)
     assert not fused_step_supported(DeepMemoryConfig(**{**base, "retention_global": "kl",
                                                         "kl_scale": 1.0}), torch.float32)
 
@@ -175,9 +215,11 @@ def test_step_gradients_match_autograd_of_the_pytorch_step(act: str, norm: bool,
     rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
     B, H, C, K, V = 2, 2, 13, 12, 12
     cfg = DeepMemoryConfig(depth=2, activation=act, norm=norm, residual=res, bias=bias,
-                           momentum=mom, chunk_size=16)
+                           momentum=mom, chunk_size=16, **BIAS_ARGS.get(bias, {}))
     leaves = {"k": rnd(B, H, C, K), "v": rnd(B, H, C, V), "w1": rnd(B, H, K, HD) * 0.3,
               "w2": rnd(B, H, HD, V) * 0.2, "gam": rnd(B, H).sigmoid(), "dmat": -rnd(B, H, C).abs()}
+    if bias == "huber":
+        leaves["d"] = huber_threshold(bias, rnd, B, H, C)
     if mom:
         leaves.update(z1=rnd(B, H, K, HD) * 0.1, z2=rnd(B, H, HD, V) * 0.1, e=rnd(B, H).sigmoid(),
                       mom=rnd(B, H).sigmoid(), zmat=-rnd(B, H, C).abs())
@@ -188,7 +230,7 @@ def test_step_gradients_match_autograd_of_the_pytorch_step(act: str, norm: bool,
         x = {n: t.clone().requires_grad_(True) for n, t in leaves.items()}
         state = DeepMemoryState((x["w1"], x["w2"]), (x["z1"], x["z2"]) if mom else None)
         row = {n: x[n] for n in ("gam", "dmat", "e", "mom", "zmat") if n in x}
-        ins, deltas, new = step(state, x["k"], x["v"], None, row, cfg)
+        ins, deltas, new = step(state, x["k"], x["v"], x.get("d"), row, cfg)
         outs = [ins[1], *deltas, *new.weights, *(new.momentum or ())]
         if cot is None:
             cot = [torch.randn(o.shape, generator=gen).to(o) for o in outs]
@@ -228,3 +270,10 @@ def test_gpu_bf16_model_with_tf32_dots() -> None:
     for a, b in zip(got, ref):
         assert torch.isfinite(a).all()
         assert rel_rms(a, b) <= 5e-3
+
+
+def test_smoothing_constants_match_the_reference() -> None:
+    """The kernels' lp / robust smoothing is memory.py's."""
+    from mirasdsl.kernels.deep_memory import _step_fwd, memory
+
+    assert _step_fwd.SMOOTH.value == memory.LP_EPS == memory.ROBUST_EPS
