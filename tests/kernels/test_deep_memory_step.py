@@ -87,6 +87,18 @@ def _titans_like(T: int, chunk: int) -> tuple[tuple, dict, DeepMemoryConfig]:
     return (q, k, v, eta, ws), kw, cfg
 
 
+def train_once(fn, args: tuple, kw: dict, cfg: DeepMemoryConfig) -> list[torch.Tensor]:  # noqa: ANN001
+    """Output and the gradient of every input (q, k, v, eta, weights, then ``kw``'s) of one
+    forward + backward with random cotangents on the output and the final state."""
+    x = [t.clone().requires_grad_(True) for t in (*args[:4], *args[4], *kw.values())]
+    a, ws, kws = x[:4], tuple(x[4:6]), dict(zip(kw, x[6:]))
+    o, st = fn(*a, ws, cfg, **kws, output_final_state=True)
+    gen = torch.Generator().manual_seed(2)
+    loss = (o * torch.randn(o.shape, generator=gen).to(o)).sum() + sum(
+        (w * torch.randn(w.shape, generator=gen).to(w)).sum() for w in st.weights + st.momentum)
+    return [o.detach(), *torch.autograd.grad(loss, x)]
+
+
 def test_forward_without_gradients_uses_the_fused_step_and_matches() -> None:
     """T = 37 with chunk 16: two full chunks and a partial one; output and final state."""
     args, kw, cfg = _titans_like(37, 16)
@@ -122,18 +134,9 @@ def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: 
     monkeypatch.setattr(dm_step, "_bwd_keys_kernel", Counted(dm_step._bwd_keys_kernel))
     args, kw, cfg = _titans_like(37, 16)
 
-    def run(fn) -> list[torch.Tensor]:  # noqa: ANN001
-        x = [t.clone().requires_grad_(True) for t in (*args[:4], *args[4], *kw.values())]
-        a, ws, kws = x[:4], tuple(x[4:6]), dict(zip(kw, x[6:]))
-        o, st = fn(*a, ws, cfg, **kws, output_final_state=True)
-        gen = torch.Generator().manual_seed(2)
-        loss = (o * torch.randn(o.shape, generator=gen).to(o)).sum() + sum(
-            (w * torch.randn(w.shape, generator=gen).to(w)).sum() for w in st.weights + st.momentum)
-        return [o.detach(), *torch.autograd.grad(loss, x)]
-
-    got = run(triton_deep_memory)
+    got = train_once(triton_deep_memory, args, kw, cfg)
     assert len(calls) == 1 and len(launches) == 6  # one loop; three chunks forward and backward
-    ref = run(chunk_torch.chunk_deep_memory)
+    ref = train_once(chunk_torch.chunk_deep_memory, args, kw, cfg)
     for a, b in zip(got, ref):
         assert rel_rms(a, b) <= TOL
 
@@ -148,17 +151,9 @@ def test_training_through_the_fused_loop_with_other_biases(bias: str) -> None:
         gen = torch.Generator().manual_seed(4)
         kw["delta"] = (torch.rand(args[0].shape[:3], generator=gen) * 2.0 + 0.5).to(DEVICE)
 
-    def run(fn) -> list[torch.Tensor]:  # noqa: ANN001
-        x = [t.clone().requires_grad_(True) for t in (*args[:4], *args[4], *kw.values())]
-        a, ws, kws = x[:4], tuple(x[4:6]), dict(zip(kw, x[6:]))
-        o, st = fn(*a, ws, cfg, **kws, output_final_state=True)
-        gen = torch.Generator().manual_seed(2)
-        loss = (o * torch.randn(o.shape, generator=gen).to(o)).sum() + sum(
-            (w * torch.randn(w.shape, generator=gen).to(w)).sum() for w in st.weights + st.momentum)
-        return [o.detach(), *torch.autograd.grad(loss, x)]
-
     assert fused_step_supported(cfg, torch.float32)
-    for a, b in zip(run(triton_deep_memory), run(chunk_torch.chunk_deep_memory)):
+    for a, b in zip(train_once(triton_deep_memory, args, kw, cfg),
+                    train_once(chunk_torch.chunk_deep_memory, args, kw, cfg)):
         assert rel_rms(a, b) <= TOL
 
 
