@@ -10,7 +10,7 @@ Its backward is a second Triton kernel for the masked part (dX, dA, dD, dU in on
 chunk); the two dense products ``dXW = dO W^T`` and ``dW = XW^T dO`` are plain batched GEMMs and
 run through torch (cuBLAS). The chunk loop (per chunk: the keys' forward/backward and the state
 update) is one autograd Function with three Triton kernels per chunk each way (``step.py``) for
-depth-2 memories with linear retention (any attentional bias) in float32; other configurations
+depth-1 and depth-2 memories with linear retention (any attentional bias) in float32; other configurations
 take the PyTorch loop.
 """
 from __future__ import annotations

@@ -33,28 +33,27 @@ def record_launches(C: int, dw: int, dk: int, dv: int, prec: str = "ieee") -> li
 
 
 def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512,
-                         bias: str = "l2") -> list[Launch]:
-    """Run one fused chunk step (LayerNorm, residual, momentum, the given attentional bias) on
-    CPU tensors, kernels recorded."""
+                         bias: str = "l2", depth: int = 2) -> list[Launch]:
+    """Run one fused chunk step (LayerNorm, residual, momentum, the given attentional bias and
+    depth) on CPU tensors, kernels recorded."""
     from . import step
     from .config import DeepMemoryConfig
     from .memory import DeepMemoryState
 
-    names = ["_keys_kernel", "_bias_kernel", "_update_kernel", "_bwd_hidden_kernel",
-             "_bwd_bias_kernel", "_bwd_keys_kernel"]
+    names = [n for n in dir(step) if n.endswith("_kernel")]
     with recording([(step, n) for n in names]) as log:
         B, H = 1, 1
         extra = {"lp": {"p": 3.0}, "robust": {"robust_radius": 1.0}}.get(bias, {})
-        cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True,
-                               chunk_size=C, bias=bias, **extra)
+        cfg = DeepMemoryConfig(depth=depth, hidden=HD if depth == 2 else None, residual=True,
+                               norm=True, momentum=True, chunk_size=C, bias=bias, **extra)
         leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
         k, v = leaf(B, H, C, D), leaf(B, H, C, D)
-        w = (leaf(B, H, D, HD), leaf(B, H, HD, D))
+        w = (leaf(B, H, D, HD), leaf(B, H, HD, D)) if depth == 2 else (leaf(B, H, D, D),)
         row = {"gam": leaf(B, H), "e": leaf(B, H), "mom": leaf(B, H), "dmat": leaf(B, H, C),
                "zmat": leaf(B, H, C)}
         d = leaf(B, H, C) if bias == "huber" else None
         ins, deltas, new = step.fused_step(DeepMemoryState(w, w), k, v, d, row, cfg, prec=prec)
-        outs = [ins[1], *deltas, *new.weights, *new.momentum]
+        outs = [*ins[1:], *deltas, *new.weights, *new.momentum]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])  # values: not computed
     return log
 
@@ -67,6 +66,9 @@ def main() -> None:
         for C in (64, 16):
             for cand in compile_all(record_step_launches(C, prec)):
                 print(f"C={C} {prec} step: {cand.line()}")
+        for C in (64, 16):
+            for cand in compile_all(record_step_launches(C, prec, depth=1)):
+                print(f"C={C} {prec} linear: {cand.line()}")
         for bias in ("dot", "lp", "huber", "robust"):  # only the two bias kernels change with it
             launches = [x for x in record_step_launches(64, prec, bias=bias)
                         if getattr(x.fn, "fn", x.fn).__name__.endswith("bias_kernel")]

@@ -1,5 +1,5 @@
-"""Phase 1 of a depth-2 deep memory: the chunk loop as one autograd Function, three Triton
-kernels per chunk forward and three backward.
+"""Phase 1 of a depth-2 (or depth-1: ``_step_linear.py``) deep memory: the chunk loop as one
+autograd Function, three Triton kernels per chunk forward and three backward.
 
 Each step is phase 1 of ``chunk_torch._dual_form`` for one chunk of every (batch, head) at once:
 the keys go forward through the MLP at the chunk's starting weights, the attentional bias is
@@ -45,6 +45,9 @@ from torch.autograd.function import once_differentiable
 
 from ._step_bwd import _bwd_bias_kernel, _bwd_hidden_kernel, _bwd_keys_kernel
 from ._step_fwd import _bias_kernel, _keys_kernel, _update_kernel
+from ._step_linear import (
+    _linear_bwd_keys_kernel, _linear_bwd_update_kernel, _linear_keys_kernel, _linear_update_kernel,
+)
 from .config import DeepMemoryConfig
 from .memory import NORM_EPS, DeepMemoryState
 
@@ -53,8 +56,8 @@ _BIAS = {"dot": 0, "l2": 1, "lp": 2, "huber": 3, "robust": 4}  # _step_fwd.DOT .
 
 
 def fused_step_supported(cfg: DeepMemoryConfig, dtype: torch.dtype) -> bool:
-    """Depth-2 memories with linear retention (any bias), computed in float32."""
-    return (cfg.depth == 2 and cfg.linear_retention and cfg.bias in _BIAS
+    """Depth-1 and depth-2 memories with linear retention (any bias), computed in float32."""
+    return (cfg.depth in (1, 2) and cfg.linear_retention and cfg.bias in _BIAS
             and cfg.activation in _ACT and dtype == torch.float32)
 
 
@@ -62,12 +65,13 @@ def fused_step_supported(cfg: DeepMemoryConfig, dtype: torch.dtype) -> bool:
 class _Shape:
     """Sizes, tiles and flags of one chunk step (launch constants)."""
 
+    depth: int  # 1: y = k W (``_step_linear.py``), 2: the hidden-block kernels
     N: int
     C: int
     K: int
-    HD: int
+    HD: int  # hidden width (depth 2); V at depth 1
     V: int
-    NJ: int
+    NJ: int  # hidden blocks (depth 2); 1 at depth 1
     tiles: dict
     flags: dict  # ACT, NORM, RES, BIAS, MOM
     prec: str  # tl.dot input precision
@@ -87,16 +91,20 @@ def _shape(k: Tensor, v: Tensor, w1: Tensor, cfg: DeepMemoryConfig, mom_on: bool
     N, C, K = k.shape
     V, HD = v.shape[-1], w1.shape[-1]
     tiles = dict(BC=_block(C), BK=_block(K), BH=_block(HD, 64), BV=_block(V))
+    if cfg.depth == 1:  # value blocks of the linear update kernels instead of hidden blocks
+        tiles = dict(BC=tiles["BC"], BK=tiles["BK"], BV=tiles["BV"], BVU=_block(V, 64))
     flags = dict(ACT=_ACT[cfg.activation], NORM=cfg.norm, RES=cfg.residual, BIAS=_BIAS[cfg.bias],
                  MOM=mom_on)
     bp = {"lp": cfg.p, "robust": cfg.robust_radius}.get(cfg.bias) or 0.0
-    return _Shape(N, C, K, HD, V, triton.cdiv(HD, tiles["BH"]), tiles, flags, prec, float(bp))
+    nj = triton.cdiv(HD, tiles["BH"]) if cfg.depth == 2 else 1
+    return _Shape(cfg.depth, N, C, K, HD, V, nj, tiles, flags, prec, float(bp))
 
 
 def _part_views(rows: Tensor, sh: _Shape) -> list[Tensor]:
-    """The state parts ``W1 [N, K, HD], W2 [N, HD, V]`` (+ ``Z1, Z2`` with momentum) of flat
-    state rows ``rows [..., P]`` as views ``[..., N, d_in, d_out]``."""
-    shapes = [(sh.N, sh.K, sh.HD), (sh.N, sh.HD, sh.V)] * (2 if sh.flags["MOM"] else 1)
+    """The state parts ``W1 [N, K, HD], W2 [N, HD, V]`` (depth 1: ``W [N, K, V]``), then the
+    momenta likewise, of flat state rows ``rows [..., P]`` as views ``[..., N, d_in, d_out]``."""
+    layers = [(sh.N, sh.K, sh.HD), (sh.N, sh.HD, sh.V)] if sh.depth == 2 else [(sh.N, sh.K, sh.V)]
+    shapes = layers * (2 if sh.flags["MOM"] else 1)
     out, off = [], 0
     for shape in shapes:
         size = shape[0] * shape[1] * shape[2]
@@ -110,18 +118,37 @@ def _views(buf: Tensor, sh: _Shape) -> list[Tensor]:
     return _part_views(buf, sh)
 
 
-def _with_momentum(parts: list[Tensor]) -> list[Tensor]:
-    """``W1, W2, Z1, Z2``: without momentum the Z slots repeat W1, W2 (the kernels neither read
-    nor write them then: MOM=False)."""
-    return parts if len(parts) == 4 else parts + parts
+def _with_momentum(parts: list[Tensor], sh: _Shape) -> list[Tensor]:
+    """``W1, W2, Z1, Z2`` (depth 1: ``W, Z``): without momentum the Z slots repeat the W ones
+    (the kernels neither read nor write them then: MOM=False)."""
+    return list(parts) if sh.flags["MOM"] else list(parts) * 2
+
+
+def _forward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor], coef: tuple,
+                          out: tuple, y_part: Tensor, sh: _Shape) -> None:
+    """One chunk of a depth-1 memory: ``y0, dz`` into ``out`` and the chunk-end state into ``new``."""
+    t, f = sh.tiles, sh.flags
+    w, z = _with_momentum(state, sh)
+    wn, zn = _with_momentum(new, sh)
+    gam, e, mom, dl, zl, delta = coef
+    y0, dz = out[3:]
+    _linear_keys_kernel[(sh.N,)](k, w, y_part, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"], BV=t["BV"],
+                                 PREC=sh.prec)
+    _bias_kernel[(sh.N,)](y_part, k, v, delta, y0, dz, 1, sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"],
+                          BV=t["BV"], NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
+    _linear_update_kernel[(sh.N, triton.cdiv(sh.V, t["BVU"]))](
+        k, dz, w, z, gam, e, mom, dl, zl, wn, zn, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"],
+        BVU=t["BVU"], MOM=f["MOM"], PREC=sh.prec)
 
 
 def _forward_chunk(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor], coef: tuple,
                    out: tuple, y_part: Tensor, sh: _Shape) -> None:
     """One chunk: ``h, a, d1, y0, dz`` into ``out`` and the chunk-end state into ``new``."""
+    if sh.depth == 1:
+        return _forward_chunk_linear(k, v, state, new, coef, out, y_part, sh)
     t, f = sh.tiles, sh.flags
-    w1, w2, z1, z2 = _with_momentum(state)
-    w1n, w2n, z1n, z2n = _with_momentum(new)
+    w1, w2, z1, z2 = _with_momentum(state, sh)
+    w1n, w2n, z1n, z2n = _with_momentum(new, sh)
     gam, e, mom, dl, zl, delta = coef
     h, a, d1, y0, dz = out
     _keys_kernel[sh.hidden_grid](k, w1, w2, h, a, y_part, sh.C, sh.K, sh.HD, sh.V, **t,
@@ -148,9 +175,39 @@ class _Scratch:
     @staticmethod
     def make(sh: _Shape, like: Tensor) -> "_Scratch":
         new = lambda *s: torch.empty(*s, device=like.device, dtype=like.dtype)  # noqa: E731
-        return _Scratch(new(sh.N, sh.C, sh.HD), new(sh.N, sh.C, sh.HD), new(sh.N, sh.C, sh.HD),
+        hd = sh.HD if sh.depth == 2 else 0  # the hidden-layer buffers: none at depth 1
+        return _Scratch(new(sh.N, sh.C, hd), new(sh.N, sh.C, hd), new(sh.N, sh.C, hd),
                         new(sh.N, sh.NJ, sh.C, sh.K), new(sh.N, sh.NJ, sh.C, sh.V),
                         new(sh.N, sh.C, sh.V), new(sh.N, sh.C, sh.K))
+
+
+def _backward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts: tuple,
+                           grads: tuple, g_new: list[Tensor], g_extra: list[Tensor],
+                           g_state: list[Tensor], outs: tuple, buf: _Scratch, sh: _Shape) -> None:
+    """:func:`_backward_chunk` for a depth-1 memory (``_step_linear.py``); ``grads``: ddz."""
+    t, f = sh.tiles, sh.flags
+    w, z = _with_momentum(state, sh)
+    g_wn, g_zn = _with_momentum(g_new, sh)
+    g_w, g_z = _with_momentum(g_state, sh)
+    x_w, x_z = _with_momentum(g_extra, sh)
+    gam, e, mom, dl, zl, delta = coef
+    y0, dz = acts[3:]
+    (g_dz,) = grads
+    g_k, g_v, g_delta, scal_part, gdl_part, gzl_part = outs
+    _linear_bwd_update_kernel[(sh.N,)](
+        k, dz, w, z, gam, e, mom, dl, zl, g_wn, g_zn, x_w, x_z, g_w, g_z, buf.gk, buf.gdz, gdl_part,
+        gzl_part, scal_part, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"], BVU=t["BVU"], MOM=f["MOM"],
+        PREC=sh.prec, num_warps=8, num_stages=1)  # one stage: 4 dots a value block (sm_90 fit)
+    gk_res = buf.gk_res if f["RES"] else g_v  # written only with the residual
+    _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, 1,
+                              sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
+                              RES=f["RES"], BIAS=f["BIAS"])
+    _linear_bwd_keys_kernel[(sh.N,)](k, w, buf.g_y0, g_w, buf.gk, sh.C, sh.K, sh.V, BC=t["BC"],
+                                     BK=t["BK"], BVU=t["BVU"], PREC=sh.prec, num_warps=8,
+                                     num_stages=1)
+    torch.sum(buf.gk, 1, out=g_k)  # [N, C, K]
+    if f["RES"]:
+        g_k += buf.gk_res
 
 
 def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts: tuple,
@@ -161,11 +218,14 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     the whole gradient of its start state (``g_state``) and those of k, v and the coefficient
     rows (``outs``: dk, dv, the huber threshold's gradient, and the per-block partials of
     dγ/de/dm, ddl, dzl)."""
+    if sh.depth == 1:
+        return _backward_chunk_linear(k, v, state, coef, acts, grads, g_new, g_extra, g_state, outs,
+                                      buf, sh)
     t, f = sh.tiles, sh.flags
-    w1, w2, z1, z2 = _with_momentum(state)
-    g_w1n, g_w2n, g_z1n, g_z2n = _with_momentum(g_new)
-    g_w1, g_w2, g_z1, g_z2 = _with_momentum(g_state)
-    x_w1, x_w2, x_z1, x_z2 = _with_momentum(g_extra)
+    w1, w2, z1, z2 = _with_momentum(state, sh)
+    g_w1n, g_w2n, g_z1n, g_z2n = _with_momentum(g_new, sh)
+    g_w1, g_w2, g_z1, g_z2 = _with_momentum(g_state, sh)
+    x_w1, x_w2, x_z1, x_z2 = _with_momentum(g_extra, sh)
     gam, e, mom, dl, zl, delta = coef
     h, a, d1, y0, dz = acts
     g_a, g_d1, g_dz = grads
@@ -188,7 +248,8 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
 class _FusedLoop(torch.autograd.Function):
     """Phase 1 over all chunks on chunk-major float32 tensors: k ``[n, N, C, K]``, v ``[n, N, C,
     V]``, the initial state row ``s0 [P]``, the chunk-end coefficient rows γ, e, m ``[n, N]`` and
-    dl, zl ``[n, N, C]``, the huber threshold per token ``delta [n, N, C]``. Returns a, d1 ``[n, N, C, HD]``, dz ``[n, N, C, V]``, then per state
+    dl, zl ``[n, N, C]``, the huber threshold per token ``delta [n, N, C]``. Returns a, d1
+    ``[n, N, C, HD]`` (depth 2 only), dz ``[n, N, C, V]``, then per state
     part (W1, W2(, Z1, Z2)) its chunk-start values ``[n, N, d_in, d_out]``, then per part its
     final value ``[N, d_in, d_out]`` (views of one ``[n + 1, P]`` buffer: each part's gradient
     arrives on its own, and the read-out's share is added inside the backward kernel)."""
@@ -197,7 +258,8 @@ class _FusedLoop(torch.autograd.Function):
     def forward(ctx, k, v, s0, gam, e, mom, dl, zl, delta, sh):  # noqa: ANN001, ANN205
         n = k.shape[0]
         new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
-        h, a, d1 = (new(n, sh.N, sh.C, sh.HD) for _ in range(3))
+        hd = sh.HD if sh.depth == 2 else 0  # no hidden layer at depth 1
+        h, a, d1 = (new(n, sh.N, sh.C, hd) for _ in range(3))
         y0, dz = new(n, sh.N, sh.C, sh.V), new(n, sh.N, sh.C, sh.V)
         states = new(n + 1, s0.numel())
         states[0] = s0
@@ -208,16 +270,19 @@ class _FusedLoop(torch.autograd.Function):
                            (h[i], a[i], d1[i], y0[i], dz[i]), y_part, sh)
         ctx.save_for_backward(k, v, states, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz)
         ctx.sh = sh
-        return (a, d1, dz, *_part_views(states[:n], sh), *_views(states[n], sh))
+        outs = (a, d1, dz) if sh.depth == 2 else (dz,)
+        return (*outs, *_part_views(states[:n], sh), *_views(states[n], sh))
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
-    def backward(ctx, g_a, g_d1, g_dz, *g_parts):  # noqa: ANN001, ANN205
+    def backward(ctx, *grads):  # noqa: ANN001, ANN205
         k, v, states, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz = ctx.saved_tensors
         sh = ctx.sh
         n = k.shape[0]
+        n_outs = 3 if sh.depth == 2 else 1
+        g_outs = [g.contiguous() for g in grads[:n_outs]]  # da, dd1, ddz or ddz
+        g_parts = grads[n_outs:]
         n_parts = len(g_parts) // 2
-        g_a, g_d1, g_dz = (g.contiguous() for g in (g_a, g_d1, g_dz))
         g_starts = [g.contiguous() for g in g_parts[:n_parts]]  # [n, N, d_in, d_out] each
         g_k, g_v, g_delta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(delta)
         new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
@@ -229,7 +294,7 @@ class _FusedLoop(torch.autograd.Function):
         for i in reversed(range(n)):
             _backward_chunk(k[i], v[i], _views(states[i], sh),
                             (gam[i], e[i], mom[i], dl[i], zl[i], delta[i]),
-                            (h[i], a[i], d1[i], y0[i], dz[i]), (g_a[i], g_d1[i], g_dz[i]),
+                            (h[i], a[i], d1[i], y0[i], dz[i]), [g[i] for g in g_outs],
                             _views(g_end, sh), [g[i] for g in g_starts], _views(g_start, sh),
                             (g_k[i], g_v[i], g_delta[i], scal[i], gdl[i], gzl[i]), buf, sh)
             g_end, g_start = g_start, g_end
@@ -241,13 +306,14 @@ class _FusedLoop(torch.autograd.Function):
 
 
 def run_loop(k: Tensor, v: Tensor, delta: Tensor | None, parts: list[Tensor], rows: dict[str, Tensor],
-             cfg: DeepMemoryConfig, prec: str) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
+             cfg: DeepMemoryConfig, prec: str) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """Chunk-major phase 1: k ``[n, N, C, K]``, v ``[n, N, C, V]``, the huber threshold ``delta
     [n, N, C]`` (None for the other biases), the state parts ``[W1, W2(, Z1, Z2)]`` each ``[N,
     d_in, d_out]``, chunk-end coefficient rows ``gam, e, mom`` ``[n, N]`` and ``dmat, zmat``
-    ``[n, N, C]``. Returns a, d1, dz, the parts' chunk-start values ``[n, N, d_in, d_out]`` and
-    their final values (differentiable: ``_FusedLoop``)."""
-    mom_on = len(parts) == 4
+    ``[n, N, C]``. Returns the per-token factors ``[a, d1, dz]`` (depth 1: ``[dz]``), the parts'
+    chunk-start values ``[n, N, d_in, d_out]`` and their final values (differentiable:
+    ``_FusedLoop``)."""
+    mom_on = len(parts) == 2 * cfg.depth
     sh = _shape(k[0], v[0], parts[0], cfg, mom_on, prec)
     s0 = torch.cat([p.reshape(-1) for p in parts])  # [P]
     if mom_on:
@@ -257,8 +323,9 @@ def run_loop(k: Tensor, v: Tensor, delta: Tensor | None, parts: list[Tensor], ro
         zl = rows["dmat"].detach()
     if delta is None:  # a placeholder the kernels never read (BIAS != HUBER); no gradient
         delta = rows["dmat"].detach()
-    a, d1, dz, *states = _FusedLoop.apply(k, v, s0, rows["gam"], e, mom, rows["dmat"], zl, delta, sh)
-    return a, d1, dz, states[:len(parts)], states[len(parts):]
+    res = _FusedLoop.apply(k, v, s0, rows["gam"], e, mom, rows["dmat"], zl, delta, sh)
+    n_outs = 3 if cfg.depth == 2 else 1
+    return list(res[:n_outs]), list(res[n_outs:n_outs + len(parts)]), list(res[n_outs + len(parts):])
 
 
 def _chunk_major(x: Tensor) -> Tensor:
@@ -282,13 +349,14 @@ def fused_phase1(state: DeepMemoryState, kc: Tensor, vc: Tensor, dc: Tensor | No
     parts = [p.reshape(B * H, *p.shape[2:]) for p in (*state.weights, *(state.momentum or ()))]
     rows = {name: _chunk_major(t) for name, t in table.items()}
     dlt = _chunk_major(dc) if cfg.bias == "huber" else None
-    a, d1, dz, starts, ends = run_loop(_chunk_major(kc), _chunk_major(vc), dlt, parts, rows, cfg, prec)
+    outs, starts, ends = run_loop(_chunk_major(kc), _chunk_major(vc), dlt, parts, rows, cfg, prec)
+    outs = [_batch_major(x, B, H) for x in outs]  # [a, d1, dz] or [dz], each [B, H, n, C, ·]
     per_chunk = [_batch_major(s, B, H) for s in starts]  # [B, H, n, d_in, d_out]
     final = [s.unflatten(0, (B, H)) for s in ends]  # [B, H, d_in, d_out]
-    mom_on = state.momentum is not None
-    return (per_chunk[:2], per_chunk[2:] if mom_on else None, [kc, _batch_major(a, B, H)],
-            [_batch_major(d1, B, H), _batch_major(dz, B, H)],
-            DeepMemoryState(tuple(final[:2]), tuple(final[2:]) if mom_on else None))
+    L, mom_on = cfg.depth, state.momentum is not None
+    ins = [kc, outs[0]] if L == 2 else [kc]
+    return (per_chunk[:L], per_chunk[L:] if mom_on else None, ins, outs[-L:],
+            DeepMemoryState(tuple(final[:L]), tuple(final[L:]) if mom_on else None))
 
 
 def fused_step(state: DeepMemoryState, k: Tensor, v: Tensor, d: Tensor | None,

@@ -17,7 +17,9 @@ def test_readout_kernels_compile_for_h100() -> None:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if "shared" in line]
-    readout = [line for line in lines if "step:" not in line and "bias=" not in line]
+    readout = [line for line in lines if "step:" not in line and "bias=" not in line
+               and "linear:" not in line]
+    linear = [line for line in lines if "linear:" in line]
     step = [line for line in lines if "step:" in line]
     biases = [line for line in lines if "bias=" in line]
     assert len(readout) == 16  # 2 precisions × 4 layer shapes × (forward, backward)
@@ -27,6 +29,11 @@ def test_readout_kernels_compile_for_h100() -> None:
     assert {line.split()[3] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel",
                                                   "_bwd_hidden_kernel", "_bwd_bias_kernel",
                                                   "_bwd_keys_kernel"}
+    # 2 precisions × chunk 64, 16 × the six kernels of a depth-1 step
+    assert len(linear) == 24
+    assert {line.split()[3] for line in linear} == {
+        "_linear_keys_kernel", "_bias_kernel", "_linear_update_kernel", "_linear_bwd_update_kernel",
+        "_bwd_bias_kernel", "_linear_bwd_keys_kernel"}
     # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel)
     assert len(biases) == 16
     assert {line.split()[3] for line in biases} == {"_bias_kernel", "_bwd_bias_kernel"}

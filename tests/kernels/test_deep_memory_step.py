@@ -157,11 +157,83 @@ def test_training_through_the_fused_loop_with_other_biases(bias: str) -> None:
         assert rel_rms(a, b) <= TOL
 
 
+LINEAR_CONFIGS = [  # norm, residual, bias, momentum, K, V
+    (True, True, "l2", False, 12, 12),  # TTT-linear
+    (True, True, "huber", True, 12, 12),
+    (False, False, "dot", True, 12, 80),  # two value blocks of 64, the second partial
+    (False, False, "lp", False, 20, 12),
+    (True, False, "robust", True, 12, 40),
+]
+
+
+@pytest.mark.parametrize("norm,res,bias,mom,K,V", LINEAR_CONFIGS)
+def test_linear_step_matches_the_pytorch_step(norm: bool, res: bool, bias: str, mom: bool, K: int,
+                                              V: int) -> None:
+    """Depth 1 (``y = k W``): the step's outputs (dz, the chunk-end W and Z) and every input
+    gradient (keys, values, W, Z, coefficient rows, the huber threshold) against the PyTorch
+    step and its autograd, C = 13, relative RMS <= 1e-5."""
+    gen = torch.Generator().manual_seed(12)
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
+    B, H, C = 2, 2, 13
+    cfg = DeepMemoryConfig(depth=1, norm=norm, residual=res, bias=bias, momentum=mom, chunk_size=16,
+                           **BIAS_ARGS.get(bias, {}))
+    leaves = {"k": rnd(B, H, C, K), "v": rnd(B, H, C, V), "w": rnd(B, H, K, V) * 0.3,
+              "gam": rnd(B, H).sigmoid(), "dmat": -rnd(B, H, C).abs()}
+    if mom:
+        leaves.update(z=rnd(B, H, K, V) * 0.1, e=rnd(B, H).sigmoid(), mom=rnd(B, H).sigmoid(),
+                      zmat=-rnd(B, H, C).abs())
+    if bias == "huber":
+        leaves["d"] = huber_threshold(bias, rnd, B, H, C)
+    cot = None
+
+    def run(step) -> list[torch.Tensor]:  # noqa: ANN001
+        nonlocal cot
+        x = {n: t.clone().requires_grad_(True) for n, t in leaves.items()}
+        state = DeepMemoryState((x["w"],), (x["z"],) if mom else None)
+        row = {n: x[n] for n in ("gam", "dmat", "e", "mom", "zmat") if n in x}
+        ins, deltas, new = step(state, x["k"], x["v"], x.get("d"), row, cfg)
+        outs = [*deltas, *new.weights, *(new.momentum or ())]
+        if cot is None:
+            cot = [torch.randn(o.shape, generator=gen).to(o) for o in outs]
+        loss = sum((o * c).sum() for o, c in zip(outs, cot))
+        return [o.detach() for o in outs] + list(torch.autograd.grad(loss, list(x.values())))
+
+    ref = run(chunk_torch._torch_step)
+    got = run(fused_step)
+    names = ["dz", "W'", *(["Z'"] if mom else []), *(f"d{n}" for n in leaves)]
+    for name, a, b in zip(names, got, ref):
+        assert rel_rms(a, b) <= TOL, f"{name}: {rel_rms(a, b):.2e}"
+
+
+def test_training_a_linear_memory_through_the_fused_loop() -> None:
+    """TTT-linear (depth 1, LayerNorm + residual, L2 bias, chunk 16) with momentum and decay:
+    the whole Triton backend's output and every input gradient equal the chunk backend's within
+    1e-5 (T = 37)."""
+    args, kw, cfg = _titans_like(37, 16)
+    cfg = dataclasses.replace(cfg, depth=1, hidden=None)
+    H, D = args[0].shape[2:]
+    gen = torch.Generator().manual_seed(8)
+    ws = ((torch.randn(H, D, D, generator=gen) * D ** -0.5).to(DEVICE),)
+    assert fused_step_supported(cfg, torch.float32)
+
+    def run(fn) -> list[torch.Tensor]:  # noqa: ANN001
+        x = [t.clone().requires_grad_(True) for t in (*args[:4], *ws, *kw.values())]
+        o, st = fn(*x[:4], (x[4],), cfg, **dict(zip(kw, x[5:])), output_final_state=True)
+        g = torch.Generator().manual_seed(2)
+        loss = (o * torch.randn(o.shape, generator=g).to(o)).sum() + sum(
+            (w * torch.randn(w.shape, generator=g).to(w)).sum() for w in st.weights + st.momentum)
+        return [o.detach(), *torch.autograd.grad(loss, x)]
+
+    for a, b in zip(run(triton_deep_memory), run(chunk_torch.chunk_deep_memory)):
+        assert rel_rms(a, b) <= TOL
+
+
 def test_supported_configurations() -> None:
     base = dict(depth=2, bias="l2", chunk_size=16)
     assert fused_step_supported(DeepMemoryConfig(**base), torch.float32)
     assert not fused_step_supported(DeepMemoryConfig(**base), torch.float64)
     assert not fused_step_supported(DeepMemoryConfig(**{**base, "depth": 3}), torch.float32)
+    assert fused_step_supported(DeepMemoryConfig(**{**base, "depth": 1}), torch.float32)
     for bias, extra in (("huber", {"huber_delta": 1.0}), ("lp", {"p": 3.0}), ("dot", {}),
                         ("robust", {"robust_radius": 1.0})):
         assert fused_step_supported(DeepMemoryConfig(**{**base, "bias": bias, **extra}), torch.float32)
