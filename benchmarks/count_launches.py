@@ -41,8 +41,11 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def deep_memory_call(chunks: int, chunk: int, backend: str) -> Callable[[], torch.Tensor]:
-    """Titans-like depth-2 memory (``cpu_deep_memory.titans_like``) at tiny sizes."""
+def deep_memory_call(chunks: int, chunk: int, backend: str, depth: int = 2) -> Callable[[], torch.Tensor]:
+    """Titans-like memory (``cpu_deep_memory.titans_like``) at tiny sizes; depth 1: a linear
+    memory with the same LayerNorm, residual, bias, momentum and decay (TTT-linear's form)."""
+    import dataclasses
+
     from cpu_deep_memory import call, titans_like  # this folder
 
     from mirasdsl.kernels.deep_memory.chunk import triton_deep_memory
@@ -50,6 +53,10 @@ def deep_memory_call(chunks: int, chunk: int, backend: str) -> Callable[[], torc
 
     # called directly: the dispatcher sends "triton" to CUDA or the interpreter only
     cfg, x = titans_like(1, chunks * chunk, 2, 16, chunk)
+    if depth == 1:
+        cfg = dataclasses.replace(cfg, depth=1, hidden=None)
+        x["w1"] = (torch.randn(2, 16, 16) * 0.25).requires_grad_(True)  # [H, D, D]
+        del x["w2"]
     return call(triton_deep_memory if backend == "triton" else chunk_deep_memory, cfg, x)
 
 
@@ -58,14 +65,14 @@ def _name(fn) -> str:  # noqa: ANN001
     return getattr(fn, "fn", fn).__name__
 
 
-def count(chunks: int, chunk: int, backend: str) -> dict[str, Counter]:
+def count(chunks: int, chunk: int, backend: str, depth: int = 2) -> dict[str, Counter]:
     """ATen ops and Triton launches of the forward and of the backward."""
     from mirasdsl.kernels.compile_check import recording
     from mirasdsl.kernels.deep_memory import chunk as dm_chunk
     from mirasdsl.kernels.deep_memory import step as dm_step
 
     targets = [(m, n) for m in (dm_chunk, dm_step) for n in dir(m) if n.endswith("_kernel")]
-    fn = deep_memory_call(chunks, chunk, backend)
+    fn = deep_memory_call(chunks, chunk, backend, depth)
     out: dict[str, Counter] = {}
     with recording(targets) as log:
         with OpCounter() as fwd:
@@ -87,10 +94,10 @@ def count(chunks: int, chunk: int, backend: str) -> dict[str, Counter]:
     return out
 
 
-def per_chunk(backend: str, chunk: int, chunks: int) -> dict[str, float]:
+def per_chunk(backend: str, chunk: int, chunks: int, depth: int = 2) -> dict[str, float]:
     """Launches per chunk: the difference between ``chunks`` and ``chunks // 2`` chunks, so that
     the per-call set-up (projections, coefficient tables, the read-out) cancels."""
-    big, small = count(chunks, chunk, backend), count(chunks // 2, chunk, backend)
+    big, small = count(chunks, chunk, backend, depth), count(chunks // 2, chunk, backend, depth)
     span = chunks - chunks // 2
     return {key: (sum(big[key].values()) - sum(small[key].values())) / span for key in big}
 
@@ -100,18 +107,19 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=8)
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--backend", default="triton", choices=["triton", "chunk"])
+    p.add_argument("--depth", type=int, default=2, choices=[1, 2])
     p.add_argument("--top", type=int, default=12, help="list the most frequent ATen ops")
     a = p.parse_args()
-    rates = per_chunk(a.backend, a.chunk, a.chunks)
+    rates = per_chunk(a.backend, a.chunk, a.chunks, a.depth)
     total = sum(rates.values())
     total -= rates["allocs"] + rates["host us"]
-    print(f"deep memory, backend {a.backend}, chunk {a.chunk}: launches per chunk (fwd + bwd)")
+    print(f"deep memory depth {a.depth}, backend {a.backend}, chunk {a.chunk}: launches per chunk (fwd + bwd)")
     for key, r in rates.items():
         note = {"allocs": "  (allocations, not launches)",
                 "host us": "  (CPU time, Triton kernels not run, tiny ATen ops on the CPU)"}
         print(f"  {key:11s} {r:7.2f}" + note.get(key, ""))
     print(f"  {'launches':11s} {total:7.2f}")
-    full = count(a.chunks, a.chunk, a.backend)
+    full = count(a.chunks, a.chunk, a.backend, a.depth)
     for key in ("aten fwd", "aten bwd"):
         print(f"{key}, whole call ({a.chunks} chunks), most frequent: "
               + ", ".join(f"{n} {c}" for n, c in full[key].most_common(a.top)))

@@ -58,8 +58,9 @@ def titans_like(B: int, T: int, H: int, D: int, chunk: int) -> tuple[object, dic
 
 
 def call(run: Callable, cfg: object, x: dict) -> Callable[[], torch.Tensor]:
-    """``run(q, k, v, eta, (w1, w2), cfg, g=, mu=)``'s output as a thunk."""
-    return lambda: run(x["q"], x["k"], x["v"], x["eta"], (x["w1"], x["w2"]), cfg, g=x["g"], mu=x["mu"])[0]
+    """``run(q, k, v, eta, (w1[, w2]), cfg, g=, mu=)``'s output as a thunk."""
+    ws = tuple(x[n] for n in ("w1", "w2") if n in x)
+    return lambda: run(x["q"], x["k"], x["v"], x["eta"], ws, cfg, g=x["g"], mu=x["mu"])[0]
 
 
 def ours(B: int, T: int, H: int, D: int, chunk: int) -> tuple[Callable, list]:
