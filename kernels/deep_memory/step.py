@@ -113,6 +113,11 @@ def _part_views(rows: Tensor, sh: _Shape) -> list[Tensor]:
     return out
 
 
+def _per_chunk(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """``(x_i for x in tensors)`` for every chunk i: views along dim 0, one unbind a tensor."""
+    return list(zip(*(t.unbind(0) for t in tensors)))
+
+
 def _views(buf: Tensor, sh: _Shape) -> list[Tensor]:
     """The state parts of one flat state row ``buf [P]``."""
     return _part_views(buf, sh)
@@ -264,10 +269,12 @@ class _FusedLoop(torch.autograd.Function):
         states = new(n + 1, s0.numel())
         states[0] = s0
         y_part = new(sh.N, sh.NJ, sh.C, sh.V)
+        # every per-chunk view made up front (a few unbinds): the loop then only launches
+        ks, vs = k.unbind(0), v.unbind(0)
+        coefs, acts = _per_chunk(gam, e, mom, dl, zl, delta), _per_chunk(h, a, d1, y0, dz)
+        rows = _per_chunk(*_part_views(states, sh))  # [n + 1] tuples of state parts
         for i in range(n):
-            _forward_chunk(k[i], v[i], _views(states[i], sh), _views(states[i + 1], sh),
-                           (gam[i], e[i], mom[i], dl[i], zl[i], delta[i]),
-                           (h[i], a[i], d1[i], y0[i], dz[i]), y_part, sh)
+            _forward_chunk(ks[i], vs[i], rows[i], rows[i + 1], coefs[i], acts[i], y_part, sh)
         ctx.save_for_backward(k, v, states, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz)
         ctx.sh = sh
         outs = (a, d1, dz) if sh.depth == 2 else (dz,)
@@ -291,13 +298,15 @@ class _FusedLoop(torch.autograd.Function):
         buf = _Scratch.make(sh, k)
         g_end = torch.cat([g.reshape(-1) for g in g_parts[n_parts:]])  # [P]: the final state's
         g_start = torch.empty_like(g_end)
+        ends, starts = _views(g_end, sh), _views(g_start, sh)  # swapped with the buffers
+        ks, vs, coefs = k.unbind(0), v.unbind(0), _per_chunk(gam, e, mom, dl, zl, delta)
+        acts, g_acts = _per_chunk(h, a, d1, y0, dz), _per_chunk(*g_outs)
+        rows, extra = _per_chunk(*_part_views(states, sh)), _per_chunk(*g_starts)
+        outs = _per_chunk(g_k, g_v, g_delta, scal, gdl, gzl)
         for i in reversed(range(n)):
-            _backward_chunk(k[i], v[i], _views(states[i], sh),
-                            (gam[i], e[i], mom[i], dl[i], zl[i], delta[i]),
-                            (h[i], a[i], d1[i], y0[i], dz[i]), [g[i] for g in g_outs],
-                            _views(g_end, sh), [g[i] for g in g_starts], _views(g_start, sh),
-                            (g_k[i], g_v[i], g_delta[i], scal[i], gdl[i], gzl[i]), buf, sh)
-            g_end, g_start = g_start, g_end
+            _backward_chunk(ks[i], vs[i], rows[i], coefs[i], acts[i], g_acts[i], ends, extra[i],
+                            starts, outs[i], buf, sh)
+            g_end, g_start, ends, starts = g_start, g_end, starts, ends
         s = scal.sum(2)  # [n, N, 3]
         mom_on, huber = sh.flags["MOM"], sh.flags["BIAS"] == _BIAS["huber"]
         return (g_k, g_v, g_end, s[..., 0], s[..., 1] if mom_on else None,
