@@ -242,26 +242,32 @@ def test_supported_configurations() -> None:
 
 
 @pytest.mark.gpu
-def test_gpu_step_at_the_titans_size() -> None:
-    """B=4, 8 heads, chunk 64, D=128, hidden 512 on the GPU: the fused step's outputs and every
-    input gradient equal the PyTorch step's (float32, no TF32) within 1e-4; a Hopper miscompile
-    shows as a large error."""
+@pytest.mark.parametrize("depth,bias", [(2, "l2"), (2, "huber"), (1, "l2")])
+def test_gpu_step_at_the_titans_size(depth: int, bias: str) -> None:
+    """B=4, 8 heads, chunk 64, D=128, hidden 512 (depth 2) or a linear memory (depth 1) on the
+    GPU: the fused step's outputs and every input gradient equal the PyTorch step's (float32,
+    no TF32) within 1e-4; a Hopper miscompile shows as a large error."""
     gen = torch.Generator().manual_seed(5)
     rnd = lambda *s: torch.randn(*s, generator=gen).cuda()  # noqa: E731
     B, H, C, D, HD = 4, 8, 64, 128, 512
-    cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True, chunk_size=C)
+    cfg = DeepMemoryConfig(depth=depth, hidden=HD if depth == 2 else None, residual=True, norm=True,
+                           momentum=True, chunk_size=C, bias=bias)
     k, v = rnd(B, H, C, D), rnd(B, H, C, D)
-    state = DeepMemoryState((rnd(B, H, D, HD) * D ** -0.5, rnd(B, H, HD, D) * HD ** -0.5),
-                            (rnd(B, H, D, HD) * 0.01, rnd(B, H, HD, D) * 0.01))
+    shapes = [(D, HD), (HD, D)] if depth == 2 else [(D, D)]
+    state = DeepMemoryState(tuple(rnd(B, H, *s) * s[0] ** -0.5 for s in shapes),
+                            tuple(rnd(B, H, *s) * 0.01 for s in shapes))
     row = {"gam": rnd(B, H).sigmoid(), "e": rnd(B, H).sigmoid(), "mom": rnd(B, H).sigmoid(),
            "dmat": -0.01 * rnd(B, H, C).abs(), "zmat": -0.01 * rnd(B, H, C).abs()}
-    leaves = [k, v, *state.weights, *state.momentum, *row.values()]
+    d = rnd(B, H, C).abs() * 2.0 + 0.5 if bias == "huber" else None
+    L = len(shapes)
+    leaves = [k, v, *state.weights, *state.momentum, *row.values(), *([d] if d is not None else [])]
 
     def run(step) -> list[torch.Tensor]:  # noqa: ANN001
         x = [t.clone().requires_grad_(True) for t in leaves]
-        st = DeepMemoryState(tuple(x[2:4]), tuple(x[4:6]))
-        ins, deltas, new = step(st, x[0], x[1], None, dict(zip(row, x[6:])), cfg)
-        outs = [ins[1], *deltas, *new.weights, *new.momentum]
+        st = DeepMemoryState(tuple(x[2:2 + L]), tuple(x[2 + L:2 + 2 * L]))
+        rows = dict(zip(row, x[2 + 2 * L:2 + 2 * L + len(row)]))
+        ins, deltas, new = step(st, x[0], x[1], x[-1] if d is not None else None, rows, cfg)
+        outs = [*ins[1:], *deltas, *new.weights, *new.momentum]
         g = torch.Generator().manual_seed(6)
         loss = sum((o * torch.randn(o.shape, generator=g).cuda()).sum() for o in outs)
         return [o.detach() for o in outs] + list(torch.autograd.grad(loss, x))
