@@ -114,16 +114,21 @@ def _linear_bwd_update_kernel(k, dz, w, z, gam, e, mom, dl, zl, g_wn, g_zn, x_w,
 
 
 @triton.jit
-def _linear_bwd_keys_kernel(k, w, g_y0, g_w, gk_part, C, K, V, BC: tl.constexpr,
-                            BK: tl.constexpr, BVU: tl.constexpr, PREC: tl.constexpr):
-    """(batch·head) i: back through ``y0 = k W``: ``∂k += ∂y0 Wᵀ``, ``∂W += kᵀ ∂y0``."""
+def _linear_bwd_keys_kernel(k, w, g_y0, g_w, gk_part, gk_res, g_k, C, K, V, BC: tl.constexpr,
+                            BK: tl.constexpr, BVU: tl.constexpr, RES: tl.constexpr,
+                            PREC: tl.constexpr):
+    """(batch·head) i: back through ``y0 = k W``: ``∂W += kᵀ ∂y0``, and the whole ``∂k`` (the
+    update's share in ``gk_part``, ``∂y0 Wᵀ``, the residual's share ``gk_res`` with RES) into
+    ``g_k``."""
     i = tl.program_id(0).to(tl.int64)
     rc, rk = tl.arange(0, BC), tl.arange(0, BK)
     mc, mk = rc < C, rk < K
     kT = tl.load(k + i * C * K + rc[None, :] * K + rk[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
-    pk = gk_part + i * C * K + rc[:, None] * K + rk[None, :]
+    tile = i * C * K + rc[:, None] * K + rk[None, :]
     mck = mc[:, None] & mk[None, :]
-    gk = tl.load(pk, mask=mck, other=0.0)
+    gk = tl.load(gk_part + tile, mask=mck, other=0.0)
+    if RES:
+        gk += tl.load(gk_res + tile, mask=mck, other=0.0)
     for v0 in range(0, V, BVU):
         cv = v0 + tl.arange(0, BVU)
         mv = cv < V
@@ -133,4 +138,4 @@ def _linear_bwd_keys_kernel(k, w, g_y0, g_w, gk_part, C, K, V, BC: tl.constexpr,
         p = i * K * V + rk[:, None] * V + cv[None, :]
         m = mk[:, None] & mv[None, :]
         tl.store(g_w + p, tl.load(g_w + p, mask=m, other=0.0) + tl.dot(kT, gy, input_precision=PREC), mask=m)
-    tl.store(pk, gk, mask=mck)
+    tl.store(g_k + tile, gk, mask=mck)

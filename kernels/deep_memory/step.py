@@ -207,12 +207,9 @@ def _backward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], coef: tupl
     _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, 1,
                               sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
                               RES=f["RES"], BIAS=f["BIAS"])
-    _linear_bwd_keys_kernel[(sh.N,)](k, w, buf.g_y0, g_w, buf.gk, sh.C, sh.K, sh.V, BC=t["BC"],
-                                     BK=t["BK"], BVU=t["BVU"], PREC=sh.prec, num_warps=8,
-                                     num_stages=1)
-    torch.sum(buf.gk, 1, out=g_k)  # [N, C, K]
-    if f["RES"]:
-        g_k += buf.gk_res
+    _linear_bwd_keys_kernel[(sh.N,)](k, w, buf.g_y0, g_w, buf.gk, buf.gk_res, g_k, sh.C, sh.K, sh.V,
+                                     BC=t["BC"], BK=t["BK"], BVU=t["BVU"], RES=f["RES"],
+                                     PREC=sh.prec, num_warps=8, num_stages=1)
 
 
 def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts: tuple,
