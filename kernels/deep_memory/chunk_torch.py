@@ -234,24 +234,55 @@ def _materialised_chunk(
     return mlp_output(ws, qc[:, :, n], cfg, per_row=True), state  # [B, H, C, V]
 
 
+def _read_map_chunk(
+    n: int, state: DeepMemoryState, qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None,
+    co: dict[str, Tensor], last: int, cfg: DeepMemoryConfig,
+) -> tuple[Tensor, DeepMemoryState]:
+    """Chunk ``n`` when only the read is nonlinear (``lq``, ``kl``: ``W_t = N(A_t)`` with a
+    linear recursion of the state ``A``): every token's state from the dual coefficients at
+    once, ``A_t = gam_t A_0 + e_t Z_0 + sum_{s<=t} dmat_ts a_s delta_s^T`` ([B, H, C, d_in,
+    d_out]), then each query reads through ``N(A_t)``. No loop over tokens."""
+    d_n = dc[:, :, n] if dc is not None else None
+    ins, deltas = key_gradients(read_weights(state.weights, cfg), kc[:, :, n], vc[:, :, n], d_n, cfg)
+    per_token = []
+    for i, w0 in enumerate(state.weights):
+        a_t = co["gam"][:, :, n, :, None, None] * w0.unsqueeze(2)  # [B, H, C, d_in, d_out]
+        if cfg.momentum:
+            a_t = a_t + co["e"][:, :, n, :, None, None] * state.momentum[i].unsqueeze(2)
+        scaled = co["dmat"][:, :, n].unsqueeze(-1) * ins[i].unsqueeze(2)  # [B, H, C(t), C(s), d_in]
+        per_token.append(a_t + scaled.transpose(-1, -2) @ deltas[i].unsqueeze(2))  # + sum_s
+    out = mlp_output(read_weights(tuple(per_token), cfg), qc[:, :, n], cfg, per_row=True)
+    row = {name: t[:, :, n, last] for name, t in co.items()}  # the chunk's last real token
+    return out, _advance_chunk(state, ins, deltas, row)  # [B, H, C, V]
+
+
 def _materialised(
     qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None, log_a: Tensor, eta: Tensor,
     mu: Tensor | None, T: int, state: DeepMemoryState, cfg: DeepMemoryConfig,
 ) -> tuple[Tensor, DeepMemoryState]:
     """Nonlinear retention: per-token weights of one chunk at a time (reference-speed path).
 
-    Under autograd each chunk is checkpointed: backward recomputes the chunk's per-token
-    weights instead of keeping every token's weights (and the retention map's intermediates)
-    alive, so memory holds one weight copy per chunk rather than per token.
+    ``lq`` and ``kl`` (a nonlinear read of a linear recursion) form a chunk's per-token states
+    at once (:func:`_read_map_chunk`); ``elastic_net`` (a threshold inside the recursion) steps
+    token by token (:func:`_materialised_chunk`). Under autograd each chunk is checkpointed:
+    backward recomputes the chunk's per-token weights instead of keeping every token's weights
+    (and the retention map's intermediates) alive, so memory holds one weight copy per chunk
+    rather than per token.
     """
     outs = []
     checkpointed = torch.is_grad_enabled()
-    for n in range(qc.shape[2]):
-        args = (n, state, qc, kc, vc, dc, log_a, eta, mu, T, cfg)
-        if checkpointed:
-            o, state = torch.utils.checkpoint.checkpoint(_materialised_chunk, *args, use_reentrant=False)
+    n_chunks, C = qc.shape[2], qc.shape[3]
+    stepwise = cfg.retention_global == "elastic_net"
+    co = None if stepwise else dual_coefficients(log_a, eta, mu)
+    for n in range(n_chunks):
+        if stepwise:
+            fn, args = _materialised_chunk, (n, state, qc, kc, vc, dc, log_a, eta, mu, T, cfg)
         else:
-            o, state = _materialised_chunk(*args)
+            fn, args = _read_map_chunk, (n, state, qc, kc, vc, dc, co, min(C, T - n * C) - 1, cfg)
+        if checkpointed:
+            o, state = torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        else:
+            o, state = fn(*args)
         outs.append(o)
     return torch.stack(outs, 2), state
 
