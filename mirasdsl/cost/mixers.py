@@ -119,8 +119,12 @@ def _core_flops_deep(n: MixerNode, context: int) -> float:
     - dual form (linear retention): state carried by outer-product sums ``C·Σ d_i o_i`` (×2 with
       momentum), read-out ``C·Σ (d_i o_i·(2 with momentum, else 1) + C·d_i + C·o_i)``, and with
       momentum the decay/momentum coefficient products ``C² + C³``;
-    - materialised path (lq, kl, elastic net): each token reads through its own weights ``Σ d_i o_i``
-      (the per-token outer products are elementwise, not matmuls).
+    - nonlinear read (lq, kl): every token's state from the dual coefficients at once
+      ``C²·Σ d_i o_i`` per chunk (a product over the chunk's tokens, not a sequential update), the
+      chunk-end state ``C·Σ d_i o_i`` (×2 with momentum), with momentum the coefficient products
+      ``C² + C³``, and each token reads through its own weights ``Σ d_i o_i``;
+    - elastic net: token by token (the per-token outer products are elementwise, not matmuls),
+      each token reading through its own weights ``Σ d_i o_i``.
     """
     m = n.mixer
     c = min(m.update.chunk or 1, context)
@@ -128,10 +132,14 @@ def _core_flops_deep(n: MixerNode, context: int) -> float:
     dense = sum(i * o for i, o in shapes)
     macs = c * dense + c * sum(i * o for i, o in shapes[1:])  # gradients at the chunk's start
     momentum = m.update.kind == "gd_momentum"
-    if m.retention.global_.kind in ("lq", "kl", "elastic_net"):
+    factor = 2 if momentum else 1
+    if m.retention.global_.kind == "elastic_net":
         macs += c * dense  # per-token read-out through materialised weights
+    elif m.retention.global_.kind in ("lq", "kl"):
+        macs += c * dense + c * c * dense + c * dense * factor  # read-out, per-token and end states
+        if momentum:
+            macs += c * c + c ** 3
     else:
-        factor = 2 if momentum else 1
         macs += c * dense * factor  # carry the state to the chunk's end
         macs += sum(c * i * o * factor + c * c * (i + o) for i, o in shapes)  # dual-form read-out
         if momentum:
