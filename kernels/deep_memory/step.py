@@ -4,7 +4,8 @@ autograd Function, three Triton kernels per chunk forward and three backward.
 Each step is phase 1 of ``chunk_torch._dual_form`` for one chunk of every (batch, head) at once:
 the keys go forward through the MLP at the chunk's starting weights, the attentional bias is
 back-propagated by hand (``key_gradients``), and the state moves to the chunk's end
-(``_advance_chunk``). In PyTorch that is about 175 ops per chunk (forward + backward); here:
+(``_advance_chunk``). In PyTorch that is about 166 kernel launches per chunk (forward +
+backward); here, for depth 2:
 
 forward (``_step_fwd.py``)
 1. ``_keys_kernel``, grid (N, hidden blocks): ``h = k W1[:, j]``, ``a = act(h)``; stores ``h``
@@ -25,10 +26,11 @@ The whole loop is one ``torch.autograd.Function`` (``_FusedLoop``): the chunks' 
 out chunk-major (``[n, N, ...]``, so each chunk's slice is contiguous), every chunk writes into
 buffers allocated once for all chunks (the chunk-start states ``S [n + 1, P]``, one flat row
 ``[W1 | W2 | Z1 | Z2]`` per chunk), and the backward walks the chunks in reverse carrying the
-state's gradient. Per chunk that leaves the six kernel launches, a sum over the hidden blocks
-for dk (plus the residual's share) and one add of the read-out's gradient on the chunk-start
-state: no per-chunk autograd nodes, copies, stacks or gradient accumulation
-(``benchmarks/count_launches.py`` counts them).
+state's gradient; the read-out's gradient on each chunk-start state is added inside
+``_bwd_hidden_kernel``, and every per-chunk view is made up front. Per chunk that leaves the six
+kernel launches and a sum over the hidden blocks for dk (plus the residual's share; depth 1
+assembles dk in its kernel): no per-chunk autograd nodes, copies, stacks or gradient
+accumulation (``benchmarks/count_launches.py`` counts them).
 
 Every ``tl.dot`` operand comes from a load (values computed from a dot go through memory, with a
 barrier): Triton 3.4-3.7.0 miscompiles some dot-of-dot patterns on Hopper (fla issue #640).
