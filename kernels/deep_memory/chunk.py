@@ -2,13 +2,14 @@
 
 The fused kernel computes, for every chunk of every (batch, head) at once,
 
-    O = XW @ W + (tril(X A^T) * D) @ U                  [N, C, DV]
+    O = gam (X W_0) + e (X Z_0) + (tril(X A^T) * D) @ U          [N, C, DV]
 
-without writing the [C, C] score matrix to memory (``XW = [gam X, e X]``, ``W = [W_0; Z_0]``,
-``A`` the keys' layer inputs, ``D`` the decay/step coefficients, ``U`` the keys' output errors).
-Its backward is a second Triton kernel for the masked part (dX, dA, dD, dU in one pass per
-chunk); the two dense products ``dXW = dO W^T`` and ``dW = XW^T dO`` are plain batched GEMMs and
-run through torch (cuBLAS). The chunk loop (per chunk: the keys' forward/backward and the state
+without writing the [C, C] score matrix to memory (``gam, e`` a scale per row, ``W_0, Z_0`` the
+chunk-start weights and momenta, read in place from the loop's buffers; ``A`` the keys' layer
+inputs, ``D`` the decay/step coefficients, ``U`` the keys' output errors); X is loaded once for
+the dense and the masked products. Its backward is a second Triton kernel for the masked part
+(dX, dA, dD, dU in one pass per chunk); the dense products ``dO W_0^T``, ``(gam X)^T dO`` (and
+the same for ``Z_0``) are plain batched GEMMs and run through torch (cuBLAS). The chunk loop (per chunk: the keys' forward/backward and the state
 update) is one autograd Function with three Triton kernels per chunk each way (``step.py``) for
 depth-1 and depth-2 memories with linear retention (any attentional bias) in float32; other configurations
 take the PyTorch loop.
@@ -33,8 +34,8 @@ MAX_TRITON_CHUNK = 128  # larger chunks make the [C, C] tile too big for registe
 
 @triton.jit
 def _readout_fwd_kernel(
-    XW, W, X, A, D, U, O, C, DW, DK, DV,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    X, W0, Z0, GAM, E, A, D, U, O, C, DK, DV,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program: one chunk ``n`` and one block of BV output channels."""
     i_n = tl.program_id(0).to(tl.int64)
@@ -44,20 +45,23 @@ def _readout_fwd_kernel(
     rv = i_v * BV + tl.arange(0, BV)
     mc = rc < C
     mv = rv < DV
-    acc = tl.zeros([BC, BV], dtype=tl.float32)
-    for k0 in range(0, DW, BK):  # dense part: XW @ W
-        kk = k0 + rk
-        mk = kk < DW
-        xw = tl.load(XW + i_n * C * DW + rc[:, None] * DW + kk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
-        w = tl.load(W + i_n * DW * DV + kk[:, None] * DV + rv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
-        acc += tl.dot(xw, w, input_precision=PREC)
-    att = tl.zeros([BC, BC], dtype=tl.float32)
-    for k0 in range(0, DK, BK):  # scores X A^T
+    acc_w = tl.zeros([BC, BV], dtype=tl.float32)  # X W_0
+    acc_z = tl.zeros([BC, BV], dtype=tl.float32)  # X Z_0
+    att = tl.zeros([BC, BC], dtype=tl.float32)  # scores X A^T
+    for k0 in range(0, DK, BK):
         kk = k0 + rk
         mk = kk < DK
         x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
+        pw = i_n * DK * DV + kk[:, None] * DV + rv[None, :]
+        mw = mk[:, None] & mv[None, :]
+        acc_w += tl.dot(x, tl.load(W0 + pw, mask=mw, other=0.0), input_precision=PREC)
+        if MOM:
+            acc_z += tl.dot(x, tl.load(Z0 + pw, mask=mw, other=0.0), input_precision=PREC)
         a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
         att += tl.dot(x, tl.trans(a), input_precision=PREC)
+    acc = tl.load(GAM + i_n * C + rc, mask=mc, other=0.0)[:, None] * acc_w
+    if MOM:
+        acc += tl.load(E + i_n * C + rc, mask=mc, other=0.0)[:, None] * acc_z
     mcc = mc[:, None] & mc[None, :]
     d = tl.load(D + i_n * C * C + rc[:, None] * C + rc[None, :], mask=mcc, other=0.0)
     att = tl.where((rc[:, None] >= rc[None, :]) & mcc, att * d, 0.0)
@@ -128,33 +132,34 @@ def _warps(bc: int) -> int:
 
 
 class _FusedReadout(torch.autograd.Function):
-    """Autograd wrapper around the two kernels (float32 in, float32 out)."""
+    """Autograd wrapper around the two kernels (float32 in, float32 out); ``z0 = e = None``
+    without momentum."""
 
     @staticmethod
-    def forward(ctx, xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor,
-                prec: str) -> Tensor:
-        xw, w, x, a, d, u = (t.contiguous().float() for t in (xw, w, x, a, d, u))
-        N, C, DW = xw.shape
-        DK, DV = x.shape[-1], u.shape[-1]
-        BC, BK, BV = _blocks(C, max(DK, DW), DV)
+    def forward(ctx, x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None, e: Tensor | None,
+                a: Tensor, d: Tensor, u: Tensor, prec: str) -> Tensor:
+        mom = z0 is not None
+        x, w0, gam, a, d, u = (t.contiguous().float() for t in (x, w0, gam, a, d, u))
+        z0, e = (t.contiguous().float() for t in (z0, e)) if mom else (w0, gam)  # placeholders
+        N, C, DK = x.shape
+        DV = u.shape[-1]
+        BC, BK, BV = _blocks(C, DK, DV)
         o = torch.empty(N, C, DV, device=x.device, dtype=torch.float32)  # [N, C, DV]
         _readout_fwd_kernel[(N, triton.cdiv(DV, BV))](
-            xw, w, x, a, d, u, o, C, DW, DK, DV, BC=BC, BK=BK, BV=BV, PREC=prec,
+            x, w0, z0, gam, e, a, d, u, o, C, DK, DV, BC=BC, BK=BK, BV=BV, MOM=mom, PREC=prec,
             num_warps=_warps(BC),
         )
-        ctx.save_for_backward(xw, w, x, a, d, u)
-        ctx.prec = prec
+        ctx.save_for_backward(x, w0, gam, z0, e, a, d, u)
+        ctx.prec, ctx.mom = prec, mom
         return o
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
-    def backward(ctx, do: Tensor) -> tuple[Tensor, ...]:
-        xw, w, x, a, d, u = ctx.saved_tensors
+    def backward(ctx, do: Tensor) -> tuple[Tensor | None, ...]:
+        x, w0, gam, z0, e, a, d, u = ctx.saved_tensors
         do = do.contiguous().float()  # [N, C, DV]
         N, C, DK = x.shape
         DV = u.shape[-1]
-        dxw = do @ w.transpose(-1, -2)  # [N, C, DW]  (cuBLAS)
-        dw = xw.transpose(-1, -2) @ do  # [N, DW, DV]  (cuBLAS)
         dx, da, du = torch.empty_like(x), torch.empty_like(a), torch.empty_like(u)
         dd = torch.zeros_like(d)  # [N, C, C], zero above the diagonal
         BC, BK, BV = _blocks(C, DK, DV)
@@ -162,15 +167,21 @@ class _FusedReadout(torch.autograd.Function):
             x, a, d, u, do, dx, da, dd, du, C, DK, DV, BC=BC, BK=BK, BV=BV, PREC=ctx.prec,
             num_warps=_warps(BC),
         )
-        return dxw, dw, dx, da, dd, du, None
+        grads = []
+        for w, s in ((w0, gam), (z0, e)) if ctx.mom else ((w0, gam),):  # the dense products
+            xw_grad = do @ w.transpose(-1, -2)  # [N, C, DK]  (cuBLAS)
+            dx += s.unsqueeze(-1) * xw_grad
+            grads += [(s.unsqueeze(-1) * x).transpose(-1, -2) @ do, (xw_grad * x).sum(-1)]
+        dw0, dgam, dz0, de = grads if ctx.mom else (*grads, None, None)
+        return dx, dw0, dgam, dz0, de, da, dd, du, None
 
 
-def readout_triton(xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor,
-                   prec: str = "ieee") -> Tensor:
-    """Fused ``xw @ w + (tril(x a^T) * d) @ u`` (see the module docstring); same as
-    :func:`chunk_torch.readout_torch`, differentiable once. ``prec``: ``tl.dot`` input precision
-    (``"ieee"`` float32, ``"tf32"`` for half-precision models)."""
-    return _FusedReadout.apply(xw, w, x, a, d, u, prec)
+def readout_triton(x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None, e: Tensor | None,
+                   a: Tensor, d: Tensor, u: Tensor, prec: str = "ieee") -> Tensor:
+    """Fused ``gam (x W_0) + e (x Z_0) + (tril(x a^T) * d) @ u`` (see the module docstring);
+    same as :func:`chunk_torch.readout_torch`, differentiable once. ``prec``: ``tl.dot`` input
+    precision (``"ieee"`` float32, ``"tf32"`` for half-precision models)."""
+    return _FusedReadout.apply(x, w0, gam, z0, e, a, d, u, prec)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

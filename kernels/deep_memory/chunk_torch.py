@@ -30,21 +30,26 @@ from .memory import (
     mlp_output, per_token_delta, read_weights, start_state,
 )
 
-# readout(xw [N,C,DW], w [N,DW,DV], x [N,C,DK], a [N,C,DK], d [N,C,C], u [N,C,DV]) -> [N,C,DV]
-Readout = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+# readout(x [N,C,DK], w0 [N,DK,DV], gam [N,C], z0 [N,DK,DV] | None, e [N,C] | None,
+#         a [N,C,DK], d [N,C,C], u [N,C,DV]) -> [N,C,DV]
+Readout = Callable[..., Tensor]
 # phase1(state, kc, vc, dc, chunk-end coefficient table, cfg) -> (chunk-start weights per layer,
 # chunk-start momenta per layer or None, layer inputs per layer, output errors per layer, final
-# state); every per-layer tensor [B, H, n, ...]
+# state); every per-layer tensor chunk-major [n, B, H, ...] (contiguous: the read-out flattens
+# its first three dims without a copy)
 Phase1Out = tuple[list[Tensor], list[Tensor] | None, list[Tensor], list[Tensor], DeepMemoryState]
 Phase1 = Callable[..., Phase1Out]
 
 
-def readout_torch(xw: Tensor, w: Tensor, x: Tensor, a: Tensor, d: Tensor, u: Tensor) -> Tensor:
-    """``xw @ w + (tril(x a^T) * d) @ u``: the dual-form read-out of one layer, per chunk."""
+def readout_torch(x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None, e: Tensor | None,
+                  a: Tensor, d: Tensor, u: Tensor) -> Tensor:
+    """``gam (x W_0) + e (x Z_0) + (tril(x a^T) * d) @ u``: the dual-form read-out of one layer,
+    per chunk (``gam, e``: a scale per row; ``z0 = e = None`` without momentum)."""
     C = x.shape[-2]
     mask = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()  # [C, C]
     att = (x @ a.transpose(-1, -2)) * d  # [N, C, C]
-    return xw @ w + att.masked_fill(~mask, 0.0) @ u  # [N, C, DV]
+    out = gam.unsqueeze(-1) * (x @ w0) + att.masked_fill(~mask, 0.0) @ u  # [N, C, DV]
+    return out + e.unsqueeze(-1) * (x @ z0) if z0 is not None else out
 
 
 def _to_chunks(x: Tensor, C: int) -> Tensor:
@@ -184,7 +189,7 @@ def loop_phase1(state: DeepMemoryState, kc: Tensor, vc: Tensor, dc: Tensor | Non
         ins, deltas, state = _torch_step(state, ks[n], vs[n], ds[n], rows[n], cfg)
         all_ins.append(ins)
         all_deltas.append(deltas)
-    stack = lambda xs: [torch.stack(x, 2) for x in zip(*xs)]  # noqa: E731  per layer [B, H, n, ...]
+    stack = lambda xs: [torch.stack(x, 0) for x in zip(*xs)]  # noqa: E731  per layer [n, B, H, ...]
     w0s = stack([s.weights for s in starts])
     z0s = stack([s.momentum for s in starts]) if cfg.momentum else None
     return w0s, z0s, stack(all_ins), stack(all_deltas), state
@@ -198,19 +203,20 @@ def _dual_form(
     n_chunks, C = qc.shape[2], qc.shape[3]
     table = chunk_end_table(co, [min(C, T - n * C) - 1 for n in range(n_chunks)])
     w0s, z0s, all_a, all_u, state = phase1(state, kc, vc, dc, table, cfg)
-    x = qc  # [B, H, n, C, K]
-    B, H = qc.shape[:2]
+    # chunk-major [n, B, H, ...]: the chunk-start states come that way from phase 1, so the
+    # read-out takes them without a copy; queries and coefficients are reordered once
+    major = lambda t: t.movedim(2, 0).contiguous()  # noqa: E731  [B, H, n, ...] -> [n, B, H, ...]
+    qn, gam, dmat = major(qc), major(co["gam"]), major(co["dmat"])
+    e = major(co["e"]) if cfg.momentum else None
+    flat = lambda t: t.flatten(0, 2) if t is not None else None  # noqa: E731  [n·B·H, ...]
+    x = qn  # [n, B, H, C, K]
     for i in range(cfg.depth):
-        w0 = w0s[i]  # [B, H, n, d_in, d_out]
-        xw = co["gam"].unsqueeze(-1) * x  # [B, H, n, C, d_in]
-        if cfg.momentum:
-            xw = torch.cat([xw, co["e"].unsqueeze(-1) * x], -1)  # [B, H, n, C, 2 d_in]
-            w0 = torch.cat([w0, z0s[i]], -2)  # [B, H, n, 2 d_in, d_out]
-        a, u = all_a[i], all_u[i]  # [B, H, n, C, d_in], [B, H, n, C, d_out]
-        out = readout(*(t.flatten(0, 2) for t in (xw, w0, x, a, co["dmat"], u)))
-        out = out.reshape(B, H, n_chunks, C, -1)  # [B, H, n, C, d_out]
+        z0 = z0s[i] if cfg.momentum else None  # [n, B, H, d_in, d_out]
+        out = readout(flat(x), flat(w0s[i]), flat(gam), flat(z0), flat(e), flat(all_a[i]),
+                      flat(dmat), flat(all_u[i]))
+        out = out.reshape(*qn.shape[:4], -1)  # [n, B, H, C, d_out]
         x = activation(out, cfg.activation) if i < cfg.depth - 1 else out
-    return finish_output(out, qc, cfg), state
+    return finish_output(out, qn, cfg).movedim(0, 2), state  # [B, H, n, C, V]
 
 
 def _materialised_chunk(

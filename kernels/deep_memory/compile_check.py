@@ -13,22 +13,23 @@ import torch
 
 from ..compile_check import Launch, compile_all, recording
 
-# (chunk C, read-in width DW, key width DK, value width DV) of each MLP layer's read-out
-TITANS_LAYERS = [(C, dw, dk, dv) for C in (64, 16) for dw, dk, dv in ((256, 128, 512), (1024, 512, 128))]
+# (chunk C, key width DK, value width DV) of each MLP layer's read-out (with momentum)
+TITANS_LAYERS = [(C, dk, dv) for C in (64, 16) for dk, dv in ((128, 512), (512, 128))]
 
 
-def record_launches(C: int, dw: int, dk: int, dv: int, prec: str = "ieee") -> list[Launch]:
-    """Run the fused read-out forward and backward once on CPU tensors with its kernels recorded."""
+def record_launches(C: int, dk: int, dv: int, prec: str = "ieee") -> list[Launch]:
+    """Run the fused read-out (with momentum) forward and backward once on CPU tensors with its
+    kernels recorded."""
     from . import chunk
 
     with recording([(chunk, "_readout_fwd_kernel"), (chunk, "_readout_bwd_kernel")]) as log:
         n = 2
-        xw = torch.randn(n, C, dw, requires_grad=True)
-        w = torch.randn(n, dw, dv, requires_grad=True)
-        x, a = (torch.randn(n, C, dk, requires_grad=True) for _ in range(2))
-        d = torch.randn(n, C, C, requires_grad=True)
-        u = torch.randn(n, C, dv, requires_grad=True)
-        chunk.readout_triton(xw, w, x, a, d, u, prec=prec).sum().backward()
+        leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
+        x, a = leaf(n, C, dk), leaf(n, C, dk)
+        w0, z0 = leaf(n, dk, dv), leaf(n, dk, dv)
+        gam, e = leaf(n, C), leaf(n, C)
+        d, u = leaf(n, C, C), leaf(n, C, dv)
+        chunk.readout_triton(x, w0, gam, z0, e, a, d, u, prec=prec).sum().backward()
     return log
 
 
@@ -60,9 +61,9 @@ def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512
 
 def main() -> None:
     for prec in ("ieee", "tf32"):  # float32 models, half-precision models
-        for C, dw, dk, dv in TITANS_LAYERS:
-            for cand in compile_all(record_launches(C, dw, dk, dv, prec)):
-                print(f"C={C} DW={dw} DK={dk} DV={dv} {prec}: {cand.line()}")
+        for C, dk, dv in TITANS_LAYERS:
+            for cand in compile_all(record_launches(C, dk, dv, prec)):
+                print(f"C={C} MOM=1 DK={dk} DV={dv} {prec}: {cand.line()}")
         for C in (64, 16):
             for cand in compile_all(record_step_launches(C, prec)):
                 print(f"C={C} {prec} step: {cand.line()}")

@@ -24,8 +24,8 @@ backward (``_step_bwd.py``)
 
 The whole loop is one ``torch.autograd.Function`` (``_FusedLoop``): the chunks' inputs are laid
 out chunk-major (``[n, N, ...]``, so each chunk's slice is contiguous), every chunk writes into
-buffers allocated once for all chunks (the chunk-start states ``S [n + 1, P]``, one flat row
-``[W1 | W2 | Z1 | Z2]`` per chunk), and the backward walks the chunks in reverse carrying the
+buffers allocated once for all chunks (the chunk-start states: per part W1, W2, Z1, Z2 one
+``[n + 1, N, d_in, d_out]`` buffer, which the read-out then takes in place), and the backward walks the chunks in reverse carrying the
 state's gradient; the read-out's gradient on each chunk-start state is added inside
 ``_bwd_hidden_kernel``, and every per-chunk view is made up front. Per chunk that leaves the six
 kernel launches and a sum over the hidden blocks for dk (plus the residual's share; depth 1
@@ -102,15 +102,18 @@ def _shape(k: Tensor, v: Tensor, w1: Tensor, cfg: DeepMemoryConfig, mom_on: bool
     return _Shape(cfg.depth, N, C, K, HD, V, nj, tiles, flags, prec, float(bp))
 
 
-def _part_views(rows: Tensor, sh: _Shape) -> list[Tensor]:
-    """The state parts ``W1 [N, K, HD], W2 [N, HD, V]`` (depth 1: ``W [N, K, V]``), then the
-    momenta likewise, of flat state rows ``rows [..., P]`` as views ``[..., N, d_in, d_out]``."""
+def _part_shapes(sh: _Shape) -> list[tuple[int, int, int]]:
+    """``W1 [N, K, HD], W2 [N, HD, V]`` (depth 1: ``W [N, K, V]``), then the momenta likewise."""
     layers = [(sh.N, sh.K, sh.HD), (sh.N, sh.HD, sh.V)] if sh.depth == 2 else [(sh.N, sh.K, sh.V)]
-    shapes = layers * (2 if sh.flags["MOM"] else 1)
+    return layers * (2 if sh.flags["MOM"] else 1)
+
+
+def _views(buf: Tensor, sh: _Shape) -> list[Tensor]:
+    """The state parts (:func:`_part_shapes`) of one flat state row ``buf [P]`` as views."""
     out, off = [], 0
-    for shape in shapes:
+    for shape in _part_shapes(sh):
         size = shape[0] * shape[1] * shape[2]
-        out.append(rows[..., off:off + size].unflatten(-1, shape))
+        out.append(buf[off:off + size].view(shape))
         off += size
     return out
 
@@ -118,11 +121,6 @@ def _part_views(rows: Tensor, sh: _Shape) -> list[Tensor]:
 def _per_chunk(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
     """``(x_i for x in tensors)`` for every chunk i: views along dim 0, one unbind a tensor."""
     return list(zip(*(t.unbind(0) for t in tensors)))
-
-
-def _views(buf: Tensor, sh: _Shape) -> list[Tensor]:
-    """The state parts of one flat state row ``buf [P]``."""
-    return _part_views(buf, sh)
 
 
 def _with_momentum(parts: list[Tensor], sh: _Shape) -> list[Tensor]:
@@ -265,24 +263,25 @@ class _FusedLoop(torch.autograd.Function):
         hd = sh.HD if sh.depth == 2 else 0  # no hidden layer at depth 1
         h, a, d1 = (new(n, sh.N, sh.C, hd) for _ in range(3))
         y0, dz = new(n, sh.N, sh.C, sh.V), new(n, sh.N, sh.C, sh.V)
-        states = new(n + 1, s0.numel())
-        states[0] = s0
+        states = [new(n + 1, *shape) for shape in _part_shapes(sh)]  # chunk-start states per part
+        for part, first in zip(states, _views(s0, sh)):
+            part[0] = first
         y_part = new(sh.N, sh.NJ, sh.C, sh.V)
         # every per-chunk view made up front (a few unbinds): the loop then only launches
         ks, vs = k.unbind(0), v.unbind(0)
         coefs, acts = _per_chunk(gam, e, mom, dl, zl, delta), _per_chunk(h, a, d1, y0, dz)
-        rows = _per_chunk(*_part_views(states, sh))  # [n + 1] tuples of state parts
+        rows = _per_chunk(*states)  # [n + 1] tuples of state parts
         for i in range(n):
             _forward_chunk(ks[i], vs[i], rows[i], rows[i + 1], coefs[i], acts[i], y_part, sh)
-        ctx.save_for_backward(k, v, states, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz)
+        ctx.save_for_backward(k, v, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz, *states)
         ctx.sh = sh
         outs = (a, d1, dz) if sh.depth == 2 else (dz,)
-        return (*outs, *_part_views(states[:n], sh), *_views(states[n], sh))
+        return (*outs, *(part[:n] for part in states), *(part[n] for part in states))
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, *grads):  # noqa: ANN001, ANN205
-        k, v, states, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz = ctx.saved_tensors
+        k, v, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz, *states = ctx.saved_tensors
         sh = ctx.sh
         n = k.shape[0]
         n_outs = 3 if sh.depth == 2 else 1
@@ -300,7 +299,7 @@ class _FusedLoop(torch.autograd.Function):
         ends, starts = _views(g_end, sh), _views(g_start, sh)  # swapped with the buffers
         ks, vs, coefs = k.unbind(0), v.unbind(0), _per_chunk(gam, e, mom, dl, zl, delta)
         acts, g_acts = _per_chunk(h, a, d1, y0, dz), _per_chunk(*g_outs)
-        rows, extra = _per_chunk(*_part_views(states, sh)), _per_chunk(*g_starts)
+        rows, extra = _per_chunk(*states), _per_chunk(*g_starts)
         outs = _per_chunk(g_k, g_v, g_delta, scal, gdl, gzl)
         for i in reversed(range(n)):
             _backward_chunk(ks[i], vs[i], rows[i], coefs[i], acts[i], g_acts[i], ends, extra[i],
@@ -341,28 +340,25 @@ def _chunk_major(x: Tensor) -> Tensor:
     return x.movedim(2, 0).flatten(1, 2).contiguous()
 
 
-def _batch_major(x: Tensor, B: int, H: int) -> Tensor:
-    """``[n, B·H, ...]`` -> ``[B, H, n, ...]`` (a view)."""
-    return x.unflatten(1, (B, H)).movedim(0, 2)
-
-
 def fused_phase1(state: DeepMemoryState, kc: Tensor, vc: Tensor, dc: Tensor | None,
                  table: dict[str, Tensor], cfg: DeepMemoryConfig, prec: str = "ieee"):  # noqa: ANN201
     """``chunk_torch.loop_phase1`` by the fused loop: kc ``[B, H, n, C, K]``, vc ``[B, H, n, C,
     V]``, ``table`` the chunk-end coefficient rows (``gam, e, mom`` ``[B, H, n]``; ``dmat, zmat``
     ``[B, H, n, C]``); ``dc`` the huber threshold ``[B, H, n, C]`` (None for other biases). Returns
-    the chunk-start weights and momenta per layer ``[B, H, n, d_in, d_out]``, the layer inputs
-    and output errors per layer ``[B, H, n, C, d]`` and the final state."""
+    the chunk-start weights and momenta per layer ``[n, B, H, d_in, d_out]``, the layer inputs
+    and output errors per layer ``[n, B, H, C, d]`` (chunk-major views of the loop's buffers)
+    and the final state."""
     B, H = kc.shape[:2]
     parts = [p.reshape(B * H, *p.shape[2:]) for p in (*state.weights, *(state.momentum or ()))]
     rows = {name: _chunk_major(t) for name, t in table.items()}
     dlt = _chunk_major(dc) if cfg.bias == "huber" else None
     outs, starts, ends = run_loop(_chunk_major(kc), _chunk_major(vc), dlt, parts, rows, cfg, prec)
-    outs = [_batch_major(x, B, H) for x in outs]  # [a, d1, dz] or [dz], each [B, H, n, C, ·]
-    per_chunk = [_batch_major(s, B, H) for s in starts]  # [B, H, n, d_in, d_out]
+    outs = [x.unflatten(1, (B, H)) for x in outs]  # [a, d1, dz] or [dz], each [n, B, H, C, ·]
+    per_chunk = [s.unflatten(1, (B, H)) for s in starts]  # [n, B, H, d_in, d_out]
     final = [s.unflatten(0, (B, H)) for s in ends]  # [B, H, d_in, d_out]
     L, mom_on = cfg.depth, state.momentum is not None
-    ins = [kc, outs[0]] if L == 2 else [kc]
+    kn = kc.movedim(2, 0)  # [n, B, H, C, K]
+    ins = [kn, outs[0]] if L == 2 else [kn]
     return (per_chunk[:L], per_chunk[L:] if mom_on else None, ins, outs[-L:],
             DeepMemoryState(tuple(final[:L]), tuple(final[L:]) if mom_on else None))
 
@@ -378,4 +374,4 @@ def fused_step(state: DeepMemoryState, k: Tensor, v: Tensor, d: Tensor | None,
     table = {name: t.unsqueeze(2) for name, t in row.items()}  # one chunk: [B, H, 1, ...]
     dc = d.unsqueeze(2) if d is not None else None
     _, _, ins, deltas, new = fused_phase1(state, k.unsqueeze(2), v.unsqueeze(2), dc, table, cfg, prec)
-    return [x.squeeze(2) for x in ins], [x.squeeze(2) for x in deltas], new
+    return [x[0] for x in ins], [x[0] for x in deltas], new

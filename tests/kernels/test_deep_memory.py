@@ -230,16 +230,21 @@ def test_dual_form_saves_no_per_token_weights() -> None:
     assert o.shape == (B, T, H, K)
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 24, 12, 20), (2, 16, 40, 20, 12), (2, 37, 24, 12, 33)])
-def test_triton_readout_matches_torch(shape: tuple[int, ...]) -> None:
-    N, Cn, DW, DK, DV = shape
+@pytest.mark.parametrize("mom", [True, False])
+@pytest.mark.parametrize("shape", [(3, 4, 12, 20), (2, 16, 20, 12), (2, 37, 12, 33), (2, 16, 80, 12)])
+def test_triton_readout_matches_torch(shape: tuple[int, ...], mom: bool) -> None:
+    """The fused read-out (dense products with W_0 and Z_0 scaled per row, the masked scores)
+    against the PyTorch one: output and every input gradient; DK = 80 takes two key blocks."""
+    N, Cn, DK, DV = shape
     gen = torch.Generator().manual_seed(1)
-    ts = [torch.randn(*s, generator=gen).requires_grad_(True)
-          for s in ((N, Cn, DW), (N, DW, DV), (N, Cn, DK), (N, Cn, DK), (N, Cn, Cn), (N, Cn, DV))]
+    rnd = lambda *s: torch.randn(*s, generator=gen).requires_grad_(True)  # noqa: E731
+    ts = [rnd(N, Cn, DK), rnd(N, DK, DV), rnd(N, Cn), rnd(N, DK, DV) if mom else None,
+          rnd(N, Cn) if mom else None, rnd(N, Cn, DK), rnd(N, Cn, Cn), rnd(N, Cn, DV)]
+    leaves = [t for t in ts if t is not None]
     do = torch.randn(N, Cn, DV, generator=gen)
     o1, o2 = readout_triton(*ts), readout_torch(*ts)
     assert rel_rms(o1, o2) <= TOL
-    for a, b in zip(torch.autograd.grad(o1, ts, do), torch.autograd.grad(o2, ts, do)):
+    for a, b in zip(torch.autograd.grad(o1, leaves, do), torch.autograd.grad(o2, leaves, do)):
         assert rel_rms(a, b) <= TOL
 
 
