@@ -94,12 +94,14 @@ def count(chunks: int, chunk: int, backend: str, depth: int = 2) -> dict[str, Co
     return out
 
 
-def per_chunk(backend: str, chunk: int, chunks: int, depth: int = 2) -> dict[str, float]:
+def per_chunk(backend: str, chunk: int, chunks: int, depth: int = 2
+              ) -> tuple[dict[str, float], dict[str, Counter]]:
     """Launches per chunk: the difference between ``chunks`` and ``chunks // 2`` chunks, so that
-    the per-call set-up (projections, coefficient tables, the read-out) cancels."""
+    the per-call set-up (projections, coefficient tables, the read-out) cancels. Also returns
+    the counts of the whole call at ``chunks`` chunks."""
     big, small = count(chunks, chunk, backend, depth), count(chunks // 2, chunk, backend, depth)
     span = chunks - chunks // 2
-    return {key: (sum(big[key].values()) - sum(small[key].values())) / span for key in big}
+    return {key: (sum(big[key].values()) - sum(small[key].values())) / span for key in big}, big
 
 
 def main() -> None:
@@ -110,16 +112,14 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=2, choices=[1, 2])
     p.add_argument("--top", type=int, default=12, help="list the most frequent ATen ops")
     a = p.parse_args()
-    rates = per_chunk(a.backend, a.chunk, a.chunks, a.depth)
-    total = sum(rates.values())
-    total -= rates["allocs"] + rates["host us"]
+    rates, full = per_chunk(a.backend, a.chunk, a.chunks, a.depth)
+    total = sum(r for key, r in rates.items() if key.startswith(("aten", "triton")))
     print(f"deep memory depth {a.depth}, backend {a.backend}, chunk {a.chunk}: launches per chunk (fwd + bwd)")
     for key, r in rates.items():
         note = {"allocs": "  (allocations, not launches)",
                 "host us": "  (CPU time, Triton kernels not run, tiny ATen ops on the CPU)"}
         print(f"  {key:11s} {r:7.2f}" + note.get(key, ""))
     print(f"  {'launches':11s} {total:7.2f}")
-    full = count(a.chunks, a.chunk, a.backend, a.depth)
     for key in ("aten fwd", "aten bwd"):
         print(f"{key}, whole call ({a.chunks} chunks), most frequent: "
               + ", ".join(f"{n} {c}" for n, c in full[key].most_common(a.top)))

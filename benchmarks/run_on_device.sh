@@ -73,5 +73,4 @@ fi
 
 python3 benchmarks/kernels.py --out "$OUT" --budget-s "${BUDGET_S:-540}" "$@" 2>&1 \
     | tee "$OUT/log.txt"
-status="${PIPESTATUS[0]}"
-exit "$status"
+exit "${PIPESTATUS[0]}"

@@ -9,10 +9,10 @@ chunk-start weights and momenta, read in place from the loop's buffers; ``A`` th
 inputs, ``D`` the decay/step coefficients, ``U`` the keys' output errors); X is loaded once for
 the dense and the masked products. Its backward is a second Triton kernel for the masked part
 (dX, dA, dD, dU in one pass per chunk); the dense products ``dO W_0^T``, ``(gam X)^T dO`` (and
-the same for ``Z_0``) are plain batched GEMMs and run through torch (cuBLAS). The chunk loop (per chunk: the keys' forward/backward and the state
-update) is one autograd Function with three Triton kernels per chunk each way (``step.py``) for
-depth-1 and depth-2 memories with linear retention (any attentional bias) in float32; other configurations
-take the PyTorch loop.
+the same for ``Z_0``) are plain batched GEMMs and run through torch (cuBLAS). The chunk loop
+(per chunk: the keys' forward/backward and the state update) is one autograd Function with
+three Triton kernels per chunk each way (``step.py``) for depth-1 and depth-2 memories with
+linear retention (any attentional bias) in float32; other configurations take the PyTorch loop.
 """
 from __future__ import annotations
 

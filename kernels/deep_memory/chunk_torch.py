@@ -130,6 +130,11 @@ def _outer_sum(coef: Tensor, a: Tensor, u: Tensor) -> Tensor:
     return (a * coef.unsqueeze(-1)).transpose(-1, -2) @ u  # [..., d_in, d_out]
 
 
+def chunk_ends(T: int, C: int, n_chunks: int) -> list[int]:
+    """Index of each chunk's last real token (the last chunk may be partial)."""
+    return [min(C, T - n * C) - 1 for n in range(n_chunks)]
+
+
 def chunk_end_table(co: dict[str, Tensor], ends: list[int]) -> dict[str, Tensor]:
     """The coefficients' row at each chunk's last real token ``ends[n]``, for all chunks at once
     (one gather per coefficient): ``[B, H, n]`` (gam, e, mom) or ``[B, H, n, C]`` (dmat, zmat)."""
@@ -178,7 +183,7 @@ def _torch_step(state: DeepMemoryState, k: Tensor, v: Tensor, d: Tensor | None,
 def loop_phase1(state: DeepMemoryState, kc: Tensor, vc: Tensor, dc: Tensor | None,
                 table: dict[str, Tensor], cfg: DeepMemoryConfig) -> Phase1Out:
     """Phase 1 in PyTorch: a Python loop over chunks of :func:`_torch_step`, then the chunk-start
-    states and the per-token gradient factors stacked over chunks ([B, H, n, ...])."""
+    states and the per-token gradient factors stacked over chunks, chunk-major ([n, B, H, ...])."""
     rows = _chunk_end_rows(table)
     # per chunk [B, H, C, D]: one copy to contiguous chunks and one unbind, not n selects/copies
     ks, vs = kc.contiguous().unbind(2), vc.contiguous().unbind(2)
@@ -200,8 +205,7 @@ def _dual_form(
     state: DeepMemoryState, cfg: DeepMemoryConfig, readout: Readout, phase1: Phase1,
 ) -> tuple[Tensor, DeepMemoryState]:
     """Linear retention: phase 1 (chunk loop, keys and state), phase 2 (read-out, all chunks)."""
-    n_chunks, C = qc.shape[2], qc.shape[3]
-    table = chunk_end_table(co, [min(C, T - n * C) - 1 for n in range(n_chunks)])
+    table = chunk_end_table(co, chunk_ends(T, qc.shape[3], qc.shape[2]))
     w0s, z0s, all_a, all_u, state = phase1(state, kc, vc, dc, table, cfg)
     # chunk-major [n, B, H, ...]: the chunk-start states come that way from phase 1, so the
     # read-out takes them without a copy; queries and coefficients are reordered once
@@ -241,24 +245,23 @@ def _materialised_chunk(
 
 
 def _read_map_chunk(
-    n: int, state: DeepMemoryState, qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None,
-    co: dict[str, Tensor], last: int, cfg: DeepMemoryConfig,
+    state: DeepMemoryState, q: Tensor, k: Tensor, v: Tensor, d: Tensor | None,
+    co: dict[str, Tensor], row: dict[str, Tensor], cfg: DeepMemoryConfig,
 ) -> tuple[Tensor, DeepMemoryState]:
-    """Chunk ``n`` when only the read is nonlinear (``lq``, ``kl``: ``W_t = N(A_t)`` with a
+    """One chunk when only the read is nonlinear (``lq``, ``kl``: ``W_t = N(A_t)`` with a
     linear recursion of the state ``A``): every token's state from the dual coefficients at
     once, ``A_t = gam_t A_0 + e_t Z_0 + sum_{s<=t} dmat_ts a_s delta_s^T`` ([B, H, C, d_in,
-    d_out]), then each query reads through ``N(A_t)``. No loop over tokens."""
-    d_n = dc[:, :, n] if dc is not None else None
-    ins, deltas = key_gradients(read_weights(state.weights, cfg), kc[:, :, n], vc[:, :, n], d_n, cfg)
+    d_out]), then each query reads through ``N(A_t)``. No loop over tokens. ``q, k, v, d`` and
+    ``co`` are the chunk's slices ([B, H, C, ...]), ``row`` its chunk-end coefficients."""
+    ins, deltas = key_gradients(read_weights(state.weights, cfg), k, v, d, cfg)
     per_token = []
     for i, w0 in enumerate(state.weights):
-        a_t = co["gam"][:, :, n, :, None, None] * w0.unsqueeze(2)  # [B, H, C, d_in, d_out]
+        a_t = co["gam"][..., None, None] * w0.unsqueeze(2)  # [B, H, C, d_in, d_out]
         if cfg.momentum:
-            a_t = a_t + co["e"][:, :, n, :, None, None] * state.momentum[i].unsqueeze(2)
-        scaled = co["dmat"][:, :, n].unsqueeze(-1) * ins[i].unsqueeze(2)  # [B, H, C(t), C(s), d_in]
+            a_t = a_t + co["e"][..., None, None] * state.momentum[i].unsqueeze(2)
+        scaled = co["dmat"].unsqueeze(-1) * ins[i].unsqueeze(2)  # [B, H, C(t), C(s), d_in]
         per_token.append(a_t + scaled.transpose(-1, -2) @ deltas[i].unsqueeze(2))  # + sum_s
-    out = mlp_output(read_weights(tuple(per_token), cfg), qc[:, :, n], cfg, per_row=True)
-    row = {name: t[:, :, n, last] for name, t in co.items()}  # the chunk's last real token
+    out = mlp_output(read_weights(tuple(per_token), cfg), q, cfg, per_row=True)
     return out, _advance_chunk(state, ins, deltas, row)  # [B, H, C, V]
 
 
@@ -277,14 +280,19 @@ def _materialised(
     """
     outs = []
     checkpointed = torch.is_grad_enabled()
-    n_chunks, C = qc.shape[2], qc.shape[3]
+    n_chunks = qc.shape[2]
     stepwise = cfg.retention_global == "elastic_net"
-    co = None if stepwise else dual_coefficients(log_a, eta, mu)
+    if not stepwise:  # chunk slices and chunk-end rows: one unbind each, not a select per chunk
+        co = dual_coefficients(log_a, eta, mu)
+        rows = _chunk_end_rows(chunk_end_table(co, chunk_ends(T, qc.shape[3], n_chunks)))
+        qs, ks, vs = qc.unbind(2), kc.unbind(2), vc.unbind(2)
+        ds = dc.unbind(2) if dc is not None else [None] * n_chunks
+        cos = [dict(zip(co, sl)) for sl in zip(*(t.unbind(2) for t in co.values()))]
     for n in range(n_chunks):
         if stepwise:
             fn, args = _materialised_chunk, (n, state, qc, kc, vc, dc, log_a, eta, mu, T, cfg)
         else:
-            fn, args = _read_map_chunk, (n, state, qc, kc, vc, dc, co, min(C, T - n * C) - 1, cfg)
+            fn, args = _read_map_chunk, (state, qs[n], ks[n], vs[n], ds[n], cos[n], rows[n], cfg)
         if checkpointed:
             o, state = torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
         else:

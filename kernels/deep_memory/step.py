@@ -25,8 +25,8 @@ backward (``_step_bwd.py``)
 The whole loop is one ``torch.autograd.Function`` (``_FusedLoop``): the chunks' inputs are laid
 out chunk-major (``[n, N, ...]``, so each chunk's slice is contiguous), every chunk writes into
 buffers allocated once for all chunks (the chunk-start states: per part W1, W2, Z1, Z2 one
-``[n + 1, N, d_in, d_out]`` buffer, which the read-out then takes in place), and the backward walks the chunks in reverse carrying the
-state's gradient; the read-out's gradient on each chunk-start state is added inside
+``[n + 1, N, d_in, d_out]`` buffer, which the read-out then takes in place), and the backward
+walks the chunks in reverse carrying the state's gradient; the read-out's gradient on each chunk-start state is added inside
 ``_bwd_hidden_kernel``, and every per-chunk view is made up front. Per chunk that leaves the six
 kernel launches and a sum over the hidden blocks for dk (plus the residual's share; depth 1
 assembles dk in its kernel): no per-chunk autograd nodes, copies, stacks or gradient
@@ -234,8 +234,8 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     g_k, g_v, g_delta, scal_part, gdl_part, gzl_part = outs
     _bwd_hidden_kernel[sh.hidden_grid](
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
-        g_z2n, x_w1, x_w2, x_z1, x_z2, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, buf.gk, buf.gdz, gdl_part,
-        gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
+        g_z2n, x_w1, x_w2, x_z1, x_z2, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, buf.gk,
+        buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
     gk_res = buf.gk_res if f["RES"] else g_v  # written only with the residual
     _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, sh.NJ,
                               sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
@@ -251,10 +251,11 @@ class _FusedLoop(torch.autograd.Function):
     """Phase 1 over all chunks on chunk-major float32 tensors: k ``[n, N, C, K]``, v ``[n, N, C,
     V]``, the initial state row ``s0 [P]``, the chunk-end coefficient rows γ, e, m ``[n, N]`` and
     dl, zl ``[n, N, C]``, the huber threshold per token ``delta [n, N, C]``. Returns a, d1
-    ``[n, N, C, HD]`` (depth 2 only), dz ``[n, N, C, V]``, then per state
-    part (W1, W2(, Z1, Z2)) its chunk-start values ``[n, N, d_in, d_out]``, then per part its
-    final value ``[N, d_in, d_out]`` (views of one ``[n + 1, P]`` buffer: each part's gradient
-    arrives on its own, and the read-out's share is added inside the backward kernel)."""
+    ``[n, N, C, HD]`` (depth 2 only), dz ``[n, N, C, V]``, then per state part (W1, W2(, Z1,
+    Z2)) its chunk-start values ``[n, N, d_in, d_out]``, then per part its final value ``[N,
+    d_in, d_out]`` (views of the part's ``[n + 1, N, d_in, d_out]`` buffer, which the read-out
+    takes in place; each part's gradient arrives on its own, and the read-out's share is added
+    inside the backward kernel)."""
 
     @staticmethod
     def forward(ctx, k, v, s0, gam, e, mom, dl, zl, delta, sh):  # noqa: ANN001, ANN205
