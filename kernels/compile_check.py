@@ -119,7 +119,7 @@ def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
             out.append(Candidate(fn.__name__, warps, stages, shared))
         except Exception as exc:  # noqa: BLE001 - ptxas register/resource failures: the tuner skips these
             reason = str(exc).strip().splitlines()
-            fatal = [r for r in reason if "fatal" in r] or reason[:1]
+            fatal = [r for r in reason if "fatal" in r or "Error(" in r] or reason[-1:]
             out.append(Candidate(fn.__name__, warps, stages, None, fatal[0][:200] if fatal else type(exc).__name__))
     return out
 

@@ -20,6 +20,9 @@ def device_type(device: Any) -> str:
 def triton_available(device: Any) -> bool:
     """Triton runs on CUDA devices, and anywhere under ``TRITON_INTERPRET=1``."""
     if os.environ.get("TRITON_INTERPRET") == "1":
+        from .interpreter import apply
+
+        apply()  # set after import: the interpreter's bf16 / tf32 fixes still apply
         return True
     return device_type(device) == "cuda"
 

@@ -43,8 +43,8 @@ def state_bwd_kernel(
         t_end = tl.minimum(t0 + BT, eos)
         rows = t0.to(tl.int64) + tl.arange(0, BT)
         valid = rows < t_end
-        p, msk = state_tile(DHS, c_base + c, h, H, K, V, BK, BV, v0)
-        tl.store(p, ds, mask=msk)
+        p_c, m_c = state_tile(DHS, c_base + c, h, H, K, V, BK, BV, v0)  # its own name: a bf16 pointer
+        tl.store(p_c, ds.to(DHS.dtype.element_ty), mask=m_c)
         last = (t_end - 1).to(tl.int64)
         gt = gate_tile(G, rows, valid, h, H, K, GATE, BT, BK)
         to_end = masked_exp(gate_row(G, last, h, H, K, GATE, BK) - gt, valid[:, None])  # e^{G_last - G}
@@ -88,9 +88,9 @@ def main_bwd_kernel(
     db = tl.zeros([BT], dtype=tl.float32)
     for v0 in range(0, V, BV):
         p, msk = state_tile(HS, i_c, h, H, K, V, BK, BV, v0)
-        s = tl.load(p, mask=msk, other=0.0)  # [BK, BV]
+        s = tl.load(p, mask=msk, other=0.0).to(tl.float32)  # [BK, BV]
         p, msk = state_tile(DHS, i_c, h, H, K, V, BK, BV, v0)
-        ds = tl.load(p, mask=msk, other=0.0)
+        ds = tl.load(p, mask=msk, other=0.0).to(tl.float32)
         vn = load_tile(VN, rows, valid, h, H, V, BV, v0)  # [BT, BV]
         dvn = load_tile(dVN, rows, valid, h, H, V, BV, v0)
         do = load_tile(dO, rows, valid, h, H, V, BV, v0)

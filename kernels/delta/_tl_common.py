@@ -33,7 +33,7 @@ def store_tile(ptr, x, rows, valid, h, H, D, BD: tl.constexpr, d0=0):
     """Store x [len(rows), BD] into rows of a [TT, H, D] tensor (cast to its dtype)."""
     cols = d0 + tl.arange(0, BD)
     offs = (rows[:, None] * H + h) * D + cols[None, :]
-    # on GPUs the cast rounds to nearest; the CPU interpreter truncates (about 2x the error)
+    # rounds to nearest even, on GPUs and (kernels/interpreter.py) under the CPU interpreter
     tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=valid[:, None] & (cols[None, :] < D))
 
 

@@ -231,8 +231,8 @@ def state_fwd_kernel(
         t_end = tl.minimum(t0 + BT, eos)
         rows = t0.to(tl.int64) + tl.arange(0, BT)
         valid = rows < t_end
-        p, msk = state_tile(HS, c_base + c, h, H, K, V, BK, BV, v0)
-        tl.store(p, s, mask=msk)
+        p_c, m_c = state_tile(HS, c_base + c, h, H, K, V, BK, BV, v0)  # its own name: a bf16 pointer
+        tl.store(p_c, s.to(HS.dtype.element_ty), mask=m_c)
         wt = load_tile(W, rows, valid, h, H, K, BK, 0)  # [BT, BK]
         vn = load_tile(U, rows, valid, h, H, V, BV, v0) - dot(wt, s, PREC)  # [BT, BV]
         store_tile(VN, vn, rows, valid, h, H, V, BV, v0)
@@ -260,7 +260,7 @@ def output_kernel(
     v0 = i_v * BV
     qg = load_tile(q, rows, valid, h, H, K, BK, 0) * tl.exp(gate_tile(G, rows, valid, h, H, K, GATE, BT, BK))
     p, msk = state_tile(HS, i_c, h, H, K, V, BK, BV, v0)
-    s = tl.load(p, mask=msk, other=0.0)  # [BK, BV]
+    s = tl.load(p, mask=msk, other=0.0).to(tl.float32)  # [BK, BV]
     m = load_tile(M, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
     vn = load_tile(VN, rows, valid, h, H, V, BV, v0)  # [BT, BV]
     out = scale * (dot(qg, s, PREC) + dot(m, vn, PREC))

@@ -3,8 +3,11 @@
 Forward: in-chunk gate cumsum -> intra-chunk products (M, P) -> UT transform by blocked
 inversion (X = (I + diag(β) P)^{-1}, W, U) -> sequential state pass over chunks (S_0 per chunk,
 pseudo-values Ṽ) -> outputs. Backward recomputes W, U, S_0 and Ṽ from the saved X, walks the
-chunks backwards for dS, then forms all input gradients chunk-parallel. Accumulation and state
-are float32 whatever the input dtype. See README.md for the formulas.
+chunks backwards for dS, then forms all input gradients chunk-parallel. Accumulation and the
+carried state are float32 whatever the input dtype; the chunk-start states S_0, the
+pseudo-values Ṽ and their gradients are stored in the input's dtype (half the traffic of the
+state passes for bf16; W and U, which drive the state recursion, stay float32). See README.md
+for the formulas.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class Plan:
     bv_loop: int  # value block of the state passes and the main backward kernel
     gate: int
     prec: str
+    store: torch.dtype  # of the large intermediates W, U, Ṽ, S_0, dṼ, dS: the input's dtype
 
 
 def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None) -> Plan:
@@ -64,7 +68,7 @@ def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     return Plan(
         cu, chunk_off, chunk_seq, len(lens), sum(counts), h, dk, dv, bk, bv, min(bv, 32),
-        gate_mode(g), prec,
+        gate_mode(g), prec, q.dtype,
     )
 
 
@@ -117,8 +121,8 @@ def state_forward(
     k: Tensor, gc: Tensor, w: Tensor, u: Tensor, h0: Tensor | None, want_ht: bool, plan: Plan
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Chunk-start states [NC, H, K, V], pseudo-values Ṽ [TT, H, V] and the final state."""
-    hs = k.new_empty(plan.n_chunks, plan.heads, plan.dk, plan.dv, dtype=torch.float32)
-    vn = torch.empty_like(u)
+    hs = k.new_empty(plan.n_chunks, plan.heads, plan.dk, plan.dv, dtype=plan.store)
+    vn = torch.empty_like(u, dtype=plan.store)
     ht = k.new_empty(plan.n_seq, plan.heads, plan.dk, plan.dv, dtype=torch.float32) if want_ht else None
     grid = (triton.cdiv(plan.dv, plan.bv_loop), plan.n_seq * plan.heads)
     fwd.state_fwd_kernel[grid](

@@ -14,7 +14,6 @@ the inter-chunk ``dq, dk`` together with ``dg`` (a reverse cumulative sum inside
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -60,8 +59,7 @@ def _row(ptr, row, lim, cols, ncols, stride):
 @triton.jit
 def _mm(a, b, like, PREC: tl.constexpr, F32: tl.constexpr):
     """``a @ b`` accumulated in fp32, with the operands in ``like``'s element type (bf16/fp16
-    tensor cores) or, with F32 (fp32 inputs, or bf16 under the interpreter, whose bf16 dot is
-    wrong), in fp32."""
+    tensor cores) or, with F32 (fp32 inputs), in fp32."""
     if F32:
         return tl.dot(a, b, input_precision=PREC)
     else:
@@ -530,7 +528,6 @@ class _Meta:
     gate: int  # 0 no gate, 1 scalar [TT, H], 2 per channel [TT, H, K]
     prec: str  # tl.dot input precision: "ieee" for fp32 inputs
     f32: bool  # matmul operands in fp32
-    out_f32: bool  # o, dv written in fp32 and rounded by torch
     state_dtype: torch.dtype  # per-chunk states h, dh
 
     @staticmethod
@@ -540,15 +537,11 @@ class _Meta:
         mode."""
         TT, H, K = q.shape
         seq, start, first = table
-        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
         fp32 = q.dtype == torch.float32
-        # the interpreter's bf16 is off: its dot multiplies raw bits and its stores truncate,
-        # so there bf16 runs dot products in fp32 and writes o, dv in fp32 (rounded by torch)
-        bf16_interp = interpreted and q.dtype == torch.bfloat16
         return _Meta(TT=TT, H=H, K=K, V=v.shape[-1], N=cu.numel() - 1, NC=seq.numel(), C=C,
                      BK=_block(K), BV=_block(v.shape[-1]), scale=scale, cu=cu, seq=seq,
                      start=start, first=first, gate=gate, prec="ieee" if fp32 else "tf32",
-                     f32=fp32 or bf16_interp, out_f32=bf16_interp,
+                     f32=fp32,
                      state_dtype=torch.float32 if fp32 else q.dtype)
 
     @property
@@ -606,11 +599,11 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, wan
     """``o: [TT, H, V]``, the final states and the scores ``A`` (kept for the backward)."""
     h, ht = _states(k, v, gc, h0, want_ht, m)
     A = _scores(q, k, gc, m)
-    o = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
+    o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     grid = (m.NC, triton.cdiv(m.V, m.BV), m.H)
     _fwd_o_kernel[grid](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V, m.C,
                         m.BK, m.BV, **m.kw_tuned)
-    return o.to(v.dtype), ht, A
+    return o, ht, A
 
 
 def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h0: Tensor | None,
@@ -626,7 +619,7 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h0: Tensor
     dA = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     _bwd_dA_kernel[(m.NC, m.H)](do, v, dA, m.seq, m.start, m.cu, m.scale, m.H, m.V, m.C, m.BV,
                                 PREC=m.prec, F32=m.f32, num_warps=WARPS)
-    dv = torch.empty(v.shape, dtype=torch.float32 if m.out_f32 else v.dtype, device=v.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     _bwd_dv_kernel[(m.NC, triton.cdiv(m.V, m.BV), m.H)](k, gc, A, do, dh, dv, m.seq, m.start,
                                                         m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
                                                         **m.kw_tuned)
@@ -645,7 +638,7 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h0: Tensor
     _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dg, m.seq, m.start, m.cu,
                                        m.scale, m.TT, m.H, m.K, m.V, m.C, m.BK, m.BV, **m.kw_tuned)
     dg = dg.sum(0) if m.gate == 1 else dg
-    return dq, dk, dv.to(v.dtype), dg, (dh0 if h0 is not None else None)
+    return dq, dk, dv, dg, (dh0 if h0 is not None else None)
 
 
 class _ChunkGLA(torch.autograd.Function):
