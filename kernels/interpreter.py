@@ -15,23 +15,32 @@ Every Triton kernel here is tested on the CPU under ``TRITON_INTERPRET=1``. Trit
 widened exactly, bf16 casts round to nearest even and tf32 operands are rounded as on the GPU.
 It is idempotent, runs only under the interpreter (``mirasdsl.kernels`` calls it on import when
 ``TRITON_INTERPRET=1``) and leaves compiled kernels untouched.
+
+NumPy is imported only when the fixes are used (the interpreter needs it; an install that never
+interprets does not).
 """
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 _APPLIED = False
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     """The float32 values of bfloat16 numbers stored as uint16 (exact)."""
+    import numpy as np
+
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
 def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """Round float32 to bfloat16, nearest even (NaN kept quiet), as uint16 bit patterns."""
+    import numpy as np
+
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     odd = (bits >> np.uint32(16)) & np.uint32(1)
     out = ((bits + np.uint32(0x7FFF) + odd) >> np.uint32(16)).astype(np.uint16)
@@ -40,6 +49,8 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 def round_to_tf32(x: np.ndarray) -> np.ndarray:
     """Round float32 to the 10-bit mantissa of tf32, ties away from zero (cvt.rna.tf32.f32)."""
+    import numpy as np
+
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     out = ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
     return np.where(np.isfinite(x), out, x)
@@ -50,8 +61,11 @@ def apply() -> None:
     global _APPLIED
     if _APPLIED or os.environ.get("TRITON_INTERPRET") != "1":
         return
-    import triton.language as tl
-    from triton.runtime import interpreter as itp
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter as itp
+    except ImportError:  # no Triton here: nothing is interpreted
+        return
 
     builder = itp.InterpreterBuilder
     plain_cast, plain_dot = builder.cast_impl, builder.create_dot
@@ -71,7 +85,7 @@ def apply() -> None:
         return plain_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
 
     def _widen(data: np.ndarray, dtype) -> np.ndarray:  # type: ignore[no-untyped-def]
-        return bf16_bits_to_f32(data) if dtype == tl.bfloat16 else data.astype(np.float32)
+        return bf16_bits_to_f32(data) if dtype == tl.bfloat16 else data.astype("float32")
 
     builder.cast_impl, builder.create_dot = cast_impl, create_dot
     _APPLIED = True
