@@ -26,11 +26,11 @@ The whole loop is one ``torch.autograd.Function`` (``_FusedLoop``): the chunks' 
 out chunk-major (``[n, N, ...]``, so each chunk's slice is contiguous), every chunk writes into
 buffers allocated once for all chunks (the chunk-start states: per part W1, W2, Z1, Z2 one
 ``[n + 1, N, d_in, d_out]`` buffer, which the read-out then takes in place), and the backward
-walks the chunks in reverse carrying the state's gradient; the read-out's gradient on each chunk-start state is added inside
-``_bwd_hidden_kernel``, and every per-chunk view is made up front. Per chunk that leaves the six
-kernel launches and a sum over the hidden blocks for dk (plus the residual's share; depth 1
-assembles dk in its kernel): no per-chunk autograd nodes, copies, stacks or gradient
-accumulation (``benchmarks/count_launches.py`` counts them).
+walks the chunks in reverse carrying the state's gradient; the read-out's gradient on each
+chunk-start state is added inside ``_bwd_hidden_kernel``, and every per-chunk view is made up
+front. Per chunk that leaves the six kernel launches, at depth 1 and 2 alike (depth 2's
+per-hidden-block partials of dk are summed once for all chunks after the loop), and no
+per-chunk autograd nodes, copies, stacks or gradient accumulation (``benchmarks/count_launches.py`` counts them).
 
 Every ``tl.dot`` operand comes from a load (values computed from a dot go through memory, with a
 barrier): Triton 3.4-3.7.0 miscompiles some dot-of-dot patterns on Hopper (fla issue #640).
@@ -172,18 +172,19 @@ class _Scratch:
     ga: Tensor  # [N, C, HD] partial da
     gh: Tensor  # [N, C, HD] partial dh
     t: Tensor  # [N, C, HD]
-    gk: Tensor  # [N, NJ, C, K] per-block dk
+    gk: Tensor  # [N, NJ, C, K] per-block dk (depth 1; depth 2 keeps every chunk's, see backward)
     gdz: Tensor  # [N, NJ, C, V] per-block d(dz)
     g_y0: Tensor  # [N, C, V]
-    gk_res: Tensor  # [N, C, K] the residual's dk
+    gk_res: Tensor  # [N, C, K] the residual's dk (depth 1)
 
     @staticmethod
     def make(sh: _Shape, like: Tensor) -> "_Scratch":
         new = lambda *s: torch.empty(*s, device=like.device, dtype=like.dtype)  # noqa: E731
         hd = sh.HD if sh.depth == 2 else 0  # the hidden-layer buffers: none at depth 1
+        nk = 0 if sh.depth == 2 else sh.N  # dk partials: all chunks' at once at depth 2
         return _Scratch(new(sh.N, sh.C, hd), new(sh.N, sh.C, hd), new(sh.N, sh.C, hd),
-                        new(sh.N, sh.NJ, sh.C, sh.K), new(sh.N, sh.NJ, sh.C, sh.V),
-                        new(sh.N, sh.C, sh.V), new(sh.N, sh.C, sh.K))
+                        new(nk, sh.NJ, sh.C, sh.K), new(sh.N, sh.NJ, sh.C, sh.V),
+                        new(sh.N, sh.C, sh.V), new(nk, sh.C, sh.K))
 
 
 def _backward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts: tuple,
@@ -219,7 +220,8 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     end state (``g_new``) and of its start state from elsewhere (``g_extra``: the read-out's),
     the whole gradient of its start state (``g_state``) and those of k, v and the coefficient
     rows (``outs``: dk, dv, the huber threshold's gradient, and the per-block partials of
-    dγ/de/dm, ddl, dzl)."""
+    dγ/de/dm, ddl, dzl; at depth 2 dk as per-hidden-block partials, followed by the residual's
+    share of dk, both summed by the caller after the last chunk)."""
     if sh.depth == 1:
         return _backward_chunk_linear(k, v, state, coef, acts, grads, g_new, g_extra, g_state, outs,
                                       buf, sh)
@@ -231,20 +233,28 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     gam, e, mom, dl, zl, delta = coef
     h, a, d1, y0, dz = acts
     g_a, g_d1, g_dz = grads
-    g_k, g_v, g_delta, scal_part, gdl_part, gzl_part = outs
+    gk_part, g_v, g_delta, scal_part, gdl_part, gzl_part, gk_res = outs
     _bwd_hidden_kernel[sh.hidden_grid](
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
-        g_z2n, x_w1, x_w2, x_z1, x_z2, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, buf.gk,
+        g_z2n, x_w1, x_w2, x_z1, x_z2, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
         buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
-    gk_res = buf.gk_res if f["RES"] else g_v  # written only with the residual
     _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, sh.NJ,
                               sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
                               RES=f["RES"], BIAS=f["BIAS"])
-    _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, buf.g_y0, buf.ga, buf.gh, g_w1, g_w2, buf.gk,
+    _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, buf.g_y0, buf.ga, buf.gh, g_w1, g_w2, gk_part,
                                      sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], PREC=sh.prec)
-    torch.sum(buf.gk, 1, out=g_k)  # [N, C, K]
-    if f["RES"]:
-        g_k += buf.gk_res
+
+
+def _dk_partials(g_k: Tensor, g_v: Tensor, sh: _Shape) -> tuple[Tensor, Tensor]:
+    """Where the backward kernels write dk. Depth 1 assembles it in its kernel: ``(g_k, g_k)``.
+    Depth 2 writes per-hidden-block partials ``[n, N, NJ, C, K]`` and the residual's share
+    ``[n, N, C, K]`` (``g_v``, never written, without a residual) for every chunk, summed once
+    after the loop instead of one reduction launch per chunk."""
+    if sh.depth == 1:
+        return g_k, g_k
+    n = g_k.shape[0]
+    part = g_k.new_empty(n, sh.N, sh.NJ, sh.C, sh.K)
+    return part, (g_k.new_empty(n, sh.N, sh.C, sh.K) if sh.flags["RES"] else g_v)
 
 
 class _FusedLoop(torch.autograd.Function):
@@ -301,11 +311,16 @@ class _FusedLoop(torch.autograd.Function):
         ks, vs, coefs = k.unbind(0), v.unbind(0), _per_chunk(gam, e, mom, dl, zl, delta)
         acts, g_acts = _per_chunk(h, a, d1, y0, dz), _per_chunk(*g_outs)
         rows, extra = _per_chunk(*states), _per_chunk(*g_starts)
-        outs = _per_chunk(g_k, g_v, g_delta, scal, gdl, gzl)
+        gk_part, gk_res = _dk_partials(g_k, g_v, sh)
+        outs = _per_chunk(gk_part, g_v, g_delta, scal, gdl, gzl, *([gk_res] if sh.depth == 2 else []))
         for i in reversed(range(n)):
             _backward_chunk(ks[i], vs[i], rows[i], coefs[i], acts[i], g_acts[i], ends, extra[i],
                             starts, outs[i], buf, sh)
             g_end, g_start, ends, starts = g_start, g_end, starts, ends
+        if sh.depth == 2:  # dk: one sum over the hidden blocks (and the residual) for all chunks
+            torch.sum(gk_part, 2, out=g_k)
+            if sh.flags["RES"]:
+                g_k += gk_res
         s = scal.sum(2)  # [n, N, 3]
         mom_on, huber = sh.flags["MOM"], sh.flags["BIAS"] == _BIAS["huber"]
         return (g_k, g_v, g_end, s[..., 0], s[..., 1] if mom_on else None,
