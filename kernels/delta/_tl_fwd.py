@@ -188,8 +188,8 @@ def solve_kernel(
     SOLVE: tl.constexpr, GATE: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
-    """X = (I + diag(β) P)^{-1} by blocked inversion (or loaded when SOLVE is off), then
-    W = X diag(β) (K ⊙ e^G) and U = X diag(β) V."""
+    """X = (I + diag(β) P)^{-1} by blocked inversion, W = X diag(β) (K ⊙ e^G) and
+    U = X diag(β) V; with SOLVE off (the backward) X is loaded and only W is formed."""
     i_c, h = tl.program_id(0), tl.program_id(1)
     t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = t0.to(tl.int64) + tl.arange(0, BT)
@@ -201,9 +201,10 @@ def solve_kernel(
     bt = load_vec(beta, rows, valid, h, H)[:, None]  # [BT, 1]
     kg = load_tile(k, rows, valid, h, H, K, BK, 0) * tl.exp(gate_tile(G, rows, valid, h, H, K, GATE, BT, BK))
     store_tile(W, dot(x, kg * bt, PREC), rows, valid, h, H, K, BK, 0)
-    for v0 in range(0, V, BV):
-        vt = load_tile(v, rows, valid, h, H, V, BV, v0)  # [BT, BV]
-        store_tile(U, dot(x, vt * bt, PREC), rows, valid, h, H, V, BV, v0)
+    if SOLVE:
+        for v0 in range(0, V, BV):
+            vt = load_tile(v, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+            store_tile(U, dot(x, vt * bt, PREC), rows, valid, h, H, V, BV, v0)
 
 
 # The sequential state passes hold 60-120 KB of float32 tiles at one stage (K = 128): a second

@@ -2,8 +2,8 @@
 
 Forward: in-chunk gate cumsum -> intra-chunk products (M, P) -> UT transform by blocked
 inversion (X = (I + diag(β) P)^{-1}, W, U) -> sequential state pass over chunks (S_0 per chunk,
-pseudo-values Ṽ) -> outputs. Backward recomputes W, U, S_0 and Ṽ from the saved X, walks the
-chunks backwards for dS, then forms all input gradients chunk-parallel. Accumulation and the
+pseudo-values Ṽ) -> outputs. Backward recomputes W from the saved X (S_0 and Ṽ are kept by
+the forward), walks the chunks backwards for dS, then forms all input gradients chunk-parallel. Accumulation and the
 carried state are float32 whatever the input dtype; the chunk-start states S_0, the
 pseudo-values Ṽ and their gradients are stored in the input's dtype (half the traffic of the
 state passes for bf16; W and U, which drive the state recursion, stay float32). See README.md
@@ -101,18 +101,18 @@ def intra(q: Tensor, k: Tensor, gc: Tensor, plan: Plan) -> tuple[Tensor, Tensor]
 
 def solve_wu(
     k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, p: Tensor | None, x: Tensor | None, plan: Plan
-) -> tuple[Tensor, Tensor, Tensor]:
-    """X = (I + diag(β) P)^{-1} (solved when ``p`` is given, else taken from ``x``), W and U
-    (float32)."""
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """X = (I + diag(β) P)^{-1}, W and U (float32) when ``p`` is given; else W alone from the
+    saved ``x`` (the backward's need: U only feeds the forward's state pass)."""
     tt = k.shape[0]
     solve = p is not None
     x = torch.empty(tt, plan.heads, BT, device=k.device, dtype=torch.float32) if solve else x
     w = torch.empty(tt, plan.heads, plan.dk, device=k.device, dtype=torch.float32)
-    u = torch.empty(tt, plan.heads, plan.dv, device=k.device, dtype=torch.float32)
+    u = torch.empty(tt, plan.heads, plan.dv, device=k.device, dtype=torch.float32) if solve else None
     fwd.solve_kernel[(plan.n_chunks, plan.heads)](
-        k, v, beta, gc, p if solve else x, x, w, u, plan.chunk_seq, plan.cu, plan.chunk_off,
-        plan.heads, plan.dk, plan.dv, SOLVE=solve, GATE=plan.gate, BT=BT, BC=BC, BK=plan.bk,
-        BV=plan.bv, PREC=plan.prec,
+        k, v, beta, gc, p if solve else x, x, w, u if solve else w, plan.chunk_seq, plan.cu,
+        plan.chunk_off, plan.heads, plan.dk, plan.dv, SOLVE=solve, GATE=plan.gate, BT=BT, BC=BC,
+        BK=plan.bk, BV=plan.bv, PREC=plan.prec,
     )
     return x, w, u
 
@@ -136,8 +136,10 @@ def state_forward(
 def forward_packed(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, scale: float,
     h0: Tensor | None, want_ht: bool, plan: Plan,
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
-    """Packed forward: returns o [TT, H, V], final state, and X, M, P (saved for the backward)."""
+) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
+    """Packed forward: returns o [TT, H, V], the final state, and what the backward keeps:
+    X, M, P, the chunk-start states S_0 and the pseudo-values Ṽ (the last two in the input's
+    dtype, so that the backward need not walk the chunks forward again)."""
     m, p = intra(q, k, gc, plan)
     x, w, u = solve_wu(k, v, beta, gc, p, None, plan)
     hs, vn, ht = state_forward(k, gc, w, u, h0, want_ht, plan)
@@ -147,16 +149,17 @@ def forward_packed(
         q, gc, m, vn, hs, o, plan.chunk_seq, plan.cu, plan.chunk_off, scale, plan.heads,
         plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec,
     )
-    return o, ht, x, m, p
+    return o, ht, (x, m, p, hs, vn)
 
 
 def backward_packed(
-    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, x: Tensor, m: Tensor, p: Tensor,
-    h0: Tensor | None, do: Tensor, dht: Tensor | None, scale: float, plan: Plan,
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, kept: tuple[Tensor, ...],
+    do: Tensor, dht: Tensor | None, scale: float, plan: Plan,
 ) -> tuple[Tensor, ...]:
-    """Packed backward: dq, dk, dv, dβ, dG (per token, before the reverse cumsum) and dS_init."""
-    _, w, u = solve_wu(k, v, beta, gc, None, x, plan)
-    hs, vn, _ = state_forward(k, gc, w, u, h0, False, plan)
+    """Packed backward from the forward's ``kept`` (X, M, P, S_0, Ṽ): dq, dk, dv, dβ, dG (per
+    token, before the reverse cumsum) and dS_init. Only W is recomputed (chunk-parallel)."""
+    x, m, p, hs, vn = kept
+    _, w, _ = solve_wu(k, v, beta, gc, None, x, plan)
     f32 = dict(device=q.device, dtype=torch.float32)
     dhs = torch.empty_like(hs)
     dvn = torch.empty_like(vn)
@@ -206,8 +209,8 @@ class ChunkDeltaRule(torch.autograd.Function):
         qp, kp, vp, bp = (_pack(x) for x in (q, k, v, beta))
         gc = gate_cumsum(_pack(g), plan) if g is not None else qp.new_zeros(1, dtype=torch.float32)
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        o, ht, x, m, p = forward_packed(qp, kp, vp, bp, gc, scale, h0, output_final_state, plan)
-        ctx.save_for_backward(qp, kp, vp, bp, gc, x, m, p, h0)
+        o, ht, kept = forward_packed(qp, kp, vp, bp, gc, scale, h0, output_final_state, plan)
+        ctx.save_for_backward(qp, kp, vp, bp, gc, *kept)
         ctx.meta = (plan, scale, b, t, g.dtype if g is not None else None, initial_state is not None)
         ctx.dtypes = (q.dtype, k.dtype, beta.dtype, None if initial_state is None else initial_state.dtype)
         return o.reshape(v.shape), ht
@@ -215,13 +218,11 @@ class ChunkDeltaRule(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, do, dht):  # type: ignore[override]
-        qp, kp, vp, bp, gc, x, m, p, h0 = ctx.saved_tensors
+        qp, kp, vp, bp, gc, *kept = ctx.saved_tensors
         plan, scale, b, t, g_dtype, has_h0 = ctx.meta
         q_dtype, k_dtype, beta_dtype, h0_dtype = ctx.dtypes
         dht = dht.float().contiguous() if dht is not None else None
-        dq, dk, dv, db, dgt, dh0 = backward_packed(
-            qp, kp, vp, bp, gc, x, m, p, h0, _pack(do), dht, scale, plan
-        )
+        dq, dk, dv, db, dgt, dh0 = backward_packed(qp, kp, vp, bp, gc, kept, _pack(do), dht, scale, plan)
         unpack = lambda y, dtype: y.reshape(b, t, *y.shape[1:]).to(dtype)  # noqa: E731
         dg = unpack(gate_cumsum(dgt, plan, reverse=True), g_dtype) if g_dtype is not None else None
         dh0 = dh0.to(h0_dtype) if has_h0 else None
