@@ -7,9 +7,9 @@ sequence to its first chunk for the state-passing kernels.
 
 Forward: in-chunk cumulative log-gates ``b`` (fp32) → states entering each chunk ``h`` (one
 program per sequence, head and K/V tile, looping over chunks) → the intra-chunk score matrix
-``A`` (sub-chunks of 16 for stability) → ``o``. Backward recomputes ``h`` (``A`` is kept from the
-forward: it took 2.4 of the forward's 3.5 ms in an H100 profile at B=8, T=4096, H=16), then runs the
-reverse state pass ``dh``, ``dA = scale · do vᵀ``, ``dv``, the intra-chunk ``dq, dk`` and finally
+``A`` (sub-chunks of 16 for stability) → ``o``. Backward takes ``A`` and ``h`` from the forward
+(recomputing ``A`` took 2.4 of the forward's 3.5 ms in an H100 profile at B=8, T=4096, H=16;
+``h`` would take a second sequential state pass), then runs the reverse state pass ``dh``, ``dA = scale · do vᵀ``, ``dv``, the intra-chunk ``dq, dk`` and finally
 the inter-chunk ``dq, dk`` together with ``dg`` (a reverse cumulative sum inside the chunk).
 """
 from __future__ import annotations
@@ -595,22 +595,23 @@ def _scores(q: Tensor, k: Tensor, gc: Tensor, m: _Meta) -> Tensor:
 
 
 def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, want_ht: bool,
-             m: _Meta) -> tuple[Tensor, Tensor | None, Tensor]:
-    """``o: [TT, H, V]``, the final states and the scores ``A`` (kept for the backward)."""
+             m: _Meta) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """``o: [TT, H, V]``, the final states, and the scores ``A`` and chunk states ``h`` (kept
+    for the backward)."""
     h, ht = _states(k, v, gc, h0, want_ht, m)
     A = _scores(q, k, gc, m)
     o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     grid = (m.NC, triton.cdiv(m.V, m.BV), m.H)
     _fwd_o_kernel[grid](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V, m.C,
                         m.BK, m.BV, **m.kw_tuned)
-    return o, ht, A
+    return o, ht, A, h
 
 
-def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h0: Tensor | None,
-              do: Tensor, dht: Tensor | None, m: _Meta) -> tuple[Tensor, ...]:
-    """``dq, dk, dv, dg`` (dq, dk, dg fp32) and ``dh0`` (or None), recomputing ``h``; ``A`` is
-    the forward's (recomputing it costs as much as the rest of the forward)."""
-    h, _ = _states(k, v, gc, h0, False, m)
+def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h: Tensor,
+              h0: Tensor | None, do: Tensor, dht: Tensor | None, m: _Meta) -> tuple[Tensor, ...]:
+    """``dq, dk, dv, dg`` (dq, dk, dg fp32) and ``dh0`` (or None). ``A`` and the chunk states
+    ``h`` are the forward's: recomputing ``A`` costs as much as the rest of the forward, ``h``
+    a second sequential state pass (``h`` is kept in the input's dtype, like fla's)."""
     dh = torch.empty(m.NC, m.H, m.K, m.V, dtype=m.state_dtype, device=q.device)
     dh0 = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=q.device)
     _bwd_state_kernel[m.state_grid()](q, do, gc, dh, dht if dht is not None else dh, dh0, m.first,
@@ -648,8 +649,8 @@ class _ChunkGLA(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, h0: Tensor | None,
                 m: _Meta, want_ht: bool) -> tuple[Tensor, Tensor | None]:
         gc = _gate_cumsum(g, m, q.device)
-        o, ht, A = _forward(q, k, v, gc, h0, want_ht, m)
-        ctx.save_for_backward(q, k, v, gc, A, h0)
+        o, ht, A, h = _forward(q, k, v, gc, h0, want_ht, m)
+        ctx.save_for_backward(q, k, v, gc, A, h, h0)
         ctx.m = m
         ctx.g_dtype = None if g is None else g.dtype
         return o, ht
@@ -657,9 +658,9 @@ class _ChunkGLA(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, do: Tensor, dht: Tensor | None):
-        q, k, v, gc, A, h0 = ctx.saved_tensors
+        q, k, v, gc, A, h, h0 = ctx.saved_tensors
         dht = None if dht is None else dht.float().contiguous()
-        dq, dk, dv, dg, dh0 = _backward(q, k, v, gc, A, h0, do.contiguous(), dht, ctx.m)
+        dq, dk, dv, dg, dh0 = _backward(q, k, v, gc, A, h, h0, do.contiguous(), dht, ctx.m)
         dg = None if ctx.g_dtype is None else dg.to(ctx.g_dtype)
         dh0 = None if dh0 is None else dh0.to(h0.dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv, dg, dh0, None, None
