@@ -138,16 +138,17 @@ def main_bwd_kernel(
 
 @triton.jit
 def finish_rows(
-    dq, dk, dbeta, dG, rows, valid, h, H, K, qt, kt,
+    dq, dk, dq_out, dk_out, dbeta, dG, rows, valid, h, H, K, qt, kt,
     dq_m, dk_r, dk_c, db_a, GATE: tl.constexpr, BK: tl.constexpr,
 ):
-    """Add the intra-chunk terms to the partials of main_bwd_kernel and store them in place.
+    """Add the intra-chunk terms to the partials of main_bwd_kernel: dq, dk are stored into
+    ``dq_out``, ``dk_out`` (in the inputs' dtype: no separate cast pass), dβ and dG in place.
 
     dq_m: from M (query side), dk_r / dk_c: key as row / column of M and P, db_a: from P."""
     dq_t = load_tile(dq, rows, valid, h, H, K, BK, 0) + dq_m
-    store_tile(dq, dq_t, rows, valid, h, H, K, BK, 0)
+    store_tile(dq_out, dq_t, rows, valid, h, H, K, BK, 0)
     dk_t = load_tile(dk, rows, valid, h, H, K, BK, 0) + dk_r + dk_c
-    store_tile(dk, dk_t, rows, valid, h, H, K, BK, 0)
+    store_tile(dk_out, dk_t, rows, valid, h, H, K, BK, 0)
     tl.store(dbeta + rows * H + h, load_vec(dbeta, rows, valid, h, H) + db_a, mask=valid)
     if GATE == 2:
         dg = load_tile(dG, rows, valid, h, H, K, BK, 0) + qt * dq_m + kt * (dk_r - dk_c)
@@ -157,11 +158,10 @@ def finish_rows(
         tl.store(dG + rows * H + h, dg, mask=valid)
 
 
-@autotune(["H", "K", "GATE", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)),
-          restore=["dq", "dk", "dbeta", "dG"])
+@autotune(["H", "K", "GATE", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)), restore=["dbeta", "dG"])
 @triton.jit
 def intra_bwd_dense_kernel(
-    q, k, beta, G, P, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
+    q, k, beta, G, P, dM, dA, dq, dk, dq_out, dk_out, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
     GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
     """No gate or scalar gate: back through M = lower(Q Kᵀ ⊙ D) and
@@ -188,14 +188,14 @@ def intra_bwd_dense_kernel(
     dk_r = dot(dpd, kt, PREC)
     dk_c = dot(tl.trans(dmd), qt, PREC) + dot(tl.trans(dpd), kt, PREC)
     db_a = tl.sum(da * p, 1)  # [BT]
-    finish_rows(dq, dk, dbeta, dG, rows, valid, h, H, K, qt, kt, dq_m, dk_r, dk_c, db_a, GATE, BK)
+    finish_rows(dq, dk, dq_out, dk_out, dbeta, dG, rows, valid, h, H, K, qt, kt, dq_m, dk_r, dk_c,
+                db_a, GATE, BK)
 
 
-@autotune(["H", "K", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)),
-          restore=["dq", "dk", "dbeta", "dG"])
+@autotune(["H", "K", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)), restore=["dbeta", "dG"])
 @triton.jit
 def intra_bwd_channel_kernel(
-    q, k, beta, G, P, dM, dA, dq, dk, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
+    q, k, beta, G, P, dM, dA, dq, dk, dq_out, dk_out, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
     """Per-channel gate, one sub-chunk a of BC rows per program: its rows of dQ, dK (as row of
@@ -255,4 +255,5 @@ def intra_bwd_channel_kernel(
         dk_r += dp_col[:, None] * kj[None, :] * e
         col_j = tl.sum((dm_col[:, None] * qa + dp_col[:, None] * ka) * e, 0)  # [BK]
         dk_c += tl.where(ci[:, None] == j, col_j[None, :], 0.0)
-    finish_rows(dq, dk, dbeta, dG, rows, valid, h, H, K, qa, ka, dq_m, dk_r, dk_c, db, 2, BK)
+    finish_rows(dq, dk, dq_out, dk_out, dbeta, dG, rows, valid, h, H, K, qa, ka, dq_m, dk_r, dk_c, db,
+                2, BK)

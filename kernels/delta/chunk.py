@@ -180,7 +180,8 @@ def backward_packed(
         scale, plan.heads, plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop,
         PREC=plan.prec,
     )
-    args = (q, k, beta, gc, p, dm, da, dq, dk, db, dg, *common, plan.heads, plan.dk)
+    dq_out, dk_out = torch.empty_like(q), torch.empty_like(k)  # final, in the inputs' dtype
+    args = (q, k, beta, gc, p, dm, da, dq, dk, dq_out, dk_out, db, dg, *common, plan.heads, plan.dk)
     if plan.gate == 2:
         bwd.intra_bwd_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
             *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec,
@@ -189,7 +190,7 @@ def backward_packed(
         bwd.intra_bwd_dense_kernel[(plan.n_chunks, plan.heads)](
             *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
         )
-    return dq, dk, dv, db, dg, dh0
+    return dq_out, dk_out, dv, db, dg, dh0
 
 
 def _pack(x: Tensor) -> Tensor:
