@@ -419,14 +419,15 @@ def _bwd_intra_dense_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H:
     tl.store(dk + off + loc, dki, mask=mask)
 
 
-@autotune(["H", "K", "V", "C", "BK", "BV", "GATE", "F32"], ((8, 3), (4, 3), (8, 2)),
-          restore=["dq", "dk"])
+@autotune(["H", "K", "V", "C", "BK", "BV", "GATE", "F32"], ((8, 3), (4, 3), (8, 2)))
 @triton.jit
-def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start, cu, scale,
+def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dq_out, dk_out, dg, chunk_seq, chunk_start,
+                      cu, scale,
                       TT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                       PREC: tl.constexpr, F32: tl.constexpr):
-    """Add the state terms to ``dq, dk`` (fp32, in place) and write ``dg``; grid (chunks, K, H).
+    """Add the state terms to the intra-chunk ``dq, dk`` (fp32) and store the sums in ``dq_out``,
+    ``dk_out`` (the inputs' dtype: no cast pass afterwards); write ``dg``; grid (chunks, K, H).
 
     ``dq += scale e^{b} ⊙ (do hᵀ)``, ``dk += e^{b_C − b} ⊙ (v dhᵀ)``; ``db = q ⊙ dq − k ⊙ dk``,
     ``dg_t = Σ_{s>=t} db_s + e^{b_C} ⊙ Σ_v (h ⊙ dh) + Σ_j k_j ⊙ dk_j^{state}``. A scalar gate's
@@ -461,8 +462,8 @@ def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dg, chunk_seq, chunk_start
     dk_s *= tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
     dqt = tl.load(dq + off + loc, mask=mask, other=0.0) + dq_s
     dkt = tl.load(dk + off + loc, mask=mask, other=0.0) + dk_s
-    tl.store(dq + off + loc, dqt, mask=mask)
-    tl.store(dk + off + loc, dkt, mask=mask)
+    tl.store(dq_out + off + loc, dqt.to(dq_out.dtype.element_ty), mask=mask)
+    tl.store(dk_out + off + loc, dkt.to(dk_out.dtype.element_ty), mask=mask)
     if GATE > 0:
         db = qt * dqt - kt * dkt  # [C, BK]
         extra = tl.exp(bl) * hdh + tl.sum(kt * dk_s, axis=0)  # [BK]
@@ -609,7 +610,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, wan
 
 def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h: Tensor,
               h0: Tensor | None, do: Tensor, dht: Tensor | None, m: _Meta) -> tuple[Tensor, ...]:
-    """``dq, dk, dv, dg`` (dq, dk, dg fp32) and ``dh0`` (or None). ``A`` and the chunk states
+    """``dq, dk, dv`` (the inputs' dtype), ``dg`` (fp32) and ``dh0`` (or None). ``A`` and the chunk states
     ``h`` are the forward's: recomputing ``A`` costs as much as the rest of the forward, ``h``
     a second sequential state pass (``h`` is kept in the input's dtype, like fla's)."""
     dh = torch.empty(m.NC, m.H, m.K, m.V, dtype=m.state_dtype, device=q.device)
@@ -636,10 +637,12 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h: Tensor,
                                                           PREC=m.prec, F32=m.f32)
     # per channel: dg like dq; scalar: one [TT, H] slice per K tile, summed below; none: unused
     dg = dq.new_empty((nk, m.TT, m.H) if m.gate == 1 else (m.TT, m.H, m.K) if m.gate else (1,))
-    _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dg, m.seq, m.start, m.cu,
-                                       m.scale, m.TT, m.H, m.K, m.V, m.C, m.BK, m.BV, **m.kw_tuned)
+    dq_out, dk_out = torch.empty_like(q), torch.empty_like(k)  # [TT, H, K], the inputs' dtype
+    _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dq_out, dk_out, dg, m.seq,
+                                       m.start, m.cu, m.scale, m.TT, m.H, m.K, m.V, m.C, m.BK, m.BV,
+                                       **m.kw_tuned)
     dg = dg.sum(0) if m.gate == 1 else dg
-    return dq, dk, dv, dg, (dh0 if h0 is not None else None)
+    return dq_out, dk_out, dv, dg, (dh0 if h0 is not None else None)
 
 
 class _ChunkGLA(torch.autograd.Function):
@@ -663,7 +666,7 @@ class _ChunkGLA(torch.autograd.Function):
         dq, dk, dv, dg, dh0 = _backward(q, k, v, gc, A, h, h0, do.contiguous(), dht, ctx.m)
         dg = None if ctx.g_dtype is None else dg.to(ctx.g_dtype)
         dh0 = None if dh0 is None else dh0.to(h0.dtype)
-        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, dh0, None, None
+        return dq, dk, dv, dg, dh0, None, None
 
 
 def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None,
