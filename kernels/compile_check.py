@@ -56,11 +56,13 @@ def recording(targets: list[tuple[Any, str]]) -> Iterator[list[Launch]]:
 
 
 def launch_shapes(fn: Any, kwargs: dict) -> tuple[Any, list[dict]]:
-    """``(jit function, [launch options])``: one per autotune candidate, or the launch's own."""
+    """``(jit function, [launch options])``: one per autotune candidate, or the launch's own.
+    A candidate's tile sizes (``triton.Config.kwargs``) come under the key ``"tiles"``."""
     configs = getattr(fn, "configs", None)
     if configs is None:
         return fn, [{k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}]
-    return fn.fn, [{"num_warps": c.num_warps, "num_stages": c.num_stages} for c in configs]
+    return fn.fn, [{"num_warps": c.num_warps, "num_stages": c.num_stages, "tiles": dict(c.kwargs)}
+                   for c in configs]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Candidate:
     num_stages: int | None
     shared: int | None  # bytes; None when it did not compile
     error: str = ""
+    tiles: str = ""  # the candidate's tile sizes, e.g. "BV=64", when it tunes any
 
     @property
     def viable(self) -> bool:
@@ -80,22 +83,28 @@ class Candidate:
 
     def line(self) -> str:
         """``name shared N B`` when viable, else ``name rejected (warps, stages): why``."""
+        tiles = f" ({self.tiles})" if self.tiles else ""
         if self.viable:
-            return f"{self.name:28s} shared {self.shared} B"
+            return f"{self.name:28s} shared {self.shared} B{tiles}"
         why = self.error or f"{self.shared} bytes of shared memory > {H100_SHARED_BYTES}"
-        return f"{self.name:28s} rejected (warps {self.num_warps}, stages {self.num_stages}): {why}"
+        return (f"{self.name:28s} rejected (warps {self.num_warps}, stages {self.num_stages}"
+                f"{', ' + self.tiles if self.tiles else ''}): {why}")
 
 
-def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
-    """Compile one recorded launch for ``cuda:capability``, every autotune candidate."""
-    import triton
-    from triton.backends.compiler import GPUTarget
+def _tile_text(tiles: dict) -> str:
+    """``"BV=64"``-style text of a candidate's tile sizes (empty when it has none)."""
+    return " ".join(f"{k}={v}" for k, v in sorted(tiles.items()))
+
+
+def _source(fn: Any, launch: Launch, tiles: dict) -> Any:
+    """The ``ASTSource`` of one launch: its tensors' pointer types, its constexprs (and a
+    candidate's tile sizes) bound."""
     from triton.compiler import ASTSource
 
-    fn, option_sets = launch_shapes(launch.fn, launch.kwargs)
     names = fn.arg_names
     consts = {k: v for k, v in launch.kwargs.items() if k not in ("num_warps", "num_stages")}
     consts.update({p.name: a for p, a in zip(fn.params, launch.args) if p.is_constexpr})
+    consts.update(tiles)
     sig: dict[str, str] = {}
     for name, arg in zip(names, launch.args):
         if name in consts:
@@ -109,18 +118,29 @@ def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
         else:
             sig[name] = "fp32"
     sig.update({k: "constexpr" for k in consts})
-    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    return ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+
+
+def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
+    """Compile one recorded launch for ``cuda:capability``, every autotune candidate."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    fn, option_sets = launch_shapes(launch.fn, launch.kwargs)
     target = GPUTarget("cuda", capability, 32)
     out = []
     for opts in option_sets:
+        tiles = opts.pop("tiles", {})
+        src = _source(fn, launch, tiles)
         warps, stages = opts.get("num_warps"), opts.get("num_stages")
         try:
             shared = triton.compile(src, target=target, options=opts).metadata.shared
-            out.append(Candidate(fn.__name__, warps, stages, shared))
+            out.append(Candidate(fn.__name__, warps, stages, shared, tiles=_tile_text(tiles)))
         except Exception as exc:  # noqa: BLE001 - ptxas register/resource failures: the tuner skips these
             reason = str(exc).strip().splitlines()
             fatal = [r for r in reason if "fatal" in r or "Error(" in r] or reason[-1:]
-            out.append(Candidate(fn.__name__, warps, stages, None, fatal[0][:200] if fatal else type(exc).__name__))
+            why = fatal[0][:200] if fatal else type(exc).__name__
+            out.append(Candidate(fn.__name__, warps, stages, None, why, _tile_text(tiles)))
     return out
 
 

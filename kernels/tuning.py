@@ -1,7 +1,8 @@
 """Autotuning of launch shapes (warps, pipeline stages) for the Triton kernels.
 
-Only launch shapes are tuned, never tile sizes, so every candidate computes the same numbers;
-the first candidate of each list is the hand-picked default. Under ``TRITON_INTERPRET=1`` (CI's
+Launch shapes are tuned; tile sizes only where a tile splits independent outputs (the value
+block of a state pass: each program owns its columns of the state), so every candidate computes
+the same numbers. The first candidate of each list is the hand-picked default. Under ``TRITON_INTERPRET=1`` (CI's
 CPU, where warps and stages mean nothing) only that default exists, so nothing is benchmarked.
 Kernels that read back what they write (read-modify-write partials) name those arguments in
 ``restore_value`` so that the autotuner's trial runs leave no trace.
@@ -19,13 +20,14 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def candidates(*shapes: tuple[int, int]) -> list[triton.Config]:
-    """``triton.Config`` list from ``(num_warps, num_stages)`` pairs; the first is the default."""
+def candidates(*shapes: tuple) -> list[triton.Config]:
+    """``triton.Config`` list from ``(num_warps, num_stages)`` pairs, or ``(num_warps,
+    num_stages, {tile: size})`` triples; the first is the default."""
     chosen = shapes[:1] if interpreted() else shapes
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in chosen]
+    return [triton.Config(dict(rest[0]) if rest else {}, num_warps=w, num_stages=s)
+            for w, s, *rest in chosen]
 
 
-def autotune(key: list[str], shapes: tuple[tuple[int, int], ...],
-             restore: list[str] | None = None):
+def autotune(key: list[str], shapes: tuple[tuple, ...], restore: list[str] | None = None):
     """``triton.autotune`` over launch shapes, re-tuned when any argument named in ``key`` changes."""
     return triton.autotune(configs=candidates(*shapes), key=key, restore_value=restore or [])

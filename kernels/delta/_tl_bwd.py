@@ -11,13 +11,14 @@ import triton.language as tl
 
 from ..tuning import autotune
 
+from ._tl_fwd import STATE_PASS_SHAPES
 from ._tl_common import (
     chunk_bounds, dot, gate_col, gate_row, gate_tile, load_tile, load_vec, masked_exp,
     state_tile, store_tile,
 )
 
 
-@autotune(["H", "K", "V", "GATE", "BK", "BV"], ((4, 1), (8, 1), (2, 1)))
+@autotune(["H", "K", "V", "GATE", "BK"], STATE_PASS_SHAPES)
 @triton.jit
 def state_bwd_kernel(
     q, k, G, W, M, dO, dVN, DHS, dht, dh0, cu, chunk_off, scale, H, K, V,

@@ -208,8 +208,14 @@ def solve_kernel(
 
 
 # The sequential state passes hold 60-120 KB of float32 tiles at one stage (K = 128): a second
-# stage would leave room for one program per SM, so their candidates keep one stage.
-@autotune(["H", "K", "V", "GATE", "BK", "BV"], ((4, 1), (8, 1), (2, 1)))
+# stage would leave room for one program per SM, so their candidates keep one stage. Their value
+# block BV is tuned too (each program owns its state columns, so the numbers do not change):
+# 32 gives twice the programs, 64 reads W, K (and Q, M backward) half as often.
+STATE_PASS_SHAPES = ((4, 1, {"BV": 32}), (8, 1, {"BV": 32}), (2, 1, {"BV": 32}),
+                     (4, 1, {"BV": 64}), (8, 1, {"BV": 64}))
+
+
+@autotune(["H", "K", "V", "GATE", "BK"], STATE_PASS_SHAPES)
 @triton.jit
 def state_fwd_kernel(
     k, G, W, U, VN, HS, h0, ht, cu, chunk_off, H, K, V,

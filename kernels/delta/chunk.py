@@ -40,7 +40,7 @@ class Plan:
     dv: int
     bk: int
     bv: int  # value block of the chunk-parallel kernels
-    bv_loop: int  # value block of the state passes and the main backward kernel
+    bv_loop: int  # value block of the main backward kernel's loop (the state passes tune theirs)
     gate: int
     prec: str
     store: torch.dtype  # of the large intermediates W, U, Ṽ, S_0, dṼ, dS: the input's dtype
@@ -124,11 +124,11 @@ def state_forward(
     hs = k.new_empty(plan.n_chunks, plan.heads, plan.dk, plan.dv, dtype=plan.store)
     vn = torch.empty_like(u, dtype=plan.store)
     ht = k.new_empty(plan.n_seq, plan.heads, plan.dk, plan.dv, dtype=torch.float32) if want_ht else None
-    grid = (triton.cdiv(plan.dv, plan.bv_loop), plan.n_seq * plan.heads)
+    grid = lambda meta: (triton.cdiv(plan.dv, meta["BV"]), plan.n_seq * plan.heads)  # noqa: E731
     fwd.state_fwd_kernel[grid](
         k, gc, w, u, vn, hs, h0 if h0 is not None else hs, ht if want_ht else hs, plan.cu,
         plan.chunk_off, plan.heads, plan.dk, plan.dv, HAS_H0=h0 is not None, STORE_HT=want_ht,
-        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop, PREC=plan.prec,
+        GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
     )
     return hs, vn, ht
 
@@ -164,11 +164,11 @@ def backward_packed(
     dhs = torch.empty_like(hs)
     dvn = torch.empty_like(vn)
     dh0 = torch.empty(plan.n_seq, plan.heads, plan.dk, plan.dv, **f32)
-    grid = (triton.cdiv(plan.dv, plan.bv_loop), plan.n_seq * plan.heads)
+    grid = lambda meta: (triton.cdiv(plan.dv, meta["BV"]), plan.n_seq * plan.heads)  # noqa: E731
     bwd.state_bwd_kernel[grid](
         q, k, gc, w, m, do, dvn, dhs, dht if dht is not None else dh0, dh0, plan.cu,
         plan.chunk_off, scale, plan.heads, plan.dk, plan.dv, HAS_DHT=dht is not None,
-        GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop, PREC=plan.prec,
+        GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
     )
     dq, dk = torch.empty(q.shape, **f32), torch.empty(k.shape, **f32)
     dv, db = torch.empty_like(v), torch.empty(beta.shape, **f32)

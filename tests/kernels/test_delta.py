@@ -238,6 +238,29 @@ def test_triton_wide_heads() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bv", [32, 64])
+def test_triton_state_pass_value_blocks(bv: int) -> None:
+    """Each value block the state passes may be tuned to (V = 80: 3 blocks of 32, or 64 + a
+    masked 16) gives the same numbers: the interpreter runs only the default, so force each."""
+    import triton
+
+    from mirasdsl.kernels.delta import _tl_bwd, _tl_fwd
+
+    inputs = make_inputs(2, 70, 1, 24, 80, "channel", seed=17)
+    ref = run_with_grads(recurrent_delta_rule, inputs)
+    tuners = (_tl_fwd.state_fwd_kernel, _tl_bwd.state_bwd_kernel)
+    saved = [(t.configs, dict(t.cache)) for t in tuners]
+    try:
+        for t in tuners:
+            t.configs, t.cache = [triton.Config({"BV": bv}, num_warps=4, num_stages=1)], {}
+        got = run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE)
+    finally:
+        for t, (configs, cache) in zip(tuners, saved):
+            t.configs, t.cache = configs, cache
+    assert_close(got, ref, 1e-4)
+
+
+@pytest.mark.slow
 def test_kernels_compile_for_h100() -> None:
     """Every launch of forward and backward (K = V = 128, bf16, each gate mode) compiles for
     sm_90 and fits in an H100's shared memory: what the interpreter cannot check."""

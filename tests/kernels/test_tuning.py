@@ -42,8 +42,9 @@ def trial_runs(tuners: list[Autotuner], repeats: int = 3) -> Iterator[None]:
 
     saved = [(t, t.configs, t.__dict__.get("do_bench"), dict(t.cache)) for t in tuners]
     for t in tuners:
-        t.configs = [triton.Config({}, num_warps=4, num_stages=3),
-                     triton.Config({}, num_warps=2, num_stages=1)]
+        tiles = dict(t.configs[0].kwargs)  # tuned tile sizes (a state pass's BV) kept
+        t.configs = [triton.Config(tiles, num_warps=4, num_stages=3),
+                     triton.Config(tiles, num_warps=2, num_stages=1)]
         t.__dict__["do_bench"] = bench  # the autotuner's cached benchmarker
         t.cache.clear()
     try:
