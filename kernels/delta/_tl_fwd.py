@@ -210,9 +210,10 @@ def solve_kernel(
 # The sequential state passes hold 60-120 KB of float32 tiles at one stage (K = 128): a second
 # stage would leave room for one program per SM, so their candidates keep one stage. Their value
 # block BV is tuned too (each program owns its state columns, so the numbers do not change):
-# 32 gives twice the programs, 64 reads W, K (and Q, M backward) half as often.
+# 32 gives the most programs, 64 and 128 read W, K (and Q, M backward) half / a quarter as often
+# (128: one program per SM at 131-147 KB of shared memory).
 STATE_PASS_SHAPES = ((4, 1, {"BV": 32}), (8, 1, {"BV": 32}), (2, 1, {"BV": 32}),
-                     (4, 1, {"BV": 64}), (8, 1, {"BV": 64}))
+                     (4, 1, {"BV": 64}), (8, 1, {"BV": 64}), (8, 1, {"BV": 128}))
 
 
 @autotune(["H", "K", "V", "GATE", "BK"], STATE_PASS_SHAPES)
@@ -253,7 +254,9 @@ def state_fwd_kernel(
         tl.store(p, s, mask=msk)
 
 
-@autotune(["H", "K", "V", "GATE", "BK", "BV"], ((4, 3), (8, 3), (4, 2)))
+# value block 128: Q and M read once per chunk instead of once per block of 64 columns
+@autotune(["H", "K", "V", "GATE", "BK"], ((4, 3, {"BV": 64}), (8, 3, {"BV": 64}), (4, 2, {"BV": 64}),
+                                        (8, 2, {"BV": 128}), (8, 1, {"BV": 128})))
 @triton.jit
 def output_kernel(
     q, G, M, VN, HS, o, chunk_seq, cu, chunk_off, scale, H, K, V,

@@ -144,10 +144,10 @@ def forward_packed(
     x, w, u = solve_wu(k, v, beta, gc, p, None, plan)
     hs, vn, ht = state_forward(k, gc, w, u, h0, want_ht, plan)
     o = torch.empty_like(v)
-    grid = (triton.cdiv(plan.dv, plan.bv), plan.n_chunks, plan.heads)
+    grid = lambda meta: (triton.cdiv(plan.dv, meta["BV"]), plan.n_chunks, plan.heads)  # noqa: E731
     fwd.output_kernel[grid](
         q, gc, m, vn, hs, o, plan.chunk_seq, plan.cu, plan.chunk_off, scale, plan.heads,
-        plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv, PREC=plan.prec,
+        plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
     )
     return o, ht, (x, m, p, hs, vn)
 

@@ -238,17 +238,18 @@ def test_triton_wide_heads() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bv", [32, 64])
-def test_triton_state_pass_value_blocks(bv: int) -> None:
-    """Each value block the state passes may be tuned to (V = 80: 3 blocks of 32, or 64 + a
-    masked 16) gives the same numbers: the interpreter runs only the default, so force each."""
+@pytest.mark.parametrize("bv", [32, 64, 128])
+def test_triton_tuned_value_blocks(bv: int) -> None:
+    """Each value block the state passes and the output kernel may be tuned to (V = 80: three
+    blocks of 32, 64 + a masked 16, or one masked 128) gives the same numbers: the interpreter
+    runs only the default, so force each."""
     import triton
 
     from mirasdsl.kernels.delta import _tl_bwd, _tl_fwd
 
     inputs = make_inputs(2, 70, 1, 24, 80, "channel", seed=17)
     ref = run_with_grads(recurrent_delta_rule, inputs)
-    tuners = (_tl_fwd.state_fwd_kernel, _tl_bwd.state_bwd_kernel)
+    tuners = (_tl_fwd.state_fwd_kernel, _tl_bwd.state_bwd_kernel, _tl_fwd.output_kernel)
     saved = [(t.configs, dict(t.cache)) for t in tuners]
     try:
         for t in tuners:

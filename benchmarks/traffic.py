@@ -1,0 +1,190 @@
+"""Bytes each Triton kernel loads and stores in one forward + backward, counted on the CPU.
+
+The kernels run in Triton's interpreter; every load and store they issue is counted (the
+elements where its mask holds × the element size), per kernel, and scaled to a benchmark shape
+by its token·head count (at a fixed head size every kernel's work is linear in tokens). ATen ops
+between the kernels count the bytes of their tensors (inputs read, outputs written). This is a
+model of HBM traffic, not a measurement: re-reads that the GPU's L2 would serve are counted, so
+it bounds DRAM traffic from above, as the memory floor (every input and output touched once)
+bounds it from below. No GPU needed; slow-ish (the interpreter), hence a small counting shape.
+
+    python benchmarks/traffic.py [--families delta,gla] [--T 256] [--shape S]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from typing import Callable
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402  (this folder)
+
+FAMILIES = ("simple_gla", "gla", "delta", "gated_delta", "kda")
+_SKIP = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
+         "alias", "lift_fresh", "_unsafe_view", "_reshape_alias"}
+_WRITE_ONLY = {"zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_ones", "full",
+               "full_like", "new_full", "fill_", "zero_", "arange"}  # inputs give only a shape
+
+
+class Tally:
+    """Bytes loaded and stored per kernel (or ``torch:<op>``) in the current phase."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+        self.phase, self.kernel = "fwd", None
+
+    def add(self, name: str, loaded: float, stored: float, call: bool = False) -> None:
+        row = self.rows[(self.phase, name)]
+        row[0] += int(call)
+        row[1] += loaded
+        row[2] += stored
+
+
+def _itemsize(tl_dtype) -> int:  # noqa: ANN001
+    return max(1, tl_dtype.primitive_bitwidth // 8)
+
+
+def install(tally: Tally) -> None:
+    """Count the interpreter's loads and stores, attributed to the running kernel."""
+    from triton.runtime import interpreter as itp
+
+    import mirasdsl.kernels  # noqa: F401  (its interpreter fixes first)
+
+    builder, grid = itp.InterpreterBuilder, itp.GridExecutor
+    load0, store0, run0 = builder.create_masked_load, builder.create_masked_store, grid.__call__
+
+    def live(ptrs, mask) -> int:  # noqa: ANN001
+        return int(np.count_nonzero(np.broadcast_to(mask.data, ptrs.data.shape)))
+
+    def load(self, ptrs, mask, other, *rest):  # noqa: ANN001, ANN202
+        tally.add(tally.kernel, live(ptrs, mask) * _itemsize(ptrs.get_element_ty()), 0.0)
+        return load0(self, ptrs, mask, other, *rest)
+
+    def store(self, ptrs, value, mask, *rest):  # noqa: ANN001, ANN202
+        tally.add(tally.kernel, 0.0, live(ptrs, mask) * _itemsize(ptrs.get_element_ty()))
+        return store0(self, ptrs, value, mask, *rest)
+
+    def run(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        tally.kernel = self.fn.__name__
+        tally.add(tally.kernel, 0.0, 0.0, call=True)
+        try:
+            return run0(self, *args, **kwargs)
+        finally:
+            tally.kernel = None
+
+    builder.create_masked_load, builder.create_masked_store, grid.__call__ = load, store, run
+
+
+class TorchBytes(TorchDispatchMode):
+    """ATen ops outside the Triton kernels: bytes of their tensor inputs and outputs."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__()
+        self.tally = tally
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if self.tally.kernel is None and not func.is_view and name not in _SKIP:
+            size = lambda xs: sum(t.numel() * t.element_size() for t in xs  # noqa: E731
+                                  if isinstance(t, torch.Tensor))
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            read = 0 if name in _WRITE_ONLY else size(args)
+            self.tally.add(f"torch:{name}", read, size(outs), call=True)
+        return out
+
+
+def call_for(kind: str, x: cases.Inputs) -> Callable[[], torch.Tensor]:
+    """Our Triton entry point for a family (called directly: the dispatcher would pick the
+    PyTorch form on the CPU)."""
+    if kind in ("simple_gla", "gla"):
+        from mirasdsl.kernels.gla.chunk import chunk_gla
+
+        return lambda: chunk_gla(x["q"], x["k"], x["v"], x["g"])[0]
+    from mirasdsl.kernels.delta.chunk import chunk_delta_rule
+
+    return lambda: chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"))[0]
+
+
+def floors(x: cases.Inputs) -> tuple[float, float]:
+    """Memory floors: forward reads every input and writes o; the backward reads every input
+    and dO and writes a gradient per input."""
+    inputs = sum(t.numel() * t.element_size() for t in x.values())
+    o = x["v"].numel() * x["v"].element_size()
+    return inputs + o, 2 * inputs + 2 * o + inputs
+
+
+def count(kind: str, shape: cases.Shape, tally: Tally) -> cases.Inputs:
+    """One forward and backward of ``kind`` at ``shape`` under the tally."""
+    x = cases.make_inputs(shape, kind)
+    fn = call_for(kind, x)
+    do = torch.randn_like(x["v"])
+    with TorchBytes(tally):
+        tally.phase = "fwd"
+        o = fn()
+        tally.phase = "bwd"
+        o.backward(do)
+    return x
+
+
+def report(kind: str, tally: Tally, x: cases.Inputs, scale: float, target: str) -> None:
+    """Markdown rows: per kernel and phase, GB loaded / stored at the target shape."""
+    gb = scale / 1e9
+    print(f"\n### {kind}: bytes per forward + backward, scaled to shape {target} (x{scale:g})\n")
+    print("| phase | kernel | launches | loaded GB | stored GB |\n|---|---|---:|---:|---:|")
+    totals: dict[str, float] = defaultdict(float)
+    for (phase, name), (calls, ld, st) in sorted(tally.rows.items(), key=lambda r: (r[0][0] != "fwd", -sum(r[1][1:]))):
+        totals[phase] += ld + st
+        print(f"| {phase} | `{name}` | {calls} | {ld * gb:.3f} | {st * gb:.3f} |")
+    f_fwd, f_all = floors(x)
+    print(f"\n{kind}: forward {totals['fwd'] * gb:.2f} GB (floor {f_fwd * gb:.2f}, "
+          f"{totals['fwd'] / f_fwd:.1f}x), forward + backward "
+          f"{(totals['fwd'] + totals['bwd']) * gb:.2f} GB (floor {f_all * gb:.2f}, "
+          f"{(totals['fwd'] + totals['bwd']) / f_all:.1f}x)")
+
+
+def force_value_block(bv: int) -> None:
+    """Make the delta rule's kernels with a tuned value block run at ``bv`` (a candidate the
+    GPU's autotuner may pick; the interpreter runs only the first)."""
+    import triton
+
+    from mirasdsl.kernels.delta import _tl_bwd, _tl_fwd
+
+    for tuner in (_tl_fwd.state_fwd_kernel, _tl_bwd.state_bwd_kernel, _tl_fwd.output_kernel):
+        tuner.configs = [triton.Config({"BV": bv}, num_warps=4, num_stages=1)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", default="delta,gla", help=f"comma list of {', '.join(FAMILIES)}")
+    p.add_argument("--T", type=int, default=256, help="tokens counted (B = H = 1, D as the shape)")
+    p.add_argument("--shape", default="S", choices=sorted(cases.SHAPES))
+    p.add_argument("--value-block", type=int, choices=[32, 64, 128],
+                   help="run the delta rule's tuned value blocks (state passes, output) at this "
+                        "size (default: each kernel's first candidate, as the interpreter does)")
+    a = p.parse_args()
+    bad = [f for f in a.families.split(",") if f not in FAMILIES]
+    if bad:
+        p.error(f"unknown families {bad}; allowed: {', '.join(FAMILIES)}")
+    cases.set_device("cpu")
+    target = cases.SHAPES[a.shape]
+    small = cases.Shape("count", 1, a.T, 1, target.D)
+    scale = target.B * target.T * target.H / a.T
+    if a.value_block:
+        force_value_block(a.value_block)
+    for kind in a.families.split(","):
+        tally = Tally()
+        install(tally)
+        report(kind, tally, count(kind, small, tally), scale, a.shape)
+
+
+if __name__ == "__main__":
+    main()
