@@ -158,8 +158,12 @@ def force_value_block(bv: int) -> None:
 
     from mirasdsl.kernels.delta import _tl_bwd, _tl_fwd
 
+    from mirasdsl.kernels.gla import chunk as gla_chunk
+
     for tuner in (_tl_fwd.state_fwd_kernel, _tl_bwd.state_bwd_kernel, _tl_fwd.output_kernel):
         tuner.configs = [triton.Config({"BV": bv}, num_warps=4, num_stages=1)]
+    for tuner in (gla_chunk._fwd_o_kernel, gla_chunk._bwd_dv_kernel):  # GLA's tiles: 64 or 128
+        tuner.configs = [triton.Config({"WIDE": int(bv > 64)}, num_warps=8, num_stages=1)]
 
 
 def main() -> None:
@@ -168,8 +172,9 @@ def main() -> None:
     p.add_argument("--T", type=int, default=256, help="tokens counted (B = H = 1, D as the shape)")
     p.add_argument("--shape", default="S", choices=sorted(cases.SHAPES))
     p.add_argument("--value-block", type=int, choices=[32, 64, 128],
-                   help="run the delta rule's tuned value blocks (state passes, output) at this "
-                        "size (default: each kernel's first candidate, as the interpreter does)")
+                   help="run the tuned value blocks (delta: state passes, output; GLA: output, dv, "
+                        "64 or 128) at this size (default: each kernel's first candidate, as the "
+                        "interpreter does)")
     a = p.parse_args()
     bad = [f for f in a.families.split(",") if f not in FAMILIES]
     if bad:

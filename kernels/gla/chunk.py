@@ -15,6 +15,7 @@ the inter-chunk ``dq, dk`` together with ``dg`` (a reverse cumulative sum inside
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import triton
@@ -222,12 +223,25 @@ def _intra_dense_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.co
              mask=valid[:, None])
 
 
-@autotune(["H", "K", "V", "C", "BK", "BV", "GATE", "F32"], ((8, 3), (4, 3), (8, 2)))
+# WIDE (tuned): value tiles of 2·BV columns, so that q, the gates and A are read once per chunk
+# for V = 128 instead of once per 64 columns (each program owns its columns: same numbers)
+WIDE_SHAPES = ((8, 3, {"WIDE": 0}), (4, 3, {"WIDE": 0}), (8, 2, {"WIDE": 0}), (8, 2, {"WIDE": 1}),
+               (8, 1, {"WIDE": 1}))
+
+
+def wide_grid(m: "_Meta") -> Callable[[dict], tuple[int, int, int]]:
+    """Grid (chunks, V tiles, heads) of a kernel whose value tile is ``BV · (1 + WIDE)``."""
+    return lambda meta: (m.NC, triton.cdiv(m.V, m.BV * (1 + meta["WIDE"])), m.H)
+
+
+@autotune(["H", "K", "V", "C", "BK", "BV0", "GATE", "F32"], WIDE_SHAPES)
 @triton.jit
 def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
                   K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+                  BV0: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr,
+                  WIDE: tl.constexpr):
     """``o = scale · (q ⊙ e^{b}) h + A v``; grid (chunks, V tiles, heads)."""
+    BV: tl.constexpr = BV0 * (1 + WIDE)
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
     cv = i_v * BV + tl.arange(0, BV)
@@ -303,12 +317,14 @@ def _bwd_dA_kernel(do, v, dA, chunk_seq, chunk_start, cu, scale, H: tl.constexpr
              mask=valid[:, None])
 
 
-@autotune(["H", "K", "V", "C", "BK", "BV", "GATE", "F32"], ((8, 3), (4, 3), (8, 2)))
+@autotune(["H", "K", "V", "C", "BK", "BV0", "GATE", "F32"], WIDE_SHAPES)
 @triton.jit
 def _bwd_dv_kernel(k, gc, A, do, dh, dv, chunk_seq, chunk_start, cu, H: tl.constexpr,
                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+                   BV0: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr,
+                   WIDE: tl.constexpr):
     """``dv = Aᵀ do + (k ⊙ e^{b_C − b}) dh``; grid (chunks, V tiles, heads)."""
+    BV: tl.constexpr = BV0 * (1 + WIDE)
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
     cv = i_v * BV + tl.arange(0, BV)
@@ -602,9 +618,8 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, wan
     h, ht = _states(k, v, gc, h0, want_ht, m)
     A = _scores(q, k, gc, m)
     o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    grid = (m.NC, triton.cdiv(m.V, m.BV), m.H)
-    _fwd_o_kernel[grid](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V, m.C,
-                        m.BK, m.BV, **m.kw_tuned)
+    _fwd_o_kernel[wide_grid(m)](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V,
+                                m.C, m.BK, m.BV, **m.kw_tuned)
     return o, ht, A, h
 
 
@@ -622,9 +637,8 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h: Tensor,
     _bwd_dA_kernel[(m.NC, m.H)](do, v, dA, m.seq, m.start, m.cu, m.scale, m.H, m.V, m.C, m.BV,
                                 PREC=m.prec, F32=m.f32, num_warps=WARPS)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    _bwd_dv_kernel[(m.NC, triton.cdiv(m.V, m.BV), m.H)](k, gc, A, do, dh, dv, m.seq, m.start,
-                                                        m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                                        **m.kw_tuned)
+    _bwd_dv_kernel[wide_grid(m)](k, gc, A, do, dh, dv, m.seq, m.start, m.cu, m.H, m.K, m.V, m.C,
+                                 m.BK, m.BV, **m.kw_tuned)
     dq = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
     nk = triton.cdiv(m.K, m.BK)

@@ -166,6 +166,27 @@ def test_triton_one_partial_chunk_wide_heads(gate: str) -> None:
 
 
 @pytest.mark.parametrize("gate", GATE_SHAPES)
+def test_triton_wide_value_tiles(gate: str) -> None:
+    """The tuned wide value tile (WIDE=1: 2·64 columns for V = 80, masked) of the output and dv
+    kernels gives the reference's numbers; the interpreter runs only the default, so force it."""
+    import triton
+
+    from mirasdsl.kernels.gla import chunk as gla_chunk
+
+    x = make_inputs(1, 37, 1, 24, 80, gate, 1.0, seed=15)
+    tuners = (gla_chunk._fwd_o_kernel, gla_chunk._bwd_dv_kernel)
+    saved = [(t.configs, dict(t.cache)) for t in tuners]
+    try:
+        for t in tuners:
+            t.configs, t.cache = [triton.Config({"WIDE": 1}, num_warps=8, num_stages=1)], {}
+        got = run_with_grads(chunk_gla, x, chunk_size=16)
+    finally:
+        for t, (configs, cache) in zip(tuners, saved):
+            t.configs, t.cache = configs, cache
+    assert_close(got, run_with_grads(recurrent_gla, x), TOL_TRITON)
+
+
+@pytest.mark.parametrize("gate", GATE_SHAPES)
 def test_triton_cu_seqlens(gate: str) -> None:
     cu = torch.tensor([0, 5, 5, 37, 56])
     x = make_inputs(1, 56, 2, 16, 24, gate, 0.7, n_states=4, seed=12)
