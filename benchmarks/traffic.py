@@ -13,10 +13,11 @@ bounds it from below. No GPU needed; slow-ish (the interpreter), hence a small c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, Iterator
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
 
@@ -52,8 +53,10 @@ def _itemsize(tl_dtype) -> int:  # noqa: ANN001
     return max(1, tl_dtype.primitive_bitwidth // 8)
 
 
-def install(tally: Tally) -> None:
-    """Count the interpreter's loads and stores, attributed to the running kernel."""
+@contextlib.contextmanager
+def counting(tally: Tally) -> Iterator[Tally]:
+    """Count the interpreter's loads and stores, attributed to the running kernel, and ATen ops
+    between kernels, while the block runs."""
     from triton.runtime import interpreter as itp
 
     import mirasdsl.kernels  # noqa: F401  (its interpreter fixes first)
@@ -81,6 +84,11 @@ def install(tally: Tally) -> None:
             tally.kernel = None
 
     builder.create_masked_load, builder.create_masked_store, grid.__call__ = load, store, run
+    try:
+        with TorchBytes(tally):
+            yield tally
+    finally:
+        builder.create_masked_load, builder.create_masked_store, grid.__call__ = load0, store0, run0
 
 
 class TorchBytes(TorchDispatchMode):
@@ -127,7 +135,7 @@ def count(kind: str, shape: cases.Shape, tally: Tally) -> cases.Inputs:
     x = cases.make_inputs(shape, kind)
     fn = call_for(kind, x)
     do = torch.randn_like(x["v"])
-    with TorchBytes(tally):
+    with counting(tally):
         tally.phase = "fwd"
         o = fn()
         tally.phase = "bwd"
@@ -187,7 +195,6 @@ def main() -> None:
         force_value_block(a.value_block)
     for kind in a.families.split(","):
         tally = Tally()
-        install(tally)
         report(kind, tally, count(kind, small, tally), scale, a.shape)
 
 
