@@ -1,14 +1,16 @@
 """Bytes each Triton kernel loads and stores in one forward + backward, counted on the CPU.
 
 The kernels run in Triton's interpreter; every load and store they issue is counted (the
-elements where its mask holds × the element size), per kernel, and scaled to a benchmark shape
-by its token·head count (at a fixed head size every kernel's work is linear in tokens). ATen ops
-between the kernels count the bytes of their tensors (inputs read, outputs written). This is a
+elements where its mask holds × the element size), per kernel, at B = H = 1 and T, 2T tokens,
+and scaled to a benchmark shape: the part that grows with tokens by its tokens × heads, the
+rest (weights, set-up) by its heads. ATen ops between the kernels count the bytes of their
+tensors (inputs read, outputs written). Deep memory (``deep_memory_c64``, ``_c16``) runs at
+titans-pytorch's benchmark setting (``cases.ours_deep_memory``). This is a
 model of HBM traffic, not a measurement: re-reads that the GPU's L2 would serve are counted, so
 it bounds DRAM traffic from above, as the memory floor (every input and output touched once)
 bounds it from below. No GPU needed; slow-ish (the interpreter), hence a small counting shape.
 
-    python benchmarks/traffic.py [--families delta,gla] [--T 256] [--shape S]
+    python benchmarks/traffic.py [--families delta,gla,deep_memory_c64] [--T 128] [--shape S]
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import contextlib
 import os
 import sys
 from collections import defaultdict
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
 
@@ -28,7 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402  (this folder)
 
-FAMILIES = ("simple_gla", "gla", "delta", "gated_delta", "kda")
+FAMILIES = ("simple_gla", "gla", "delta", "gated_delta", "kda", "deep_memory_c64", "deep_memory_c16")
+DEEP_CHUNKS = {"deep_memory_c64": 64, "deep_memory_c16": 16}
 _SKIP = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
          "alias", "lift_fresh", "_unsafe_view", "_reshape_alias"}
 _WRITE_ONLY = {"zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_ones", "full",
@@ -122,41 +125,77 @@ def call_for(kind: str, x: cases.Inputs) -> Callable[[], torch.Tensor]:
     return lambda: chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"))[0]
 
 
-def floors(x: cases.Inputs) -> tuple[float, float]:
-    """Memory floors: forward reads every input and writes o; the backward reads every input
-    and dO and writes a gradient per input."""
-    inputs = sum(t.numel() * t.element_size() for t in x.values())
-    o = x["v"].numel() * x["v"].element_size()
-    return inputs + o, 2 * inputs + 2 * o + inputs
+def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def count(kind: str, shape: cases.Shape, tally: Tally) -> cases.Inputs:
-    """One forward and backward of ``kind`` at ``shape`` under the tally."""
+def prepare(kind: str, shape: cases.Shape) -> tuple[Callable[[], torch.Tensor], int, int]:
+    """Our call for ``kind`` at ``shape``, the bytes of its inputs and of its output."""
+    out = shape.B * shape.T * shape.H * shape.D * 2  # bf16, shaped like v
+    if kind.startswith("deep_memory"):
+        os.environ["MIRAS_KERNELS"] = "triton"  # the dispatcher's choice (interpreted here)
+        prep = cases.ours_deep_memory(shape, DEEP_CHUNKS[kind])
+        return prep.fn, _nbytes(prep.leaves), out
     x = cases.make_inputs(shape, kind)
-    fn = call_for(kind, x)
-    do = torch.randn_like(x["v"])
+    return call_for(kind, x), _nbytes(x.values()), out
+
+
+def count(kind: str, shape: cases.Shape, tally: Tally) -> tuple[int, int]:
+    """One forward and backward of ``kind`` at ``shape`` under the tally; returns the bytes of
+    the inputs and of the output."""
+    fn, inputs, out = prepare(kind, shape)
     with counting(tally):
         tally.phase = "fwd"
         o = fn()
+        o = o[0] if isinstance(o, tuple) else o  # (output, state) calls
+        tally.phase = "set-up"  # the cotangent: not the op's traffic
+        do = torch.randn_like(o)
         tally.phase = "bwd"
         o.backward(do)
-    return x
+    tally.rows = {k: v for k, v in tally.rows.items() if k[0] != "set-up"}
+    return inputs, out
 
 
-def report(kind: str, tally: Tally, x: cases.Inputs, scale: float, target: str) -> None:
-    """Markdown rows: per kernel and phase, GB loaded / stored at the target shape."""
-    gb = scale / 1e9
-    print(f"\n### {kind}: bytes per forward + backward, scaled to shape {target} (x{scale:g})\n")
+def at_target(kind: str, small_t: int, target: cases.Shape) -> tuple[dict, tuple[float, float]]:
+    """Rows ``{(phase, kernel): [launches, loaded, stored]}`` and the floors (forward, forward +
+    backward) at ``target``, from counts at T and 2T tokens (B = H = 1): the per-token part
+    scales with the target's tokens × heads, the rest (weights, per-call set-up) with its heads,
+    launches with its T."""
+    one, two = Tally(), Tally()
+    io1 = count(kind, cases.Shape("count", 1, small_t, 1, target.D), one)
+    io2 = count(kind, cases.Shape("count", 1, 2 * small_t, 1, target.D), two)
+    tokens = target.B * target.T * target.H
+
+    def scale(a: float, b: float) -> float:
+        rate = (b - a) / small_t
+        return rate * tokens + (a - rate * small_t) * target.H
+
+    rows = {}
+    for key in one.rows.keys() | two.rows.keys():
+        (c1, l1, s1), (c2, l2, s2) = one.rows.get(key, [0, 0, 0]), two.rows.get(key, [0, 0, 0])
+        calls = round(c1 + (c2 - c1) / small_t * (target.T - small_t))
+        rows[key] = [calls, scale(l1, l2), scale(s1, s2)]
+    (i1, o1), (i2, o2) = io1, io2
+    return rows, (scale(i1 + o1, i2 + o2), scale(3 * i1 + 2 * o1, 3 * i2 + 2 * o2))
+
+
+def report(kind: str, rows: dict, floors: tuple[float, float], target: str) -> None:
+    """Markdown rows: per kernel and phase, GB loaded / stored at the target shape. Floors: the
+    forward reads every input and writes o; the backward reads every input and dO and writes a
+    gradient per input."""
+    gb = 1e-9
+    print(f"\n### {kind}: bytes per forward + backward at shape {target}\n")
     print("| phase | kernel | launches | loaded GB | stored GB |\n|---|---|---:|---:|---:|")
     totals: dict[str, float] = defaultdict(float)
-    for (phase, name), (calls, ld, st) in sorted(tally.rows.items(), key=lambda r: (r[0][0] != "fwd", -sum(r[1][1:]))):
+    order = sorted(rows.items(), key=lambda r: (r[0][0] != "fwd", -sum(r[1][1:])))
+    for (phase, name), (calls, ld, st) in order:
         totals[phase] += ld + st
         print(f"| {phase} | `{name}` | {calls} | {ld * gb:.3f} | {st * gb:.3f} |")
-    f_fwd, f_all = floors(x)
+    f_fwd, f_all = floors
+    both = totals["fwd"] + totals["bwd"]
     print(f"\n{kind}: forward {totals['fwd'] * gb:.2f} GB (floor {f_fwd * gb:.2f}, "
-          f"{totals['fwd'] / f_fwd:.1f}x), forward + backward "
-          f"{(totals['fwd'] + totals['bwd']) * gb:.2f} GB (floor {f_all * gb:.2f}, "
-          f"{(totals['fwd'] + totals['bwd']) / f_all:.1f}x)")
+          f"{totals['fwd'] / f_fwd:.1f}x), forward + backward {both * gb:.2f} GB "
+          f"(floor {f_all * gb:.2f}, {both / f_all:.1f}x)")
 
 
 def force_value_block(bv: int) -> None:
@@ -177,7 +216,8 @@ def force_value_block(bv: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", default="delta,gla", help=f"comma list of {', '.join(FAMILIES)}")
-    p.add_argument("--T", type=int, default=256, help="tokens counted (B = H = 1, D as the shape)")
+    p.add_argument("--T", type=int, default=128,
+                   help="tokens counted (and twice that; B = H = 1, D as the shape; a multiple of 64)")
     p.add_argument("--shape", default="S", choices=sorted(cases.SHAPES))
     p.add_argument("--value-block", type=int, choices=[32, 64, 128],
                    help="run the tuned value blocks (delta: state passes, output; GLA: output, dv, "
@@ -188,14 +228,14 @@ def main() -> None:
     if bad:
         p.error(f"unknown families {bad}; allowed: {', '.join(FAMILIES)}")
     cases.set_device("cpu")
-    target = cases.SHAPES[a.shape]
-    small = cases.Shape("count", 1, a.T, 1, target.D)
-    scale = target.B * target.T * target.H / a.T
     if a.value_block:
         force_value_block(a.value_block)
     for kind in a.families.split(","):
-        tally = Tally()
-        report(kind, tally, count(kind, small, tally), scale, a.shape)
+        deep = kind.startswith("deep_memory")
+        target = cases.MEMORY_SHAPE if deep else cases.SHAPES[a.shape]
+        rows, floors = at_target(kind, a.T, target)
+        report(kind, rows, floors, "of titans-pytorch's benchmark (B=4, T=4096, 8 heads of 128)"
+               if deep else a.shape)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,25 @@ def test_delta_rule_writes_its_output_once() -> None:
     cases.set_device("cpu")
     shape = cases.Shape("t", 1, 70, 2, 16)
     tally = traffic.Tally()
-    x = traffic.count("delta", shape, tally)
-    assert tally.rows[("fwd", "output_kernel")][2] == x["v"].numel() * 2  # bf16 o, every token
+    inputs, out = traffic.count("delta", shape, tally)
+    assert tally.rows[("fwd", "output_kernel")][2] == out == 70 * 2 * 16 * 2  # bf16 o, every token
     fwd_total = sum(ld + st for (phase, _), (_, ld, st) in tally.rows.items() if phase == "fwd")
-    assert fwd_total > traffic.floors(x)[0]  # never below the floor
+    assert fwd_total > inputs + out  # never below the floor
+
+
+def test_scaling_separates_per_token_and_fixed_bytes() -> None:
+    """At the counting shape itself the scaled rows are the counts; a target with twice the
+    tokens doubles the per-token part only."""
+    import cases
+    import traffic
+
+    cases.set_device("cpu")
+    tally = traffic.Tally()
+    traffic.count("delta", cases.Shape("t", 1, 64, 1, 16), tally)
+    rows, floors = traffic.at_target("delta", 64, cases.Shape("t", 1, 64, 1, 16))
+    for key, (calls, ld, st) in rows.items():
+        assert calls == tally.rows[key][0] and ld == pytest.approx(tally.rows[key][1])
+        assert st == pytest.approx(tally.rows[key][2])
+    double, _ = traffic.at_target("delta", 64, cases.Shape("t", 2, 64, 1, 16))
+    out = double[("fwd", "output_kernel")][2]
+    assert out == pytest.approx(2 * rows[("fwd", "output_kernel")][2])
