@@ -2,8 +2,9 @@
 
 Launch shapes are tuned; tile sizes only where a tile splits independent outputs (the value
 block of a state pass: each program owns its columns of the state), so every candidate computes
-the same numbers. The first candidate of each list is the hand-picked default. Under ``TRITON_INTERPRET=1`` (CI's
-CPU, where warps and stages mean nothing) only that default exists, so nothing is benchmarked.
+the same numbers. The first candidate of each list is the hand-picked default. Under
+``TRITON_INTERPRET=1`` (CI's CPU, where warps and stages mean nothing) only that default
+exists, so nothing is benchmarked.
 Kernels that read back what they write (read-modify-write partials) name those arguments in
 ``restore_value`` so that the autotuner's trial runs leave no trace.
 ``compile_check.compile_all`` compiles every candidate for sm_90 and checks shared memory.

@@ -30,7 +30,8 @@ walks the chunks in reverse carrying the state's gradient; the read-out's gradie
 chunk-start state is added inside ``_bwd_hidden_kernel``, and every per-chunk view is made up
 front. Per chunk that leaves the six kernel launches, at depth 1 and 2 alike (depth 2's
 per-hidden-block partials of dk are summed once for all chunks after the loop), and no
-per-chunk autograd nodes, copies, stacks or gradient accumulation (``benchmarks/count_launches.py`` counts them).
+per-chunk autograd nodes, copies, stacks or gradient accumulation
+(``benchmarks/count_launches.py`` counts them).
 
 Every ``tl.dot`` operand comes from a load (values computed from a dot go through memory, with a
 barrier): Triton 3.4-3.7.0 miscompiles some dot-of-dot patterns on Hopper (fla issue #640).
@@ -237,7 +238,8 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     _bwd_hidden_kernel[sh.hidden_grid](
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
         g_z2n, x_w1, x_w2, x_z1, x_z2, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
-        buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
+        buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"],
+        MOM=f["MOM"], PREC=sh.prec)
     _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, sh.NJ,
                               sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
                               RES=f["RES"], BIAS=f["BIAS"])

@@ -3,15 +3,16 @@
 Forward: in-chunk gate cumsum -> intra-chunk products (M, P) -> UT transform by blocked
 inversion (X = (I + diag(β) P)^{-1}, W, U) -> sequential state pass over chunks (S_0 per chunk,
 pseudo-values Ṽ) -> outputs. Backward recomputes W from the saved X (S_0 and Ṽ are kept by
-the forward), walks the chunks backwards for dS, then forms all input gradients chunk-parallel. Accumulation and the
-carried state are float32 whatever the input dtype; the chunk-start states S_0, the
-pseudo-values Ṽ and their gradients are stored in the input's dtype (half the traffic of the
-state passes for bf16; W and U, which drive the state recursion, stay float32). See README.md
-for the formulas.
+the forward), walks the chunks backwards for dS, then forms all input gradients
+chunk-parallel. Accumulation and the carried state are float32 whatever the input dtype; the
+chunk-start states S_0, the pseudo-values Ṽ and their gradients are stored in the input's dtype
+(half the traffic of the state passes for bf16; W and U, which drive the state recursion, stay
+float32). See README.md for the formulas.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -43,7 +44,7 @@ class Plan:
     bv_loop: int  # value block of the main backward kernel's loop (the state passes tune theirs)
     gate: int
     prec: str
-    store: torch.dtype  # of the large intermediates W, U, Ṽ, S_0, dṼ, dS: the input's dtype
+    store: torch.dtype  # of S_0, Ṽ and their gradients: the input's dtype
 
 
 def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None) -> Plan:
@@ -70,6 +71,11 @@ def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None)
         cu, chunk_off, chunk_seq, len(lens), sum(counts), h, dk, dv, bk, bv, min(bv, 32),
         gate_mode(g), prec, q.dtype,
     )
+
+
+def value_grid(plan: Plan, *rest: int) -> Callable[[dict], tuple[int, ...]]:
+    """Grid (value blocks, *rest) of a kernel whose value block BV is an autotuned tile."""
+    return lambda meta: (triton.cdiv(plan.dv, meta["BV"]), *rest)
 
 
 def gate_cumsum(g: Tensor, plan: Plan, reverse: bool = False) -> Tensor:
@@ -124,8 +130,7 @@ def state_forward(
     hs = k.new_empty(plan.n_chunks, plan.heads, plan.dk, plan.dv, dtype=plan.store)
     vn = torch.empty_like(u, dtype=plan.store)
     ht = k.new_empty(plan.n_seq, plan.heads, plan.dk, plan.dv, dtype=torch.float32) if want_ht else None
-    grid = lambda meta: (triton.cdiv(plan.dv, meta["BV"]), plan.n_seq * plan.heads)  # noqa: E731
-    fwd.state_fwd_kernel[grid](
+    fwd.state_fwd_kernel[value_grid(plan, plan.n_seq * plan.heads)](
         k, gc, w, u, vn, hs, h0 if h0 is not None else hs, ht if want_ht else hs, plan.cu,
         plan.chunk_off, plan.heads, plan.dk, plan.dv, HAS_H0=h0 is not None, STORE_HT=want_ht,
         GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
@@ -144,8 +149,7 @@ def forward_packed(
     x, w, u = solve_wu(k, v, beta, gc, p, None, plan)
     hs, vn, ht = state_forward(k, gc, w, u, h0, want_ht, plan)
     o = torch.empty_like(v)
-    grid = lambda meta: (triton.cdiv(plan.dv, meta["BV"]), plan.n_chunks, plan.heads)  # noqa: E731
-    fwd.output_kernel[grid](
+    fwd.output_kernel[value_grid(plan, plan.n_chunks, plan.heads)](
         q, gc, m, vn, hs, o, plan.chunk_seq, plan.cu, plan.chunk_off, scale, plan.heads,
         plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
     )
@@ -164,8 +168,7 @@ def backward_packed(
     dhs = torch.empty_like(hs)
     dvn = torch.empty_like(vn)
     dh0 = torch.empty(plan.n_seq, plan.heads, plan.dk, plan.dv, **f32)
-    grid = lambda meta: (triton.cdiv(plan.dv, meta["BV"]), plan.n_seq * plan.heads)  # noqa: E731
-    bwd.state_bwd_kernel[grid](
+    bwd.state_bwd_kernel[value_grid(plan, plan.n_seq * plan.heads)](
         q, k, gc, w, m, do, dvn, dhs, dht if dht is not None else dh0, dh0, plan.cu,
         plan.chunk_off, scale, plan.heads, plan.dk, plan.dv, HAS_DHT=dht is not None,
         GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
