@@ -1,8 +1,9 @@
 """Backward Triton kernels of the chunked gated delta rule (formulas in README.md).
 
 state pass (reverse) -> dS at each chunk end, dṼ, dS_init;  main -> dV, the inter-chunk and
-WY parts of dQ, dK, dβ, dG, and dM, dA;  intra (dense or per channel) -> the intra-chunk parts,
-final dQ, dK, dβ and the per-token dG (an in-chunk reverse cumsum then gives dg).
+WY parts of dQ, dK, dβ, dG, and dM, dA, and for no or scalar gates the intra-chunk parts too
+(final dQ, dK, dβ, per-token dG);  intra (per channel) -> the intra-chunk parts for per-channel
+gates. An in-chunk reverse cumsum of the per-token dG then gives dg.
 """
 from __future__ import annotations
 
@@ -65,14 +66,16 @@ def state_bwd_kernel(
 @autotune(["H", "K", "V", "GATE", "BK", "BV"], ((8, 1), (4, 1), (8, 2)))
 @triton.jit
 def main_bwd_kernel(
-    q, k, v, beta, G, X, VN, dVN, HS, DHS, dO,
-    dq, dk, dv, dbeta, dG, dM, dA, chunk_seq, cu, chunk_off, scale, H, K, V,
+    q, k, v, beta, G, X, VN, dVN, HS, DHS, dO, P,
+    dq, dk, dq_out, dk_out, dv, dbeta, dG, dM, dA, chunk_seq, cu, chunk_off, scale, H, K, V,
     GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Per chunk: dV and every gradient term outside the intra-chunk products M and P.
+    """Per chunk: dV and every gradient term outside the intra-chunk products M and P, and for
+    no or scalar gates the intra-chunk terms too (``dense_intra_terms``): then dQ, dK are final,
+    stored in the inputs' dtype (``dq_out``, ``dk_out``), as are dβ and the per-token dG.
 
-    Writes float32 partials dq, dk, dβ, dG, and dM = scale·lower(dO Ṽᵀ),
-    dA = strictly_lower(−Xᵀ dX Xᵀ) for the intra kernel."""
+    Per-channel gates leave float32 partials dq, dk, dβ, dG, and dM = scale·lower(dO Ṽᵀ),
+    dA = strictly_lower(−Xᵀ dX Xᵀ) to ``intra_bwd_channel_kernel``."""
     i_c, h = tl.program_id(0), tl.program_id(1)
     t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = t0.to(tl.int64) + tl.arange(0, BT)
@@ -122,13 +125,24 @@ def main_bwd_kernel(
     dq_s = dq_s * scale * eg
     dk_d = dkd * masked_exp(gl - gt, valid[:, None])
     dk_g = dkg * eg
-    store_tile(dq, dq_s, rows, valid, h, H, K, BK, 0)
-    store_tile(dk, dk_g + dk_d, rows, valid, h, H, K, BK, 0)
-    tl.store(dbeta + rows * H + h, db, mask=valid)
     store_tile(dM, dm, rows, valid, h, H, BT, BT, 0)
     store_tile(dA, da, rows, valid, h, H, BT, BT, 0)
+    if GATE < 2:  # the intra-chunk terms here: final dq, dk in the inputs' dtype
+        tl.debug_barrier()  # dM, dA go through memory: their transposes feed dots (README)
+        dq_m, dk_r, dk_c, db_a = dense_intra_terms(
+            qt, kt, beta, G, P, dM, dA, rows, valid, h, H, GATE, BT, PREC)
+        dq_s += dq_m
+        db += db_a
+        store_tile(dq_out, dq_s, rows, valid, h, H, K, BK, 0)
+        store_tile(dk_out, dk_g + dk_d + dk_r + dk_c, rows, valid, h, H, K, BK, 0)
+        dk_gate = dk_g - dk_d + dk_r - dk_c  # signs of the e^{±G} factors (README, dG)
+    else:
+        store_tile(dq, dq_s, rows, valid, h, H, K, BK, 0)
+        store_tile(dk, dk_g + dk_d, rows, valid, h, H, K, BK, 0)
+        dk_gate = dk_g - dk_d
+    tl.store(dbeta + rows * H + h, db, mask=valid)
     if GATE > 0:
-        dg = qt * dq_s + kt * dk_g - kt * dk_d  # [BT, BK]
+        dg = qt * dq_s + kt * dk_gate  # [BT, BK]
         tail = tl.sum(kt * dk_d, 0)[None, :] + tl.exp(gl) * sds[None, :]  # [1, BK]
         dg += tl.where((rows == last)[:, None], tail, 0.0)
         if GATE == 2:
@@ -159,38 +173,36 @@ def finish_rows(
         tl.store(dG + rows * H + h, dg, mask=valid)
 
 
-@autotune(["H", "K", "GATE", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)), restore=["dbeta", "dG"])
 @triton.jit
-def intra_bwd_dense_kernel(
-    q, k, beta, G, P, dM, dA, dq, dk, dq_out, dk_out, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
-    GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
-):
-    """No gate or scalar gate: back through M = lower(Q Kᵀ ⊙ D) and
-    A = diag(β) P, P = strictly_lower(K Kᵀ ⊙ D) (P kept from the forward)."""
-    i_c, h = tl.program_id(0), tl.program_id(1)
-    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
-    rows = t0.to(tl.int64) + tl.arange(0, BT)
-    valid = rows < t_end
+def dense_intra_terms(qt, kt, beta, G, P, dM, dA, rows, valid, h, H,
+                      GATE: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    """No gate or scalar gate: back through M = lower(Q Kᵀ ⊙ D) and A = diag(β) P,
+    P = strictly_lower(K Kᵀ ⊙ D) (P kept from the forward), from dM and dA in memory (loaded
+    as tiles and transposed tiles, so that no dot result feeds a dot transposed).
+
+    Returns dq_m [BT, BK] (from M), dk_r / dk_c (key as row / column of M and P), db_a [BT]."""
     ii = tl.arange(0, BT)
-    qt = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BT, BK]
-    kt = load_tile(k, rows, valid, h, H, K, BK, 0)
+    keep = (ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
+    keep_t = (ii[:, None] <= ii[None, :]) & valid[:, None] & valid[None, :]  # transposed
     bt = load_vec(beta, rows, valid, h, H)  # [BT]
-    keep = (ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :]
     if GATE == 1:
         gv = load_vec(G, rows, valid, h, H)
         decay = masked_exp(gv[:, None] - gv[None, :], keep)  # [BT, BT]
+        decay_t = masked_exp(gv[None, :] - gv[:, None], keep_t)
     else:
         decay = tl.where(keep, 1.0, 0.0)
+        decay_t = tl.where(keep_t, 1.0, 0.0)
     da = load_tile(dA, rows, valid, h, H, BT, BT, 0)  # [BT, BT], strictly lower
     dmd = load_tile(dM, rows, valid, h, H, BT, BT, 0) * decay
     dpd = da * bt[:, None] * decay
+    offs_t = (rows[None, :] * H + h) * BT + ii[:, None]  # [j, i] -> element (i, j)
+    dmd_t = tl.load(dM + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * decay_t
+    dpd_t = tl.load(dA + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * bt[None, :] * decay_t
     p = load_tile(P, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
     dq_m = dot(dmd, kt, PREC)
     dk_r = dot(dpd, kt, PREC)
-    dk_c = dot(tl.trans(dmd), qt, PREC) + dot(tl.trans(dpd), kt, PREC)
-    db_a = tl.sum(da * p, 1)  # [BT]
-    finish_rows(dq, dk, dq_out, dk_out, dbeta, dG, rows, valid, h, H, K, qt, kt, dq_m, dk_r, dk_c,
-                db_a, GATE, BK)
+    dk_c = dot(dmd_t, qt, PREC) + dot(dpd_t, kt, PREC)
+    return dq_m, dk_r, dk_c, tl.sum(da * p, 1)
 
 
 @autotune(["H", "K", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)), restore=["dbeta", "dG"])

@@ -173,25 +173,22 @@ def backward_packed(
         plan.chunk_off, scale, plan.heads, plan.dk, plan.dv, HAS_DHT=dht is not None,
         GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
     )
-    dq, dk = torch.empty(q.shape, **f32), torch.empty(k.shape, **f32)
+    dq_out, dk_out = torch.empty_like(q), torch.empty_like(k)  # final, in the inputs' dtype
+    channel = plan.gate == 2  # its intra-chunk terms come from a kernel of their own
+    dq, dk = (torch.empty(q.shape, **f32), torch.empty(k.shape, **f32)) if channel else (dq_out, dk_out)
     dv, db = torch.empty_like(v), torch.empty(beta.shape, **f32)
     dg = torch.empty(gc.shape, **f32) if plan.gate else dq
     dm, da = torch.empty_like(m), torch.empty_like(m)
     common = (plan.chunk_seq, plan.cu, plan.chunk_off)
     bwd.main_bwd_kernel[(plan.n_chunks, plan.heads)](
-        q, k, v, beta, gc, x, vn, dvn, hs, dhs, do, dq, dk, dv, db, dg, dm, da, *common,
-        scale, plan.heads, plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop,
-        PREC=plan.prec,
+        q, k, v, beta, gc, x, vn, dvn, hs, dhs, do, p, dq, dk, dq_out, dk_out, dv, db, dg, dm, da,
+        *common, scale, plan.heads, plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk,
+        BV=plan.bv_loop, PREC=plan.prec,
     )
-    dq_out, dk_out = torch.empty_like(q), torch.empty_like(k)  # final, in the inputs' dtype
-    args = (q, k, beta, gc, p, dm, da, dq, dk, dq_out, dk_out, db, dg, *common, plan.heads, plan.dk)
-    if plan.gate == 2:
+    if channel:
         bwd.intra_bwd_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
-            *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec,
-        )
-    else:
-        bwd.intra_bwd_dense_kernel[(plan.n_chunks, plan.heads)](
-            *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
+            q, k, beta, gc, p, dm, da, dq, dk, dq_out, dk_out, db, dg, *common, plan.heads, plan.dk,
+            BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec,
         )
     return dq_out, dk_out, dv, db, dg, dh0
 
