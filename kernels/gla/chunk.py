@@ -408,42 +408,32 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     tl.store(dk + off + loc, dki, mask=mask)
 
 
-@autotune(["H", "K", "C", "BK", "GATE", "F32"], ((4, 3), (8, 3), (4, 2)))
 @triton.jit
-def _bwd_intra_dense_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.constexpr,
-                            K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-                            GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
-    """Intra-chunk ``dq = (dA ⊙ D) k``, ``dk = (dA ⊙ D)ᵀ q`` (fp32) for a scalar or no gate;
-    grid (chunks, heads, K tiles). ``(dA ⊙ D)ᵀ`` is loaded transposed, not transposed."""
-    i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, nv, rows, valid = _chunk_info(chunk_seq, chunk_start, cu, i_c, C)
-    off = t0 * (H * K) + i_h * K
+def _intra_dense_grads(dA, gc, t0, i_h, rows, valid, qt, kt, like, H: tl.constexpr,
+                       C: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
+                       F32: tl.constexpr):
+    """Intra-chunk ``dq = (dA ⊙ D) k``, ``dk = (dA ⊙ D)ᵀ q`` ([C, BK] each, fp32) for a scalar
+    or no gate, from ``dA`` in memory (``(dA ⊙ D)ᵀ`` is loaded transposed, not transposed)."""
     dAb = dA + t0 * (H * C) + i_h * C
-    ck = i_k * BK + tl.arange(0, BK)
     both = valid[:, None] & valid[None, :]
     dad = tl.load(dAb + rows[:, None] * (H * C) + rows[None, :], mask=both, other=0.0)  # [C, C]
     dad_t = tl.load(dAb + rows[None, :] * (H * C) + rows[:, None], mask=both, other=0.0)  # dAᵀ
     dad = dad * _decay(gc, t0, i_h, rows, valid, H, GATE, False)
     dad_t = dad_t * _decay(gc, t0, i_h, rows, valid, H, GATE, True)
-    qt = _tile(q + off, rows, valid, ck, K, H * K)  # [C, BK]
-    kt = _tile(k + off, rows, valid, ck, K, H * K)  # [C, BK]
-    dqi = _mm(dad, kt, q, PREC, F32)  # [C, BK]
-    dki = _mm(dad_t, qt, q, PREC, F32)
-    mask = valid[:, None] & (ck[None, :] < K)
-    loc = rows[:, None] * (H * K) + ck[None, :]
-    tl.store(dq + off + loc, dqi, mask=mask)
-    tl.store(dk + off + loc, dki, mask=mask)
+    return _mm(dad, kt, like, PREC, F32), _mm(dad_t, qt, like, PREC, F32)
 
 
 @autotune(["H", "K", "V", "C", "BK", "BV", "GATE", "F32"], ((8, 3), (4, 3), (8, 2)))
 @triton.jit
-def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dq_out, dk_out, dg, chunk_seq, chunk_start,
-                      cu, scale,
+def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dA, dq, dk, dq_out, dk_out, dg, chunk_seq,
+                      chunk_start, cu, scale,
                       TT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                       PREC: tl.constexpr, F32: tl.constexpr):
-    """Add the state terms to the intra-chunk ``dq, dk`` (fp32) and store the sums in ``dq_out``,
-    ``dk_out`` (the inputs' dtype: no cast pass afterwards); write ``dg``; grid (chunks, K, H).
+    """Add the state terms to the intra-chunk ``dq, dk`` (fp32, from ``_bwd_intra_kernel`` for
+    per-channel gates; formed here from ``dA`` for scalar or no gates) and store the sums in
+    ``dq_out``, ``dk_out`` (the inputs' dtype: no cast pass afterwards); write ``dg``; grid
+    (chunks, K, H).
 
     ``dq += scale e^{b} ⊙ (do hᵀ)``, ``dk += e^{b_C − b} ⊙ (v dhᵀ)``; ``db = q ⊙ dq − k ⊙ dk``,
     ``dg_t = Σ_{s>=t} db_s + e^{b_C} ⊙ Σ_v (h ⊙ dh) + Σ_j k_j ⊙ dk_j^{state}``. A scalar gate's
@@ -476,8 +466,14 @@ def _bwd_inter_kernel(q, k, v, gc, h, dh, do, dq, dk, dq_out, dk_out, dg, chunk_
     loc = rows[:, None] * (H * K) + ck[None, :]
     dq_s *= scale * tl.exp(bt)
     dk_s *= tl.exp(tl.where(valid[:, None], bl[None, :] - bt, 0.0))
-    dqt = tl.load(dq + off + loc, mask=mask, other=0.0) + dq_s
-    dkt = tl.load(dk + off + loc, mask=mask, other=0.0) + dk_s
+    if GATE < 2:
+        dqi, dki = _intra_dense_grads(dA, gc, t0, i_h, rows, valid, qt, kt, q, H, C, GATE, PREC,
+                                      F32)
+    else:
+        dqi = tl.load(dq + off + loc, mask=mask, other=0.0)
+        dki = tl.load(dk + off + loc, mask=mask, other=0.0)
+    dqt = dqi + dq_s
+    dkt = dki + dk_s
     tl.store(dq_out + off + loc, dqt.to(dq_out.dtype.element_ty), mask=mask)
     tl.store(dk_out + off + loc, dkt.to(dk_out.dtype.element_ty), mask=mask)
     if GATE > 0:
@@ -639,22 +635,21 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h: Tensor,
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     _bwd_dv_kernel[wide_grid(m)](k, gc, A, do, dh, dv, m.seq, m.start, m.cu, m.H, m.K, m.V, m.C,
                                  m.BK, m.BV, **m.kw_tuned)
-    dq = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=q.device)
-    dk = torch.empty_like(dq)
     nk = triton.cdiv(m.K, m.BK)
-    if m.gate < 2:
-        _bwd_intra_dense_kernel[(m.NC, m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start, m.cu, m.H,
-                                                 m.K, m.C, m.BK, **m.kw_tuned)
-    else:
+    dq_out, dk_out = torch.empty_like(q), torch.empty_like(k)  # [TT, H, K], the inputs' dtype
+    dq, dk = dq_out, dk_out  # scalar or no gate: the inter kernel forms the intra terms itself
+    if m.gate == 2:  # per channel: intra-chunk dq, dk (fp32) by sub-chunks first
+        dq = torch.empty(m.TT, m.H, m.K, dtype=torch.float32, device=q.device)
+        dk = torch.empty_like(dq)
         _bwd_intra_kernel[(m.NC * (m.C // SUB), m.H, nk)](q, k, gc, dA, dq, dk, m.seq, m.start,
                                                           m.cu, m.H, m.K, m.C, SUB, m.BK,
                                                           PREC=m.prec, F32=m.f32)
     # per channel: dg like dq; scalar: one [TT, H] slice per K tile, summed below; none: unused
-    dg = dq.new_empty((nk, m.TT, m.H) if m.gate == 1 else (m.TT, m.H, m.K) if m.gate else (1,))
-    dq_out, dk_out = torch.empty_like(q), torch.empty_like(k)  # [TT, H, K], the inputs' dtype
-    _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dq, dk, dq_out, dk_out, dg, m.seq,
-                                       m.start, m.cu, m.scale, m.TT, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                       **m.kw_tuned)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    dg = torch.empty((nk, m.TT, m.H) if m.gate == 1 else (m.TT, m.H, m.K) if m.gate else (1,), **f32)
+    _bwd_inter_kernel[(m.NC, nk, m.H)](q, k, v, gc, h, dh, do, dA, dq, dk, dq_out, dk_out, dg,
+                                       m.seq, m.start, m.cu, m.scale, m.TT, m.H, m.K, m.V, m.C,
+                                       m.BK, m.BV, **m.kw_tuned)
     dg = dg.sum(0) if m.gate == 1 else dg
     return dq_out, dk_out, dv, dg, (dh0 if h0 is not None else None)
 
