@@ -14,8 +14,8 @@ from ..tuning import autotune
 
 from ._tl_fwd import STATE_PASS_SHAPES
 from ._tl_common import (
-    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_tile, load_vec, masked_exp,
-    state_tile, store_tile,
+    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_state, load_tile, load_vec, masked_exp,
+    pass_chunk, pass_program, state_tile, store_tile,
 )
 
 
@@ -29,22 +29,12 @@ def state_bwd_kernel(
     """Walk the chunks backwards: store dS_C (the gradient of each chunk's end state), form
     dṼ = scale·Mᵀ dO + (K ⊙ e^{G_last − G}) dS_C and pass dS_0 = e^{G_last} dS_C
     + scale (Q ⊙ e^G)ᵀ dO − Wᵀ dṼ to the previous chunk."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    n, h = i_nh // H, i_nh % H
-    bos, eos = tl.load(cu + n), tl.load(cu + n + 1)
-    c_base = tl.load(chunk_off + n)
-    v0 = i_v * BV
-    ds = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        p, msk = state_tile(dht, n, h, H, K, V, BK, BV, v0)
-        ds = tl.load(p, mask=msk, other=0.0).to(tl.float32)
+    n, h, bos, eos, c_base, v0 = pass_program(cu, chunk_off, H, BV)
+    ds = load_state(dht, n, h, H, K, V, BK, BV, v0, HAS_DHT)  # [BK, BV]
     n_chunks = tl.cdiv(eos - bos, BT)
     for cr in range(0, n_chunks):
         c = n_chunks - 1 - cr
-        t0 = bos + c * BT
-        t_end = tl.minimum(t0 + BT, eos)
-        rows = t0.to(tl.int64) + tl.arange(0, BT)
-        valid = rows < t_end
+        t0, t_end, rows, valid = pass_chunk(bos, eos, c, BT)
         p_c, m_c = state_tile(DHS, c_base + c, h, H, K, V, BK, BV, v0)  # its own name: a bf16 pointer
         tl.store(p_c, ds.to(DHS.dtype.element_ty), mask=m_c)
         last = (t_end - 1).to(tl.int64)

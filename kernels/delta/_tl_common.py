@@ -21,6 +21,35 @@ def chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT: tl.constexpr):
 
 
 @triton.jit
+def pass_program(cu, chunk_off, H, BV: tl.constexpr):
+    """A state-pass program (grid: value blocks × sequences·heads): its sequence n, head h, the
+    sequence's token bounds, its first global chunk and the program's first value column."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    n, h = i_nh // H, i_nh % H
+    return n, h, tl.load(cu + n), tl.load(cu + n + 1), tl.load(chunk_off + n), i_v * BV
+
+
+@triton.jit
+def pass_chunk(bos, eos, c, BT: tl.constexpr):
+    """Chunk c of a sequence [bos, eos): first token, one past the last, its rows and their mask."""
+    t0 = bos + c * BT
+    t_end = tl.minimum(t0 + BT, eos)
+    rows = t0.to(tl.int64) + tl.arange(0, BT)
+    return t0, t_end, rows, rows < t_end
+
+
+@triton.jit
+def load_state(ptr, n, h, H, K, V, BK: tl.constexpr, BV: tl.constexpr, v0, HAS: tl.constexpr):
+    """Block [BK, BV] (columns from v0) of state n of a [N, H, K, V] tensor in float32; zeros
+    when HAS is off (no such tensor)."""
+    s = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS:
+        p, msk = state_tile(ptr, n, h, H, K, V, BK, BV, v0)
+        s = tl.load(p, mask=msk, other=0.0).to(tl.float32)
+    return s
+
+
+@triton.jit
 def load_tile(ptr, rows, valid, h, H, D, BD: tl.constexpr, d0=0):
     """Rows ``rows`` of a [TT, H, D] tensor, columns d0..d0+BD, as float32 [len(rows), BD]."""
     cols = d0 + tl.arange(0, BD)

@@ -11,8 +11,8 @@ import triton.language as tl
 from ..tuning import autotune
 
 from ._tl_common import (
-    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_tile, load_vec, masked_exp,
-    state_tile, store_tile,
+    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_state, load_tile, load_vec, masked_exp,
+    pass_chunk, pass_program, state_tile, store_tile,
 )
 
 
@@ -225,20 +225,10 @@ def state_fwd_kernel(
 ):
     """Walk the chunks of one sequence and head: store S_0 of each chunk, Ṽ = U − W S_0, and
     S_C = diag(e^{G_last}) S_0 + (K ⊙ e^{G_last − G})ᵀ Ṽ."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    n, h = i_nh // H, i_nh % H
-    bos, eos = tl.load(cu + n), tl.load(cu + n + 1)
-    c_base = tl.load(chunk_off + n)
-    v0 = i_v * BV
-    s = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        p, msk = state_tile(h0, n, h, H, K, V, BK, BV, v0)
-        s = tl.load(p, mask=msk, other=0.0).to(tl.float32)
+    n, h, bos, eos, c_base, v0 = pass_program(cu, chunk_off, H, BV)
+    s = load_state(h0, n, h, H, K, V, BK, BV, v0, HAS_H0)  # [BK, BV]
     for c in range(0, tl.cdiv(eos - bos, BT)):
-        t0 = bos + c * BT
-        t_end = tl.minimum(t0 + BT, eos)
-        rows = t0.to(tl.int64) + tl.arange(0, BT)
-        valid = rows < t_end
+        t0, t_end, rows, valid = pass_chunk(bos, eos, c, BT)
         p_c, m_c = state_tile(HS, c_base + c, h, H, K, V, BK, BV, v0)  # its own name: a bf16 pointer
         tl.store(p_c, s.to(HS.dtype.element_ty), mask=m_c)
         wt = load_tile(W, rows, valid, h, H, K, BK, 0)  # [BT, BK]
