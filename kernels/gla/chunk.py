@@ -109,11 +109,10 @@ def _cumsum_kernel(g, gc, chunk_seq, chunk_start, cu, H: tl.constexpr, K: tl.con
 
 
 @triton.jit
-def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: tl.constexpr,
-                      V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, GATE: tl.constexpr,
-                      PREC: tl.constexpr, F32: tl.constexpr):
-    """States entering every chunk, ``h[c] : [K, V]``; grid (K tiles, V tiles, N · H)."""
+def _state_program(cu, chunk_first, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr):
+    """A state-pass program (grid: K tiles, V tiles, N · H): its sequence and head, the
+    sequence's token bounds and first chunk, and the offsets and mask of its [BK, BV] tile."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu + i_n).to(tl.int64)
@@ -121,12 +120,30 @@ def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: 
     c0 = tl.load(chunk_first + i_n).to(tl.int64)
     ck = i_k * BK + tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
-    rows = tl.arange(0, C)
     smask = (ck[:, None] < K) & (cv[None, :] < V)
     soff = ck[:, None] * V + cv[None, :]
+    return i_n, i_h, bos, eos, c0, ck, cv, smask, soff
+
+
+@triton.jit
+def _load_state(ptr, i_n, i_h, soff, smask, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                BK: tl.constexpr, BV: tl.constexpr, USE: tl.constexpr):
+    """The program's tile of state ``i_n`` of a ``[N, H, K, V]`` tensor in fp32 (zeros unless USE)."""
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        S += tl.load(h0 + (i_n * H + i_h) * K * V + soff, mask=smask, other=0.0).to(tl.float32)
+    if USE:
+        S += tl.load(ptr + (i_n * H + i_h) * K * V + soff, mask=smask, other=0.0).to(tl.float32)
+    return S
+
+
+@triton.jit
+def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: tl.constexpr,
+                      V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, GATE: tl.constexpr,
+                      PREC: tl.constexpr, F32: tl.constexpr):
+    """States entering every chunk, ``h[c] : [K, V]``; grid (K tiles, V tiles, N · H)."""
+    i_n, i_h, bos, eos, c0, ck, cv, smask, soff = _state_program(cu, chunk_first, H, K, V, BK, BV)
+    rows = tl.arange(0, C)
+    S = _load_state(h0, i_n, i_h, soff, smask, H, K, V, BK, BV, USE_H0)  # [BK, BV]
     for i in range(0, tl.cdiv(eos - bos, C)):
         tl.store(h + ((c0 + i) * H + i_h) * K * V + soff, S.to(h.dtype.element_ty), mask=smask)
         t0 = bos + i * C
@@ -267,19 +284,9 @@ def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.con
                       BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                       GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
     """Gradients of the states leaving every chunk, ``dh[c]``, in reverse; grid like the fwd."""
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu + i_n).to(tl.int64)
-    eos = tl.load(cu + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_first + i_n).to(tl.int64)
-    ck = i_k * BK + tl.arange(0, BK)
-    cv = i_v * BV + tl.arange(0, BV)
+    i_n, i_h, bos, eos, c0, ck, cv, smask, soff = _state_program(cu, chunk_first, H, K, V, BK, BV)
     rows = tl.arange(0, C)
-    smask = (ck[:, None] < K) & (cv[None, :] < V)
-    soff = ck[:, None] * V + cv[None, :]
-    dS = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        dS += tl.load(dht + (i_n * H + i_h) * K * V + soff, mask=smask, other=0.0).to(tl.float32)
+    dS = _load_state(dht, i_n, i_h, soff, smask, H, K, V, BK, BV, USE_DHT)  # [BK, BV]
     nc = tl.cdiv(eos - bos, C)
     for r in range(0, nc):
         i = nc - 1 - r
