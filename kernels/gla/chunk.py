@@ -10,7 +10,8 @@ program per sequence, head and K/V tile, looping over chunks) → the intra-chun
 ``A`` (sub-chunks of 16 for stability) → ``o``. Backward takes ``A`` and ``h`` from the forward
 (recomputing ``A`` took 2.4 of the forward's 3.5 ms in an H100 profile at B=8, T=4096, H=16;
 ``h`` would take a second sequential state pass), then runs the reverse state pass ``dh``,
-``dA = scale · do vᵀ``, ``dv``, the intra-chunk ``dq, dk`` and finally the inter-chunk ``dq, dk`` together with ``dg`` (a reverse cumulative sum inside the chunk).
+``dA = scale · do vᵀ``, ``dv``, the intra-chunk ``dq, dk`` (per-channel gates) and finally the
+inter-chunk ``dq, dk`` together with ``dg`` (a reverse cumulative sum inside the chunk).
 """
 from __future__ import annotations
 
