@@ -11,6 +11,7 @@ it bounds DRAM traffic from above, as the memory floor (every input and output t
 bounds it from below. No GPU needed; slow-ish (the interpreter), hence a small counting shape.
 
     python benchmarks/traffic.py [--families delta,gla,deep_memory_c64] [--T 128] [--shape S]
+                                 [--value-block 64|128] [--by-tensor]
 """
 from __future__ import annotations
 
@@ -39,11 +40,21 @@ _WRITE_ONLY = {"zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_one
 
 
 class Tally:
-    """Bytes loaded and stored per kernel (or ``torch:<op>``) in the current phase."""
+    """Bytes loaded and stored per kernel (or ``torch:<op>``) in the current phase; with
+    ``by_tensor``, per kernel and tensor argument (``kernel.arg``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, by_tensor: bool = False) -> None:
         self.rows: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
-        self.phase, self.kernel = "fwd", None
+        self.phase, self.kernel, self.by_tensor = "fwd", None, by_tensor
+        self.ranges: list[tuple[int, int, str]] = []  # the running kernel's tensor arguments
+
+    def name_of(self, ptrs, live) -> str:  # noqa: ANN001
+        """The running kernel, or ``kernel.arg`` for the argument the pointers fall in."""
+        if not self.by_tensor or not live.any():
+            return self.kernel
+        addr = int(ptrs.data[live].flat[0])
+        args = [n for lo, hi, n in self.ranges if lo <= addr < hi]  # aliases share storage
+        return f"{self.kernel}.{'|'.join(args) or '?'}"
 
     def add(self, name: str, loaded: float, stored: float, call: bool = False) -> None:
         row = self.rows[(self.phase, name)]
@@ -67,19 +78,26 @@ def counting(tally: Tally) -> Iterator[Tally]:
     builder, grid = itp.InterpreterBuilder, itp.GridExecutor
     load0, store0, run0 = builder.create_masked_load, builder.create_masked_store, grid.__call__
 
-    def live(ptrs, mask) -> int:  # noqa: ANN001
-        return int(np.count_nonzero(np.broadcast_to(mask.data, ptrs.data.shape)))
+    def measure(ptrs, mask) -> tuple[str, int]:  # noqa: ANN001
+        live = np.broadcast_to(mask.data, ptrs.data.shape)
+        return tally.name_of(ptrs, live), int(np.count_nonzero(live)) * _itemsize(ptrs.get_element_ty())
 
     def load(self, ptrs, mask, other, *rest):  # noqa: ANN001, ANN202
-        tally.add(tally.kernel, live(ptrs, mask) * _itemsize(ptrs.get_element_ty()), 0.0)
+        name, n = measure(ptrs, mask)
+        tally.add(name, n, 0.0)
         return load0(self, ptrs, mask, other, *rest)
 
     def store(self, ptrs, value, mask, *rest):  # noqa: ANN001, ANN202
-        tally.add(tally.kernel, 0.0, live(ptrs, mask) * _itemsize(ptrs.get_element_ty()))
+        name, n = measure(ptrs, mask)
+        tally.add(name, 0.0, n)
         return store0(self, ptrs, value, mask, *rest)
 
     def run(self, *args, **kwargs):  # noqa: ANN001, ANN202
         tally.kernel = self.fn.__name__
+        named = {**dict(zip(self.arg_names, args)), **kwargs}
+        tally.ranges = [(t.untyped_storage().data_ptr(),
+                         t.untyped_storage().data_ptr() + t.untyped_storage().nbytes(), n)
+                        for n, t in named.items() if isinstance(t, torch.Tensor)]
         tally.add(tally.kernel, 0.0, 0.0, call=True)
         try:
             return run0(self, *args, **kwargs)
@@ -156,12 +174,13 @@ def count(kind: str, shape: cases.Shape, tally: Tally) -> tuple[int, int]:
     return inputs, out
 
 
-def at_target(kind: str, small_t: int, target: cases.Shape) -> tuple[dict, tuple[float, float]]:
+def at_target(kind: str, small_t: int, target: cases.Shape, by_tensor: bool = False
+              ) -> tuple[dict, tuple[float, float]]:
     """Rows ``{(phase, kernel): [launches, loaded, stored]}`` and the floors (forward, forward +
     backward) at ``target``, from counts at T and 2T tokens (B = H = 1): the per-token part
     scales with the target's tokens × heads, the rest (weights, per-call set-up) with its heads,
     launches with its T."""
-    one, two = Tally(), Tally()
+    one, two = Tally(by_tensor), Tally(by_tensor)
     io1 = count(kind, cases.Shape("count", 1, small_t, 1, target.D), one)
     io2 = count(kind, cases.Shape("count", 1, 2 * small_t, 1, target.D), two)
     tokens = target.B * target.T * target.H
@@ -219,6 +238,8 @@ def main() -> None:
     p.add_argument("--T", type=int, default=128,
                    help="tokens counted (and twice that; B = H = 1, D as the shape; a multiple of 64)")
     p.add_argument("--shape", default="S", choices=sorted(cases.SHAPES))
+    p.add_argument("--by-tensor", action="store_true",
+                   help="one row per kernel and tensor argument (which buffers the bytes are)")
     p.add_argument("--value-block", type=int, choices=[32, 64, 128],
                    help="run the tuned value blocks (delta: state passes, output; GLA: output, dv, "
                         "64 or 128) at this size (default: each kernel's first candidate, as the "
@@ -233,7 +254,7 @@ def main() -> None:
     for kind in a.families.split(","):
         deep = kind.startswith("deep_memory")
         target = cases.MEMORY_SHAPE if deep else cases.SHAPES[a.shape]
-        rows, floors = at_target(kind, a.T, target)
+        rows, floors = at_target(kind, a.T, target, a.by_tensor)
         report(kind, rows, floors, "of titans-pytorch's benchmark (B=4, T=4096, 8 heads of 128)"
                if deep else a.shape)
 

@@ -31,6 +31,11 @@ def test_counts_masked_loads_and_stores_exactly() -> None:
     assert tally.rows[("fwd", "halve")] == [1, 37 * 4, 37 * 2]  # fp32 in, bf16 out, masked
     halve[(1,)](x, y, 37, BLOCK=64)  # counting ends with the block
     assert tally.rows[("fwd", "halve")][0] == 1
+    by_arg = traffic.Tally(by_tensor=True)
+    with traffic.counting(by_arg):
+        halve[(1,)](x, y, 37, BLOCK=64)
+    assert by_arg.rows[("fwd", "halve.x")][1:] == [37 * 4, 0]
+    assert by_arg.rows[("fwd", "halve.y")][1:] == [0, 37 * 2]
 
 
 def test_delta_rule_writes_its_output_once() -> None:
