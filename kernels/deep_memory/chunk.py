@@ -7,9 +7,11 @@ The fused kernel computes, for every chunk of every (batch, head) at once,
 without writing the [C, C] score matrix to memory (``gam, e`` a scale per row, ``W_0, Z_0`` the
 chunk-start weights and momenta, read in place from the loop's buffers; ``A`` the keys' layer
 inputs, ``D`` the decay/step coefficients, ``U`` the keys' output errors); X is loaded once for
-the dense and the masked products. Its backward is a second Triton kernel for the masked part
-(dX, dA, dD, dU in one pass per chunk); the dense products ``dO W_0^T``, ``(gam X)^T dO`` (and
-the same for ``Z_0``) are plain batched GEMMs and run through torch (cuBLAS). The chunk loop
+the dense and the masked products. Its backward is a second Triton kernel, one program per
+chunk, for every gradient: the masked part (dX, dA, dD, dU) and, per key block, the dense
+products ``dO W_0^T`` (into dX and dgam) and ``(gam X)^T dO`` (dW_0), the same for ``Z_0``. These
+used to be batched GEMMs and elementwise passes in torch: ~16 GB of the backward's traffic at
+titans-pytorch's benchmark shape (``benchmarks/traffic.py``), now ~6 GB more in the kernel. The chunk loop
 (per chunk: the keys' forward/backward and the state update) is one autograd Function with
 three Triton kernels per chunk each way (``step.py``) for depth-1 and depth-2 memories with
 linear retention (any attentional bias) in float32; other configurations take the PyTorch loop.
@@ -71,11 +73,31 @@ def _readout_fwd_kernel(
 
 
 @triton.jit
+def _dense_bwd_block(x, S, w, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW,
+                     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """One key block ``kk`` of the dense product ``s ⊙ (X W)`` (``s`` a scale per row): stores
+    ``dW[kk] = (s X)^T dO`` and returns ``dO W[kk]^T`` [BC, BK] (for dX and ds)."""
+    xs = x * tl.load(S + i_n * C + rc, mask=mc, other=0.0)[:, None]  # [BC, BK]
+    g = tl.zeros([BC, BK], dtype=tl.float32)
+    for v0 in range(0, DV, BV):
+        vv = v0 + rv
+        mv = vv < DV
+        do = tl.load(DO + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
+        pw = i_n * DK * DV + kk[:, None] * DV + vv[None, :]
+        mw = mk[:, None] & mv[None, :]
+        wT = tl.load(w + i_n * DK * DV + kk[None, :] * DV + vv[:, None], mask=mv[:, None] & mk[None, :], other=0.0)
+        g += tl.dot(do, wT, input_precision=PREC)  # [BC, BK] = dO W^T
+        tl.store(DW + pw, tl.dot(tl.trans(xs), do, input_precision=PREC), mask=mw)
+    return g
+
+
+@triton.jit
 def _readout_bwd_kernel(
-    X, A, D, U, DO, DX, DA, DD, DU, C, DK, DV,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    X, A, D, U, DO, W0, GAM, Z0, E, DX, DA, DD, DU, DW0, DGAM, DZ0, DE, C, DK, DV,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One program per chunk: gradients of the masked part ``(tril(X A^T) * D) @ U``."""
+    """One program per chunk: every gradient of the read-out, the masked part ``(tril(X A^T) *
+    D) @ U`` and the dense ``gam (X W_0) + e (X Z_0)``: dX, dA, dD, dU, dW_0, dgam (dZ_0, de)."""
     i_n = tl.program_id(0).to(tl.int64)
     rc = tl.arange(0, BC)
     rk = tl.arange(0, BK)
@@ -101,15 +123,29 @@ def _readout_bwd_kernel(
     tl.store(DD + i_n * C * C + rc[:, None] * C + rc[None, :], tl.where(causal, datt * att, 0.0), mask=mcc)
     dp = tl.where(causal, datt * d, 0.0)  # gradient of the raw scores X A^T
     p = tl.where(causal, att * d, 0.0)
+    gam = tl.load(GAM + i_n * C + rc, mask=mc, other=0.0)  # [BC]
+    dgam = tl.zeros([BC], dtype=tl.float32)
+    de = tl.zeros([BC], dtype=tl.float32)
     for k0 in range(0, DK, BK):
         kk = k0 + rk
-        m = mc[:, None] & (kk < DK)[None, :]
+        mk = kk < DK
+        m = mc[:, None] & mk[None, :]
         x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
         a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
         dx = tl.dot(dp, a, input_precision=PREC)
         da = tl.dot(tl.trans(dp), x, input_precision=PREC)
+        gw = _dense_bwd_block(x, GAM, W0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW0, BC, BK, BV, PREC)
+        dx += gam[:, None] * gw
+        dgam += tl.sum(gw * x, 1)
+        if MOM:
+            gz = _dense_bwd_block(x, E, Z0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DZ0, BC, BK, BV, PREC)
+            dx += tl.load(E + i_n * C + rc, mask=mc, other=0.0)[:, None] * gz
+            de += tl.sum(gz * x, 1)
         tl.store(DX + i_n * C * DK + rc[:, None] * DK + kk[None, :], dx, mask=m)
         tl.store(DA + i_n * C * DK + rc[:, None] * DK + kk[None, :], da, mask=m)
+    tl.store(DGAM + i_n * C + rc, dgam, mask=mc)
+    if MOM:
+        tl.store(DE + i_n * C + rc, de, mask=mc)
     for v0 in range(0, DV, BV):
         vv = v0 + rv
         m = mc[:, None] & (vv < DV)[None, :]
@@ -162,17 +198,15 @@ class _FusedReadout(torch.autograd.Function):
         DV = u.shape[-1]
         dx, da, du = torch.empty_like(x), torch.empty_like(a), torch.empty_like(u)
         dd = torch.zeros_like(d)  # [N, C, C], zero above the diagonal
+        dw0, dgam = torch.empty_like(w0), torch.empty_like(gam)  # [N, DK, DV], [N, C]
+        dz0, de = (torch.empty_like(z0), torch.empty_like(e)) if ctx.mom else (dw0, dgam)
         BC, BK, BV = _blocks(C, DK, DV)
         _readout_bwd_kernel[(N,)](
-            x, a, d, u, do, dx, da, dd, du, C, DK, DV, BC=BC, BK=BK, BV=BV, PREC=ctx.prec,
-            num_warps=_warps(BC),
+            x, a, d, u, do, w0, gam, z0, e, dx, da, dd, du, dw0, dgam, dz0, de, C, DK, DV,
+            BC=BC, BK=BK, BV=BV, MOM=ctx.mom, PREC=ctx.prec, num_warps=_warps(BC),
         )
-        grads = []
-        for w, s in ((w0, gam), (z0, e)) if ctx.mom else ((w0, gam),):  # the dense products
-            xw_grad = do @ w.transpose(-1, -2)  # [N, C, DK]  (cuBLAS)
-            dx += s.unsqueeze(-1) * xw_grad
-            grads += [(s.unsqueeze(-1) * x).transpose(-1, -2) @ do, (xw_grad * x).sum(-1)]
-        dw0, dgam, dz0, de = grads if ctx.mom else (*grads, None, None)
+        if not ctx.mom:
+            dz0 = de = None
         return dx, dw0, dgam, dz0, de, da, dd, du, None
 
 
