@@ -228,7 +228,9 @@ def force_value_block(bv: int) -> None:
 
     for tuner in (_tl_fwd.state_fwd_kernel, _tl_bwd.state_bwd_kernel, _tl_fwd.output_kernel):
         tuner.configs = [triton.Config({"BV": bv}, num_warps=4, num_stages=1)]
-    for tuner in (gla_chunk._fwd_o_kernel, gla_chunk._bwd_dv_kernel):  # GLA's tiles: 64 or 128
+    gla_wide = (gla_chunk._fwd_o_kernel, gla_chunk._bwd_dv_kernel, gla_chunk._fwd_state_kernel,
+                gla_chunk._bwd_state_kernel)
+    for tuner in gla_wide:  # GLA's value tiles: 64 or 128
         tuner.configs = [triton.Config({"WIDE": int(bv > 64)}, num_warps=8, num_stages=1)]
 
 

@@ -136,12 +136,26 @@ def _load_state(ptr, i_n, i_h, soff, smask, H: tl.constexpr, K: tl.constexpr, V:
     return S
 
 
+# the state passes' candidates: the former fixed launch first (8 warps, default stages), then a
+# wide value tile (k, the gates and q or do read once per K tile instead of once per 64 columns)
+STATE_SHAPES = ((8, 3, {"WIDE": 0}), (8, 1, {"WIDE": 0}), (8, 3, {"WIDE": 1}), (8, 1, {"WIDE": 1}))
+
+
+def wide_state_grid(m: "_Meta") -> Callable[[dict], tuple[int, int, int]]:
+    """Grid (K tiles, V tiles, sequences · heads) of a state pass whose value tile is
+    ``BV · (1 + WIDE)``."""
+    return lambda meta: (triton.cdiv(m.K, m.BK), triton.cdiv(m.V, m.BV * (1 + meta["WIDE"])),
+                         m.N * m.H)
+
+
+@autotune(["H", "K", "V", "C", "BK", "BV0", "GATE", "F32"], STATE_SHAPES)
 @triton.jit
 def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: tl.constexpr,
-                      V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV0: tl.constexpr,
                       USE_H0: tl.constexpr, STORE_HT: tl.constexpr, GATE: tl.constexpr,
-                      PREC: tl.constexpr, F32: tl.constexpr):
+                      PREC: tl.constexpr, F32: tl.constexpr, WIDE: tl.constexpr):
     """States entering every chunk, ``h[c] : [K, V]``; grid (K tiles, V tiles, N · H)."""
+    BV: tl.constexpr = BV0 * (1 + WIDE)
     i_n, i_h, bos, eos, c0, ck, cv, smask, soff = _state_program(cu, chunk_first, H, K, V, BK, BV)
     rows = tl.arange(0, C)
     S = _load_state(h0, i_n, i_h, soff, smask, H, K, V, BK, BV, USE_H0)  # [BK, BV]
@@ -279,12 +293,15 @@ def _fwd_o_kernel(q, v, gc, h, A, o, chunk_seq, chunk_start, cu, scale, H: tl.co
              acc.to(o.dtype.element_ty), mask=valid[:, None] & (cv[None, :] < V))
 
 
+@autotune(["H", "K", "V", "C", "BK", "BV0", "GATE", "F32"], STATE_SHAPES)
 @triton.jit
 def _bwd_state_kernel(q, do, gc, dh, dht, dh0, chunk_first, cu, scale, H: tl.constexpr,
                       K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                      GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+                      BV0: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+                      GATE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr,
+                      WIDE: tl.constexpr):
     """Gradients of the states leaving every chunk, ``dh[c]``, in reverse; grid like the fwd."""
+    BV: tl.constexpr = BV0 * (1 + WIDE)
     i_n, i_h, bos, eos, c0, ck, cv, smask, soff = _state_program(cu, chunk_first, H, K, V, BK, BV)
     rows = tl.arange(0, C)
     dS = _load_state(dht, i_n, i_h, soff, smask, H, K, V, BK, BV, USE_DHT)  # [BK, BV]
@@ -562,22 +579,12 @@ class _Meta:
         return _Meta(TT=TT, H=H, K=K, V=v.shape[-1], N=cu.numel() - 1, NC=seq.numel(), C=C,
                      BK=_block(K), BV=_block(v.shape[-1]), scale=scale, cu=cu, seq=seq,
                      start=start, first=first, gate=gate, prec="ieee" if fp32 else "tf32",
-                     f32=fp32,
-                     state_dtype=torch.float32 if fp32 else q.dtype)
-
-    @property
-    def kw(self) -> dict:
-        """Launch options every kernel but the cumsum takes."""
-        return {**self.kw_tuned, "num_warps": WARPS}
+                     f32=fp32, state_dtype=torch.float32 if fp32 else q.dtype)
 
     @property
     def kw_tuned(self) -> dict:
-        """The same for the autotuned kernels (their warps and stages come from the tuner)."""
+        """Launch options of the autotuned kernels (their warps and stages come from the tuner)."""
         return {"GATE": self.gate, "PREC": self.prec, "F32": self.f32}
-
-    def state_grid(self) -> tuple[int, int, int]:
-        """(K tiles, V tiles, sequences · heads) for the state-passing kernels."""
-        return triton.cdiv(self.K, self.BK), triton.cdiv(self.V, self.BV), self.N * self.H
 
 
 def _gate_cumsum(g: Tensor | None, m: _Meta, device: torch.device) -> Tensor:
@@ -596,9 +603,9 @@ def _states(k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, want_ht: bool,
     """States entering each chunk ``[NC, H, K, V]`` and the final states ``[N, H, K, V]``."""
     h = torch.empty(m.NC, m.H, m.K, m.V, dtype=m.state_dtype, device=k.device)
     ht = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=k.device) if want_ht else None
-    _fwd_state_kernel[m.state_grid()](k, v, gc, h, h0 if h0 is not None else h,
-                                      ht if want_ht else h, m.first, m.cu, m.H, m.K, m.V, m.C,
-                                      m.BK, m.BV, h0 is not None, want_ht, **m.kw)
+    _fwd_state_kernel[wide_state_grid(m)](k, v, gc, h, h0 if h0 is not None else h,
+                                          ht if want_ht else h, m.first, m.cu, m.H, m.K, m.V,
+                                          m.C, m.BK, m.BV, h0 is not None, want_ht, **m.kw_tuned)
     return h, ht
 
 
@@ -634,9 +641,9 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h: Tensor,
     a second sequential state pass (``h`` is kept in the input's dtype, like fla's)."""
     dh = torch.empty(m.NC, m.H, m.K, m.V, dtype=m.state_dtype, device=q.device)
     dh0 = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=q.device)
-    _bwd_state_kernel[m.state_grid()](q, do, gc, dh, dht if dht is not None else dh, dh0, m.first,
-                                      m.cu, m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                      dht is not None, h0 is not None, **m.kw)
+    _bwd_state_kernel[wide_state_grid(m)](q, do, gc, dh, dht if dht is not None else dh, dh0,
+                                          m.first, m.cu, m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV,
+                                          dht is not None, h0 is not None, **m.kw_tuned)
     dA = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     _bwd_dA_kernel[(m.NC, m.H)](do, v, dA, m.seq, m.start, m.cu, m.scale, m.H, m.V, m.C, m.BV,
                                 PREC=m.prec, F32=m.f32, num_warps=WARPS)

@@ -167,14 +167,16 @@ def test_triton_one_partial_chunk_wide_heads(gate: str) -> None:
 
 @pytest.mark.parametrize("gate", GATE_SHAPES)
 def test_triton_wide_value_tiles(gate: str) -> None:
-    """The tuned wide value tile (WIDE=1: 2·64 columns for V = 80, masked) of the output and dv
-    kernels gives the reference's numbers; the interpreter runs only the default, so force it."""
+    """The tuned wide value tile (WIDE=1: 2·64 columns for V = 80, masked) of the output, dv and
+    state-pass kernels gives the reference's numbers; the interpreter runs only the default, so
+    force it."""
     import triton
 
     from mirasdsl.kernels.gla import chunk as gla_chunk
 
     x = make_inputs(1, 37, 1, 24, 80, gate, 1.0, seed=15)
-    tuners = (gla_chunk._fwd_o_kernel, gla_chunk._bwd_dv_kernel)
+    tuners = (gla_chunk._fwd_o_kernel, gla_chunk._bwd_dv_kernel, gla_chunk._fwd_state_kernel,
+              gla_chunk._bwd_state_kernel)
     saved = [(t.configs, dict(t.cache)) for t in tuners]
     try:
         for t in tuners:
