@@ -73,11 +73,11 @@ def _readout_fwd_kernel(
 
 
 @triton.jit
-def _dense_bwd_block(x, S, w, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW,
+def _dense_bwd_block(x, s, w, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW,
                      BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """One key block ``kk`` of the dense product ``s ⊙ (X W)`` (``s`` a scale per row): stores
-    ``dW[kk] = (s X)^T dO`` and returns ``dO W[kk]^T`` [BC, BK] (for dX and ds)."""
-    xs = x * tl.load(S + i_n * C + rc, mask=mc, other=0.0)[:, None]  # [BC, BK]
+    """One key block ``kk`` of the dense product ``s ⊙ (X W)`` (``s [BC]`` a scale per row):
+    stores ``dW[kk] = (s X)^T dO`` and returns ``dO W[kk]^T`` [BC, BK] (for dX and ds)."""
+    xs = x * s[:, None]  # [BC, BK]
     g = tl.zeros([BC, BK], dtype=tl.float32)
     for v0 in range(0, DV, BV):
         vv = v0 + rv
@@ -124,6 +124,9 @@ def _readout_bwd_kernel(
     dp = tl.where(causal, datt * d, 0.0)  # gradient of the raw scores X A^T
     p = tl.where(causal, att * d, 0.0)
     gam = tl.load(GAM + i_n * C + rc, mask=mc, other=0.0)  # [BC]
+    e = gam
+    if MOM:
+        e = tl.load(E + i_n * C + rc, mask=mc, other=0.0)
     dgam = tl.zeros([BC], dtype=tl.float32)
     de = tl.zeros([BC], dtype=tl.float32)
     for k0 in range(0, DK, BK):
@@ -134,12 +137,12 @@ def _readout_bwd_kernel(
         a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
         dx = tl.dot(dp, a, input_precision=PREC)
         da = tl.dot(tl.trans(dp), x, input_precision=PREC)
-        gw = _dense_bwd_block(x, GAM, W0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW0, BC, BK, BV, PREC)
+        gw = _dense_bwd_block(x, gam, W0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW0, BC, BK, BV, PREC)
         dx += gam[:, None] * gw
         dgam += tl.sum(gw * x, 1)
         if MOM:
-            gz = _dense_bwd_block(x, E, Z0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DZ0, BC, BK, BV, PREC)
-            dx += tl.load(E + i_n * C + rc, mask=mc, other=0.0)[:, None] * gz
+            gz = _dense_bwd_block(x, e, Z0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DZ0, BC, BK, BV, PREC)
+            dx += e[:, None] * gz
             de += tl.sum(gz * x, 1)
         tl.store(DX + i_n * C * DK + rc[:, None] * DK + kk[None, :], dx, mask=m)
         tl.store(DA + i_n * C * DK + rc[:, None] * DK + kk[None, :], da, mask=m)

@@ -141,11 +141,10 @@ def _load_state(ptr, i_n, i_h, soff, smask, H: tl.constexpr, K: tl.constexpr, V:
 STATE_SHAPES = ((8, 3, {"WIDE": 0}), (8, 1, {"WIDE": 0}), (8, 3, {"WIDE": 1}), (8, 1, {"WIDE": 1}))
 
 
-def wide_state_grid(m: "_Meta") -> Callable[[dict], tuple[int, int, int]]:
-    """Grid (K tiles, V tiles, sequences · heads) of a state pass whose value tile is
-    ``BV · (1 + WIDE)``."""
-    return lambda meta: (triton.cdiv(m.K, m.BK), triton.cdiv(m.V, m.BV * (1 + meta["WIDE"])),
-                         m.N * m.H)
+def wide_grid(m: "_Meta", lead: int, tail: int) -> Callable[[dict], tuple[int, int, int]]:
+    """Grid ``(lead, V tiles, tail)`` of a kernel whose value tile is ``BV · (1 + WIDE)``:
+    ``(K tiles, ·, N · H)`` for the state passes, ``(chunks, ·, heads)`` for the others."""
+    return lambda meta: (lead, triton.cdiv(m.V, m.BV * (1 + meta["WIDE"])), tail)
 
 
 @autotune(["H", "K", "V", "C", "BK", "BV0", "GATE", "F32"], STATE_SHAPES)
@@ -259,11 +258,6 @@ def _intra_dense_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.co
 # for V = 128 instead of once per 64 columns (each program owns its columns: same numbers)
 WIDE_SHAPES = ((8, 3, {"WIDE": 0}), (4, 3, {"WIDE": 0}), (8, 2, {"WIDE": 0}), (8, 2, {"WIDE": 1}),
                (8, 1, {"WIDE": 1}))
-
-
-def wide_grid(m: "_Meta") -> Callable[[dict], tuple[int, int, int]]:
-    """Grid (chunks, V tiles, heads) of a kernel whose value tile is ``BV · (1 + WIDE)``."""
-    return lambda meta: (m.NC, triton.cdiv(m.V, m.BV * (1 + meta["WIDE"])), m.H)
 
 
 @autotune(["H", "K", "V", "C", "BK", "BV0", "GATE", "F32"], WIDE_SHAPES)
@@ -603,9 +597,10 @@ def _states(k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, want_ht: bool,
     """States entering each chunk ``[NC, H, K, V]`` and the final states ``[N, H, K, V]``."""
     h = torch.empty(m.NC, m.H, m.K, m.V, dtype=m.state_dtype, device=k.device)
     ht = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=k.device) if want_ht else None
-    _fwd_state_kernel[wide_state_grid(m)](k, v, gc, h, h0 if h0 is not None else h,
-                                          ht if want_ht else h, m.first, m.cu, m.H, m.K, m.V,
-                                          m.C, m.BK, m.BV, h0 is not None, want_ht, **m.kw_tuned)
+    grid = wide_grid(m, triton.cdiv(m.K, m.BK), m.N * m.H)
+    _fwd_state_kernel[grid](k, v, gc, h, h0 if h0 is not None else h, ht if want_ht else h,
+                            m.first, m.cu, m.H, m.K, m.V, m.C, m.BK, m.BV, h0 is not None, want_ht,
+                            **m.kw_tuned)
     return h, ht
 
 
@@ -629,27 +624,28 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, h0: Tensor | None, wan
     h, ht = _states(k, v, gc, h0, want_ht, m)
     A = _scores(q, k, gc, m)
     o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    _fwd_o_kernel[wide_grid(m)](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H, m.K, m.V,
-                                m.C, m.BK, m.BV, **m.kw_tuned)
+    _fwd_o_kernel[wide_grid(m, m.NC, m.H)](q, v, gc, h, A, o, m.seq, m.start, m.cu, m.scale, m.H,
+                                           m.K, m.V, m.C, m.BK, m.BV, **m.kw_tuned)
     return o, ht, A, h
 
 
 def _backward(q: Tensor, k: Tensor, v: Tensor, gc: Tensor, A: Tensor, h: Tensor,
               h0: Tensor | None, do: Tensor, dht: Tensor | None, m: _Meta) -> tuple[Tensor, ...]:
-    """``dq, dk, dv`` (the inputs' dtype), ``dg`` (fp32) and ``dh0`` (or None). ``A`` and the chunk states
-    ``h`` are the forward's: recomputing ``A`` costs as much as the rest of the forward, ``h``
+    """``dq, dk, dv`` (the inputs' dtype), ``dg`` (fp32) and ``dh0`` (or None). ``A`` and the
+    chunk states ``h`` are the forward's: recomputing ``A`` costs as much as the rest of the forward, ``h``
     a second sequential state pass (``h`` is kept in the input's dtype, like fla's)."""
     dh = torch.empty(m.NC, m.H, m.K, m.V, dtype=m.state_dtype, device=q.device)
     dh0 = torch.empty(m.N, m.H, m.K, m.V, dtype=torch.float32, device=q.device)
-    _bwd_state_kernel[wide_state_grid(m)](q, do, gc, dh, dht if dht is not None else dh, dh0,
-                                          m.first, m.cu, m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV,
-                                          dht is not None, h0 is not None, **m.kw_tuned)
+    grid = wide_grid(m, triton.cdiv(m.K, m.BK), m.N * m.H)
+    _bwd_state_kernel[grid](q, do, gc, dh, dht if dht is not None else dh, dh0, m.first, m.cu,
+                            m.scale, m.H, m.K, m.V, m.C, m.BK, m.BV, dht is not None,
+                            h0 is not None, **m.kw_tuned)
     dA = torch.empty(m.TT, m.H, m.C, dtype=torch.float32, device=q.device)
     _bwd_dA_kernel[(m.NC, m.H)](do, v, dA, m.seq, m.start, m.cu, m.scale, m.H, m.V, m.C, m.BV,
                                 PREC=m.prec, F32=m.f32, num_warps=WARPS)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    _bwd_dv_kernel[wide_grid(m)](k, gc, A, do, dh, dv, m.seq, m.start, m.cu, m.H, m.K, m.V, m.C,
-                                 m.BK, m.BV, **m.kw_tuned)
+    _bwd_dv_kernel[wide_grid(m, m.NC, m.H)](k, gc, A, do, dh, dv, m.seq, m.start, m.cu, m.H, m.K,
+                                            m.V, m.C, m.BK, m.BV, **m.kw_tuned)
     nk = triton.cdiv(m.K, m.BK)
     dq_out, dk_out = torch.empty_like(q), torch.empty_like(k)  # [TT, H, K], the inputs' dtype
     dq, dk = dq_out, dk_out  # scalar or no gate: the inter kernel forms the intra terms itself
