@@ -123,8 +123,7 @@ class TorchBytes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
         if self.tally.kernel is None and not func.is_view and name not in _SKIP:
-            size = lambda xs: sum(t.numel() * t.element_size() for t in xs  # noqa: E731
-                                  if isinstance(t, torch.Tensor))
+            size = lambda xs: _nbytes(t for t in xs if isinstance(t, torch.Tensor))  # noqa: E731
             outs = out if isinstance(out, (tuple, list)) else [out]
             read = 0 if name in _WRITE_ONLY else size(args)
             self.tally.add(f"torch:{name}", read, size(outs), call=True)
