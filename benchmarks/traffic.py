@@ -10,7 +10,14 @@ model of HBM traffic, not a measurement: re-reads that the GPU's L2 would serve 
 it bounds DRAM traffic from above, as the memory floor (every input and output touched once)
 bounds it from below. No GPU needed; slow-ish (the interpreter), hence a small counting shape.
 
+With ``--impl ours,fla`` fla's chunk kernels are counted the same way (configured as on an
+H100, ``interpret_peers.py``) and a last table gives fla's bytes over ours per family.
+``--configs least`` runs, for every autotuned kernel of either side, the candidate with the
+fewest counted bytes (the trials are not counted): a lower bound over each side's tuning space,
+where the default runs each side's first candidate.
+
     python benchmarks/traffic.py [--families delta,gla,deep_memory_c64] [--T 128] [--shape S]
+                                 [--impl ours,fla] [--configs first|least]
                                  [--value-block 64|128] [--by-tensor]
 """
 from __future__ import annotations
@@ -30,7 +37,9 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402  (this folder)
+import interpret_peers  # noqa: E402
 
+IMPLS = ("ours", "fla", "titans")
 FAMILIES = ("simple_gla", "gla", "delta", "gated_delta", "kda", "deep_memory_c64", "deep_memory_c16")
 DEEP_CHUNKS = {"deep_memory_c64": 64, "deep_memory_c16": 16}
 _SKIP = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
@@ -47,6 +56,7 @@ class Tally:
         self.rows: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
         self.phase, self.kernel, self.by_tensor = "fwd", None, by_tensor
         self.ranges: list[tuple[int, int, str]] = []  # the running kernel's tensor arguments
+        self.divert: Tally | None = None  # an autotuner's trial runs count here instead
 
     def name_of(self, ptrs, live) -> str:  # noqa: ANN001
         """The running kernel, or ``kernel.arg`` for the argument the pointers fall in."""
@@ -57,6 +67,8 @@ class Tally:
         return f"{self.kernel}.{'|'.join(args) or '?'}"
 
     def add(self, name: str, loaded: float, stored: float, call: bool = False) -> None:
+        if self.divert is not None:
+            return self.divert.add(name, loaded, stored, call)
         row = self.rows[(self.phase, name)]
         row[0] += int(call)
         row[1] += loaded
@@ -68,9 +80,10 @@ def _itemsize(tl_dtype) -> int:  # noqa: ANN001
 
 
 @contextlib.contextmanager
-def counting(tally: Tally) -> Iterator[Tally]:
+def counting(tally: Tally, configs: str = "first") -> Iterator[Tally]:
     """Count the interpreter's loads and stores, attributed to the running kernel, and ATen ops
-    between kernels, while the block runs."""
+    between kernels, while the block runs; autotuned kernels run their first candidate
+    (``configs="first"``) or the one with the fewest counted bytes (``"least"``)."""
     from triton.runtime import interpreter as itp
 
     import mirasdsl.kernels  # noqa: F401  (its interpreter fixes first)
@@ -106,10 +119,36 @@ def counting(tally: Tally) -> Iterator[Tally]:
 
     builder.create_masked_load, builder.create_masked_store, grid.__call__ = load, store, run
     try:
-        with TorchBytes(tally):
+        with TorchBytes(tally), tuning_by_bytes(tally, least=configs == "least"):
             yield tally
     finally:
         builder.create_masked_load, builder.create_masked_store, grid.__call__ = load0, store0, run0
+
+
+@contextlib.contextmanager
+def tuning_by_bytes(tally: Tally, least: bool) -> Iterator[None]:
+    """Triton's autotuner times each candidate on a GPU; here its benchmark returns the bytes
+    the candidate's trial run counts (``least``; the trial goes to a scratch tally), or 0 for
+    every candidate, so that the first wins (the tuner keeps the first of equal times)."""
+    from triton.runtime.autotuner import Autotuner
+
+    def bench(kernel_call: Callable[[], None], quantiles=None) -> list[float]:  # noqa: ANN001
+        if not least:
+            return [0.0, 0.0, 0.0]
+        trial = tally.divert = Tally()
+        try:
+            kernel_call()
+        finally:
+            tally.divert = None
+        moved = float(sum(ld + st for _, ld, st in trial.rows.values()))
+        return [moved, moved, moved]
+
+    saved = Autotuner.__dict__["do_bench"]
+    Autotuner.do_bench = property(lambda self: bench)
+    try:
+        yield
+    finally:
+        Autotuner.do_bench = saved
 
 
 class TorchBytes(TorchDispatchMode):
@@ -142,13 +181,24 @@ def call_for(kind: str, x: cases.Inputs) -> Callable[[], torch.Tensor]:
     return lambda: chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"))[0]
 
 
+PEERS: dict[str, Callable[[str, cases.Shape], object]] = {
+    "fla": lambda kind, shape: cases.fla_op(kind, shape, kind),
+    "titans": lambda kind, shape: cases.titans_memory(shape, DEEP_CHUNKS[kind]),
+}
+
+
 def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def prepare(kind: str, shape: cases.Shape) -> tuple[Callable[[], torch.Tensor], int, int]:
-    """Our call for ``kind`` at ``shape``, the bytes of its inputs and of its output."""
+def prepare(kind: str, shape: cases.Shape, impl: str = "ours"
+            ) -> tuple[Callable[[], torch.Tensor], int, int]:
+    """The call of ``impl`` (ours or fla) for ``kind`` at ``shape``, the bytes of its inputs
+    and of its output."""
     out = shape.B * shape.T * shape.H * shape.D * 2  # bf16, shaped like v
+    if impl in PEERS:
+        prep = PEERS[impl](kind, shape)
+        return prep.fn, _nbytes(prep.leaves), out
     if kind.startswith("deep_memory"):
         os.environ["MIRAS_KERNELS"] = "triton"  # the dispatcher's choice (interpreted here)
         prep = cases.ours_deep_memory(shape, DEEP_CHUNKS[kind])
@@ -157,11 +207,12 @@ def prepare(kind: str, shape: cases.Shape) -> tuple[Callable[[], torch.Tensor], 
     return call_for(kind, x), _nbytes(x.values()), out
 
 
-def count(kind: str, shape: cases.Shape, tally: Tally) -> tuple[int, int]:
-    """One forward and backward of ``kind`` at ``shape`` under the tally; returns the bytes of
-    the inputs and of the output."""
-    fn, inputs, out = prepare(kind, shape)
-    with counting(tally):
+def count(kind: str, shape: cases.Shape, tally: Tally, impl: str = "ours",
+          configs: str = "first") -> tuple[int, int]:
+    """One forward and backward of ``impl``'s ``kind`` at ``shape`` under the tally; returns
+    the bytes of the inputs and of the output."""
+    fn, inputs, out = prepare(kind, shape, impl)
+    with counting(tally, configs):
         tally.phase = "fwd"
         o = fn()
         o = o[0] if isinstance(o, tuple) else o  # (output, state) calls
@@ -173,20 +224,22 @@ def count(kind: str, shape: cases.Shape, tally: Tally) -> tuple[int, int]:
     return inputs, out
 
 
-def at_target(kind: str, small_t: int, target: cases.Shape, by_tensor: bool = False
-              ) -> tuple[dict, tuple[float, float]]:
+def at_target(kind: str, small_t: int, target: cases.Shape, by_tensor: bool = False,
+              impl: str = "ours", configs: str = "first") -> tuple[dict, tuple[float, float]]:
     """Rows ``{(phase, kernel): [launches, loaded, stored]}`` and the floors (forward, forward +
     backward) at ``target``, from counts at T and 2T tokens (B = H = 1): the per-token part
     scales with the target's tokens × heads, the rest (weights, per-call set-up) with its heads,
-    launches with its T."""
+    launches with its T. titans-pytorch is counted with the target's heads (its projections mix
+    them: weights grow with heads squared), so only tokens scale."""
     one, two = Tally(by_tensor), Tally(by_tensor)
-    io1 = count(kind, cases.Shape("count", 1, small_t, 1, target.D), one)
-    io2 = count(kind, cases.Shape("count", 1, 2 * small_t, 1, target.D), two)
-    tokens = target.B * target.T * target.H
+    heads = target.H if impl == "titans" else 1
+    io1 = count(kind, cases.Shape("count", 1, small_t, heads, target.D), one, impl, configs)
+    io2 = count(kind, cases.Shape("count", 1, 2 * small_t, heads, target.D), two, impl, configs)
+    tokens, copies = target.B * target.T * target.H / heads, target.H / heads
 
     def scale(a: float, b: float) -> float:
         rate = (b - a) / small_t
-        return rate * tokens + (a - rate * small_t) * target.H
+        return rate * tokens + (a - rate * small_t) * copies
 
     rows = {}
     for key in one.rows.keys() | two.rows.keys():
@@ -197,10 +250,10 @@ def at_target(kind: str, small_t: int, target: cases.Shape, by_tensor: bool = Fa
     return rows, (scale(i1 + o1, i2 + o2), scale(3 * i1 + 2 * o1, 3 * i2 + 2 * o2))
 
 
-def report(kind: str, rows: dict, floors: tuple[float, float], target: str) -> None:
+def report(kind: str, rows: dict, floors: tuple[float, float], target: str) -> tuple[float, float]:
     """Markdown rows: per kernel and phase, GB loaded / stored at the target shape. Floors: the
     forward reads every input and writes o; the backward reads every input and dO and writes a
-    gradient per input."""
+    gradient per input. Returns the bytes of the forward and of forward + backward."""
     gb = 1e-9
     print(f"\n### {kind}: bytes per forward + backward at shape {target}\n")
     print("| phase | kernel | launches | loaded GB | stored GB |\n|---|---|---:|---:|---:|")
@@ -214,6 +267,21 @@ def report(kind: str, rows: dict, floors: tuple[float, float], target: str) -> N
     print(f"\n{kind}: forward {totals['fwd'] * gb:.2f} GB (floor {f_fwd * gb:.2f}, "
           f"{totals['fwd'] / f_fwd:.1f}x), forward + backward {both * gb:.2f} GB "
           f"(floor {f_all * gb:.2f}, {both / f_all:.1f}x)")
+    return totals["fwd"], both
+
+
+def compare(totals: dict[tuple[str, str], tuple[float, float]]) -> None:
+    """The last table: per family, ours and the peer's GB and the peer's bytes over ours (> 1:
+    ours moves fewer)."""
+    print("\n### forward + backward GB per implementation\n")
+    print("| family | peer | ours fwd | ours fwd+bwd | peer fwd | peer fwd+bwd | peer / ours |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for (kind, impl), peer in totals.items():
+        ours = totals.get((kind, "ours"))
+        if impl == "ours" or ours is None:
+            continue
+        gb = " | ".join(f"{v * 1e-9:.2f}" for v in (*ours, *peer))
+        print(f"| {kind} | {impl} | {gb} | {peer[1] / ours[1]:.2f}x |")
 
 
 def force_value_block(bv: int) -> None:
@@ -239,6 +307,11 @@ def main() -> None:
     p.add_argument("--T", type=int, default=128,
                    help="tokens counted (and twice that; B = H = 1, D as the shape; a multiple of 64)")
     p.add_argument("--shape", default="S", choices=sorted(cases.SHAPES))
+    p.add_argument("--impl", default="ours",
+                   help="comma list of ours, fla (fla: its chunk kernels, configured as on an H100)")
+    p.add_argument("--configs", default="first", choices=["first", "least"],
+                   help="autotuned kernels run their first candidate, or the one with the fewest "
+                        "counted bytes (both implementations)")
     p.add_argument("--by-tensor", action="store_true",
                    help="one row per kernel and tensor argument (which buffers the bytes are)")
     p.add_argument("--value-block", type=int, choices=[32, 64, 128],
@@ -246,18 +319,42 @@ def main() -> None:
                         "64 or 128) at this size (default: each kernel's first candidate, as the "
                         "interpreter does)")
     a = p.parse_args()
-    bad = [f for f in a.families.split(",") if f not in FAMILIES]
+    families, impls = a.families.split(","), a.impl.split(",")
+    bad = [f for f in families if f not in FAMILIES] + [i for i in impls if i not in IMPLS]
     if bad:
-        p.error(f"unknown families {bad}; allowed: {', '.join(FAMILIES)}")
-    cases.set_device("cpu")
-    if a.value_block:
-        force_value_block(a.value_block)
-    for kind in a.families.split(","):
+        p.error(f"unknown families or implementations {bad}; allowed families: "
+                f"{', '.join(FAMILIES)}; implementations: {', '.join(IMPLS)}")
+    deep = [f.startswith("deep_memory") for f in families]
+    if ("fla" in impls and any(deep)) or ("titans" in impls and not all(deep)):
+        p.error("fla counts the linear-attention families, titans the deep_memory_* ones: "
+                "run them separately")
+    setup(a, "fla" in impls)
+    totals = {}
+    for kind in families:
         deep = kind.startswith("deep_memory")
         target = cases.MEMORY_SHAPE if deep else cases.SHAPES[a.shape]
-        rows, floors = at_target(kind, a.T, target, a.by_tensor)
-        report(kind, rows, floors, "of titans-pytorch's benchmark (B=4, T=4096, 8 heads of 128)"
-               if deep else a.shape)
+        for impl in impls:
+            rows, floors = at_target(kind, a.T, target, a.by_tensor, impl, a.configs)
+            name = kind if impl == "ours" else f"{kind} ({impl})"
+            totals[(kind, impl)] = report(name, rows, floors, "of titans-pytorch's benchmark "
+                                          "(B=4, T=4096, 8 heads of 128)" if deep else a.shape)
+    if len(impls) > 1:
+        compare(totals)
+
+
+def setup(a: argparse.Namespace, fla: bool) -> None:
+    """Device, forced tiles, every tuning candidate kept (``--configs least``), fla's import."""
+    cases.set_device("cpu")
+    if a.configs == "least":
+        os.environ["MIRAS_TUNE_ALL"] = "1"  # read when our kernels are imported
+    if a.value_block:
+        force_value_block(a.value_block)
+    if fla:  # titans-pytorch runs as PyTorch ops: nothing to prepare
+        try:
+            interpret_peers.prepare_fla()
+        except interpret_peers.PeerUnavailable as exc:
+            print(f"traffic.py: error: {exc}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,18 @@ def test_every_hot_kernel_is_autotuned_with_the_default_first() -> None:
         assert all(len(t.configs) == 1 for t in tuners)
 
 
+def test_tune_all_keeps_every_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the interpreter only the first candidate exists, unless ``MIRAS_TUNE_ALL=1``
+    (traffic.py --configs least) keeps them all, in order."""
+    shapes = ((4, 2), (8, 1, {"BV": 128}))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("MIRAS_TUNE_ALL", raising=False)
+    assert [c.num_warps for c in tuning.candidates(*shapes)] == [4]
+    monkeypatch.setenv("MIRAS_TUNE_ALL", "1")
+    kept = tuning.candidates(*shapes)
+    assert [(c.num_warps, c.num_stages, c.kwargs) for c in kept] == [(4, 2, {}), (8, 1, {"BV": 128})]
+
+
 @pytest.mark.parametrize("gate", ["none", "scalar", "channel"])
 def test_delta_rule_trial_runs_leave_no_trace(gate: str) -> None:
     x = _inputs(gate, 20, 12, delta=True)
