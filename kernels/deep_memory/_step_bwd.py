@@ -30,19 +30,52 @@ def _outer_grads(kt, dzt, a, d1, coef, gw1, gw2, gw1T_ptr, gw2T_ptr, m1T, m2T, P
     return gcoef, coef[:, None] * p1, coef[:, None] * p2, gk, gdz
 
 
-@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "PREC"], ((4, 3), (8, 3)))
+@triton.jit
+def _readout_grad(x_w, x_z, p, m, X, DO, G, E, i, rc, mc, r_in, m_in, r_out, m_out, C, D_IN,
+                  D_OUT, MOM: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
+    """The gradients one tile (rows ``r_in``, columns ``r_out``) of a chunk-start weight and of
+    its momentum get from the read-out (zeros for the momentum without MOM). ``FOLD=0``: loaded
+    from the state-shaped tensors ``x_w, x_z`` at ``p``. ``FOLD=1``: formed here from the
+    read-out's factors of this chunk, ``(γ ⊙ X)^T dO`` and ``(e ⊙ X)^T dO`` with ``X [C, D_IN]``
+    the layer's query inputs, ``dO [C, D_OUT]`` its output's gradient and ``γ, e [C]`` the
+    per-row scales (``G``, ``E``): no state-sized tensor is written or read."""
+    if FOLD:
+        xT = tl.load(X + i * C * D_IN + rc[None, :] * D_IN + r_in[:, None],
+                     mask=m_in[:, None] & mc[None, :], other=0.0)  # [B_in, BC]
+        do = tl.load(DO + i * C * D_OUT + rc[:, None] * D_OUT + r_out[None, :],
+                     mask=mc[:, None] & m_out[None, :], other=0.0)  # [BC, B_out]
+        g = tl.load(G + i * C + rc, mask=mc, other=0.0)  # [BC]
+        xw = tl.dot(xT * g[None, :], do, input_precision=PREC)  # [B_in, B_out]
+        xz = xw * 0.0
+        if MOM:
+            ev = tl.load(E + i * C + rc, mask=mc, other=0.0)
+            xz = tl.dot(xT * ev[None, :], do, input_precision=PREC)
+    else:
+        xw = tl.load(x_w + p, mask=m, other=0.0)
+        xz = xw * 0.0
+        if MOM:
+            xz = tl.load(x_z + p, mask=m, other=0.0)
+    return xw, xz
+
+
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "FOLD", "PREC"], ((4, 3), (8, 3)))
 @triton.jit
 def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
                        g_a, g_d1, g_w1n, g_w2n, g_z1n, g_z2n, x_w1, x_w2, x_z1, x_z2,
+                       f_x1, f_do1, f_x2, f_do2, f_g, f_e,
                        g_w1, g_w2, g_z1, g_z2, ga_part, gh_part, t_buf, gk_part, gdz_part,
                        gdl_part, gzl_part, scal_part, C, K, HD, V,
                        BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
-                       ACT: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):
+                       ACT: tl.constexpr, MOM: tl.constexpr, FOLD: tl.constexpr,
+                       PREC: tl.constexpr):
     """Backward, hidden block j of (batch, head) i: the state update and d1 = act'(h) (dz W2^T).
 
     Writes the final dZ1, dZ2, the state-direct parts of dW1, dW2 (plus t^T dz), and the
     per-block partials of dk, ddz, d(coefficient rows) and of da, dh for the later kernels.
-    ``x_*``: gradients the chunk-start state receives from elsewhere (the read-out), added."""
+    The gradients the chunk-start state receives from the read-out are added: loaded from
+    ``x_*`` (FOLD=0), or formed from the read-out's factors ``f_*`` (FOLD=1: layer 1's
+    queries ``f_x1 [C, K]`` and output gradient ``f_do1 [C, HD]``, layer 2's ``f_x2 [C, HD]``,
+    ``f_do2 [C, V]``, the per-token scales ``f_g`` (γ), ``f_e`` (e); ``_readout_grad``)."""
     i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
     nj = tl.num_programs(1)
     m1, m2 = mk[:, None] & mh[None, :], mh[:, None] & mv[None, :]
@@ -64,8 +97,12 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
     gw2n = tl.load(g_w2n + p2, mask=m2, other=0.0)
     s_gam = _dot_all(tl.load(w1 + p1, mask=m1, other=0.0), gw1n)
     s_gam += _dot_all(tl.load(w2 + p2, mask=m2, other=0.0), gw2n)
-    tl.store(g_w1 + p1, g * gw1n + tl.load(x_w1 + p1, mask=m1, other=0.0), mask=m1)
-    gw2_acc = g * gw2n + tl.load(x_w2 + p2, mask=m2, other=0.0)
+    xw1, xz1 = _readout_grad(x_w1, x_z1, p1, m1, f_x1, f_do1, f_g, f_e, i, rc, mc, rk, mk, ch, mh,
+                             C, K, HD, MOM, FOLD, PREC)
+    xw2, xz2 = _readout_grad(x_w2, x_z2, p2, m2, f_x2, f_do2, f_g, f_e, i, rc, mc, ch, mh, rv, mv,
+                             C, HD, V, MOM, FOLD, PREC)
+    tl.store(g_w1 + p1, g * gw1n + xw1, mask=m1)
+    gw2_acc = g * gw2n + xw2
     # outer products of the update: W1' += k^T diag(dl) d1, W2' += a^T diag(dl) dz (Z: zl)
     gdl, g1, ga, gk, gdz = _outer_grads(kt, dzt, a, d1, dlv, gw1n, gw2n, g_w1n + p1T, g_w2n + p2T,
                                         m1T, m2T, PREC)
@@ -77,8 +114,8 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
         gz2n = tl.load(g_z2n + p2, mask=m2, other=0.0)
         z1t = tl.load(z1 + p1, mask=m1, other=0.0)
         z2t = tl.load(z2 + p2, mask=m2, other=0.0)
-        tl.store(g_z1 + p1, ev * gw1n + mv_ * gz1n + tl.load(x_z1 + p1, mask=m1, other=0.0), mask=m1)
-        tl.store(g_z2 + p2, ev * gw2n + mv_ * gz2n + tl.load(x_z2 + p2, mask=m2, other=0.0), mask=m2)
+        tl.store(g_z1 + p1, ev * gw1n + mv_ * gz1n + xz1, mask=m1)
+        tl.store(g_z2 + p2, ev * gw2n + mv_ * gz2n + xz2, mask=m2)
         tl.store(scal_part + (i * nj + j) * 3 + 1, _dot_all(z1t, gw1n) + _dot_all(z2t, gw2n))
         tl.store(scal_part + (i * nj + j) * 3 + 2, _dot_all(z1t, gz1n) + _dot_all(z2t, gz2n))
         zlv = tl.load(zl + i * C + rc, mask=mc, other=0.0)

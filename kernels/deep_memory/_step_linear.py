@@ -21,6 +21,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._step_bwd import _readout_grad
+
 
 @triton.jit
 def _linear_keys_kernel(k, w, y_part, C, K, V, BC: tl.constexpr, BK: tl.constexpr,
@@ -60,12 +62,15 @@ def _linear_update_kernel(k, dz, w, z, gam, e, mom, dl, zl, wn, zn, C, K, V,
 
 @triton.jit
 def _linear_bwd_update_kernel(k, dz, w, z, gam, e, mom, dl, zl, g_wn, g_zn, x_w, x_z,
+                              f_x, f_do, f_g, f_e,
                               g_w, g_z, gk_part, gdz_part, gdl_part, gzl_part, scal_part, C, K, V,
                               BC: tl.constexpr, BK: tl.constexpr, BVU: tl.constexpr,
-                              MOM: tl.constexpr, PREC: tl.constexpr):
+                              MOM: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
     """(batch·head) i: back through the state update (module docstring), value block by value
     block. Writes ∂W (before the keys' term), ∂Z, and the partials (one block: NJ = 1) of ∂k,
-    ∂dz, ∂dl, ∂zl and ∂(γ, e, m) that the shared code sums."""
+    ∂dz, ∂dl, ∂zl and ∂(γ, e, m) that the shared code sums. The read-out's gradient on the
+    chunk-start state is loaded from ``x_w, x_z`` (FOLD=0) or formed from its factors
+    (FOLD=1: queries ``f_x [C, K]``, output gradient ``f_do [C, V]``, scales ``f_g, f_e``)."""
     i = tl.program_id(0).to(tl.int64)
     rc, rk = tl.arange(0, BC), tl.arange(0, BK)
     mc, mk = rc < C, rk < K
@@ -93,7 +98,9 @@ def _linear_bwd_update_kernel(k, dz, w, z, gam, e, mom, dl, zl, g_wn, g_zn, x_w,
         gk += tl.dot(dzt * dlv[:, None], tl.load(g_wn + pT, mask=mT, other=0.0), input_precision=PREC)
         wt = tl.load(w + p, mask=m, other=0.0)
         s_gam += tl.sum(tl.sum(wt * P, 1), 0)
-        tl.store(g_w + p, g * P + tl.load(x_w + p, mask=m, other=0.0), mask=m)
+        xw, xz = _readout_grad(x_w, x_z, p, m, f_x, f_do, f_g, f_e, i, rc, mc, rk, mk, cv, mv, C, K,
+                               V, MOM, FOLD, PREC)
+        tl.store(g_w + p, g * P + xw, mask=m)
         if MOM:
             Q = tl.load(g_zn + p, mask=m, other=0.0)
             kQ = tl.dot(kt, Q, input_precision=PREC)
@@ -103,7 +110,7 @@ def _linear_bwd_update_kernel(k, dz, w, z, gam, e, mom, dl, zl, g_wn, g_zn, x_w,
             zt = tl.load(z + p, mask=m, other=0.0)
             s_e += tl.sum(tl.sum(zt * P, 1), 0)
             s_m += tl.sum(tl.sum(zt * Q, 1), 0)
-            tl.store(g_z + p, ev * P + mv_ * Q + tl.load(x_z + p, mask=m, other=0.0), mask=m)
+            tl.store(g_z + p, ev * P + mv_ * Q + xz, mask=m)
         tl.store(gdz_part + i * C * V + rc[:, None] * V + cv[None, :], gdz, mask=mc[:, None] & mv[None, :])
     tl.store(gk_part + i * C * K + rc[:, None] * K + rk[None, :], gk, mask=mc[:, None] & mk[None, :])
     tl.store(gdl_part + i * C + rc, gdl, mask=mc)

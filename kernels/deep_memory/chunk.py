@@ -29,7 +29,8 @@ from torch.autograd.function import once_differentiable
 from .chunk_torch import chunk_deep_memory_with, readout_torch
 from .config import DeepMemoryConfig
 from .memory import DeepMemoryState, Weights, accum_dtype
-from .step import fused_phase1, fused_step_supported
+from .fused import fused_dual_form
+from .step import fused_step_supported
 
 MAX_TRITON_CHUNK = 128  # larger chunks make the [C, C] tile too big for registers
 
@@ -74,9 +75,11 @@ def _readout_fwd_kernel(
 
 @triton.jit
 def _dense_bwd_block(x, s, w, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW,
-                     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, STORE: tl.constexpr,
+                     PREC: tl.constexpr):
     """One key block ``kk`` of the dense product ``s ⊙ (X W)`` (``s [BC]`` a scale per row):
-    stores ``dW[kk] = (s X)^T dO`` and returns ``dO W[kk]^T`` [BC, BK] (for dX and ds)."""
+    stores ``dW[kk] = (s X)^T dO`` (with STORE; without, the chunk loop's backward forms it
+    from X, dO and s where it needs it) and returns ``dO W[kk]^T`` [BC, BK] (for dX and ds)."""
     xs = x * s[:, None]  # [BC, BK]
     g = tl.zeros([BC, BK], dtype=tl.float32)
     for v0 in range(0, DV, BV):
@@ -87,17 +90,20 @@ def _dense_bwd_block(x, s, w, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW,
         mw = mk[:, None] & mv[None, :]
         wT = tl.load(w + i_n * DK * DV + kk[None, :] * DV + vv[:, None], mask=mv[:, None] & mk[None, :], other=0.0)
         g += tl.dot(do, wT, input_precision=PREC)  # [BC, BK] = dO W^T
-        tl.store(DW + pw, tl.dot(tl.trans(xs), do, input_precision=PREC), mask=mw)
+        if STORE:
+            tl.store(DW + pw, tl.dot(tl.trans(xs), do, input_precision=PREC), mask=mw)
     return g
 
 
 @triton.jit
 def _readout_bwd_kernel(
     X, A, D, U, DO, W0, GAM, Z0, E, DX, DA, DD, DU, DW0, DGAM, DZ0, DE, C, DK, DV,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, MOM: tl.constexpr,
+    DENSE: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per chunk: every gradient of the read-out, the masked part ``(tril(X A^T) *
-    D) @ U`` and the dense ``gam (X W_0) + e (X Z_0)``: dX, dA, dD, dU, dW_0, dgam (dZ_0, de)."""
+    D) @ U`` and the dense ``gam (X W_0) + e (X Z_0)``: dX, dA, dD, dU, dgam (de) and, with
+    DENSE, dW_0 (dZ_0)."""
     i_n = tl.program_id(0).to(tl.int64)
     rc = tl.arange(0, BC)
     rk = tl.arange(0, BK)
@@ -137,11 +143,13 @@ def _readout_bwd_kernel(
         a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
         dx = tl.dot(dp, a, input_precision=PREC)
         da = tl.dot(tl.trans(dp), x, input_precision=PREC)
-        gw = _dense_bwd_block(x, gam, W0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW0, BC, BK, BV, PREC)
+        gw = _dense_bwd_block(x, gam, W0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW0, BC, BK, BV,
+                              DENSE, PREC)
         dx += gam[:, None] * gw
         dgam += tl.sum(gw * x, 1)
         if MOM:
-            gz = _dense_bwd_block(x, e, Z0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DZ0, BC, BK, BV, PREC)
+            gz = _dense_bwd_block(x, e, Z0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DZ0, BC, BK,
+                                  BV, DENSE, PREC)
             dx += e[:, None] * gz
             de += tl.sum(gz * x, 1)
         tl.store(DX + i_n * C * DK + rc[:, None] * DK + kk[None, :], dx, mask=m)
@@ -170,6 +178,47 @@ def _warps(bc: int) -> int:
     return 8 if bc >= 128 else 4
 
 
+def readout_forward(x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None, e: Tensor | None,
+                    a: Tensor, d: Tensor, u: Tensor, prec: str) -> Tensor:
+    """The fused read-out's kernel on contiguous float32 tensors (:func:`readout_triton`'s
+    arguments; ``z0 = e = None`` without momentum): ``o [N, C, DV]``."""
+    N, C, DK = x.shape
+    DV = u.shape[-1]
+    BC, BK, BV = _blocks(C, DK, DV)
+    mom = z0 is not None
+    o = torch.empty(N, C, DV, device=x.device, dtype=torch.float32)  # [N, C, DV]
+    _readout_fwd_kernel[(N, triton.cdiv(DV, BV))](
+        x, w0, z0 if mom else w0, gam, e if mom else gam, a, d, u, o, C, DK, DV, BC=BC, BK=BK,
+        BV=BV, MOM=mom, PREC=prec, num_warps=_warps(BC),
+    )
+    return o
+
+
+def readout_backward(do: Tensor, x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None,
+                     e: Tensor | None, a: Tensor, d: Tensor, u: Tensor, prec: str,
+                     dense: bool = True) -> tuple[Tensor | None, ...]:
+    """Every gradient of :func:`readout_forward` from ``do [N, C, DV]``: ``dx, dw0, dgam, dz0,
+    de, da, dd, du`` (``dz0, de`` None without momentum; ``dw0, dz0`` None unless ``dense``:
+    the fused dual form forms them inside the chunk loop's backward instead)."""
+    N, C, DK = x.shape
+    DV = u.shape[-1]
+    mom = z0 is not None
+    dx, da, du = torch.empty_like(x), torch.empty_like(a), torch.empty_like(u)
+    dd = torch.zeros_like(d)  # [N, C, C], zero above the diagonal
+    dgam = torch.empty_like(gam)  # [N, C]
+    de = torch.empty_like(gam) if mom else dgam
+    dw0 = torch.empty_like(w0) if dense else dx  # [N, DK, DV]; dx: never written
+    dz0 = torch.empty_like(w0) if dense and mom else dw0
+    BC, BK, BV = _blocks(C, DK, DV)
+    _readout_bwd_kernel[(N,)](
+        x, a, d, u, do, w0, gam, z0 if mom else w0, e if mom else gam, dx, da, dd, du, dw0, dgam,
+        dz0, de, C, DK, DV, BC=BC, BK=BK, BV=BV, MOM=mom, DENSE=dense, PREC=prec,
+        num_warps=_warps(BC),
+    )
+    return (dx, dw0 if dense else None, dgam, dz0 if dense and mom else None,
+            de if mom else None, da, dd, du)
+
+
 class _FusedReadout(torch.autograd.Function):
     """Autograd wrapper around the two kernels (float32 in, float32 out); ``z0 = e = None``
     without momentum."""
@@ -179,38 +228,15 @@ class _FusedReadout(torch.autograd.Function):
                 a: Tensor, d: Tensor, u: Tensor, prec: str) -> Tensor:
         mom = z0 is not None
         x, w0, gam, a, d, u = (t.contiguous().float() for t in (x, w0, gam, a, d, u))
-        z0, e = (t.contiguous().float() for t in (z0, e)) if mom else (w0, gam)  # placeholders
-        N, C, DK = x.shape
-        DV = u.shape[-1]
-        BC, BK, BV = _blocks(C, DK, DV)
-        o = torch.empty(N, C, DV, device=x.device, dtype=torch.float32)  # [N, C, DV]
-        _readout_fwd_kernel[(N, triton.cdiv(DV, BV))](
-            x, w0, z0, gam, e, a, d, u, o, C, DK, DV, BC=BC, BK=BK, BV=BV, MOM=mom, PREC=prec,
-            num_warps=_warps(BC),
-        )
+        z0, e = (t.contiguous().float() for t in (z0, e)) if mom else (None, None)
         ctx.save_for_backward(x, w0, gam, z0, e, a, d, u)
-        ctx.prec, ctx.mom = prec, mom
-        return o
+        ctx.prec = prec
+        return readout_forward(x, w0, gam, z0, e, a, d, u, prec)
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, do: Tensor) -> tuple[Tensor | None, ...]:
-        x, w0, gam, z0, e, a, d, u = ctx.saved_tensors
-        do = do.contiguous().float()  # [N, C, DV]
-        N, C, DK = x.shape
-        DV = u.shape[-1]
-        dx, da, du = torch.empty_like(x), torch.empty_like(a), torch.empty_like(u)
-        dd = torch.zeros_like(d)  # [N, C, C], zero above the diagonal
-        dw0, dgam = torch.empty_like(w0), torch.empty_like(gam)  # [N, DK, DV], [N, C]
-        dz0, de = (torch.empty_like(z0), torch.empty_like(e)) if ctx.mom else (dw0, dgam)
-        BC, BK, BV = _blocks(C, DK, DV)
-        _readout_bwd_kernel[(N,)](
-            x, a, d, u, do, w0, gam, z0, e, dx, da, dd, du, dw0, dgam, dz0, de, C, DK, DV,
-            BC=BC, BK=BK, BV=BV, MOM=ctx.mom, PREC=ctx.prec, num_warps=_warps(BC),
-        )
-        if not ctx.mom:
-            dz0 = de = None
-        return dx, dw0, dgam, dz0, de, da, dd, du, None
+        return (*readout_backward(do.contiguous().float(), *ctx.saved_tensors, ctx.prec), None)
 
 
 def readout_triton(x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None, e: Tensor | None,
@@ -240,9 +266,9 @@ def triton_deep_memory(
     """
     use = cfg.linear_retention and cfg.chunk_size <= MAX_TRITON_CHUNK
     prec = dot_precision(q.dtype)
-    phase1 = (functools.partial(fused_phase1, prec=prec)
-              if use and fused_step_supported(cfg, accum_dtype(q)) else None)
+    dual = (functools.partial(fused_dual_form, prec=prec)
+            if use and fused_step_supported(cfg, accum_dtype(q)) else None)
     return chunk_deep_memory_with(
         q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state,
-        functools.partial(readout_triton, prec=prec) if use else readout_torch, phase1,
+        functools.partial(readout_triton, prec=prec) if use else readout_torch, dual=dual,
     )

@@ -39,6 +39,9 @@ Readout = Callable[..., Tensor]
 # its first three dims without a copy)
 Phase1Out = tuple[list[Tensor], list[Tensor] | None, list[Tensor], list[Tensor], DeepMemoryState]
 Phase1 = Callable[..., Phase1Out]
+# dual(qc, kc, vc, dc, co, T, state, cfg) -> (o [B, H, n, C, V], final state): the whole dual
+# form (phase 1 and the read-out) at once, in place of _dual_form (the Triton backend's fused.py)
+DualForm = Callable[..., tuple[Tensor, DeepMemoryState]]
 
 
 def readout_torch(x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None, e: Tensor | None,
@@ -305,10 +308,11 @@ def chunk_deep_memory_with(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, init_weights: Weights, cfg: DeepMemoryConfig,
     g: Tensor | None, mu: Tensor | None, lam: Tensor | None, delta: Tensor | None,
     initial_state: DeepMemoryState | None, output_final_state: bool, readout: Readout,
-    phase1: Phase1 | None = None,
+    phase1: Phase1 | None = None, dual: DualForm | None = None,
 ) -> tuple[Tensor, DeepMemoryState | None]:
     """:func:`chunk_deep_memory` with a pluggable dual-form read-out and chunk loop (the
-    Triton backend's; ``phase1=None`` is the PyTorch loop, :func:`loop_phase1`)."""
+    Triton backend's; ``phase1=None`` is the PyTorch loop, :func:`loop_phase1`), or the whole
+    dual form (``dual``, for linear retention; it replaces both)."""
     check_inputs(q, k, v, eta, init_weights, cfg, g, mu, lam, delta)
     B, T, H, _ = q.shape
     C = cfg.chunk_size
@@ -323,7 +327,10 @@ def chunk_deep_memory_with(
     state = start_state(init_weights, cfg, B, initial_state, dt)
     if cfg.linear_retention:
         co = dual_coefficients(log_a, eta_c, mu_c)
-        o, state = _dual_form(qc, kc, vc, dc, co, T, state, cfg, readout, phase1 or loop_phase1)
+        if dual is not None:
+            o, state = dual(qc, kc, vc, dc, co, T, state, cfg)
+        else:
+            o, state = _dual_form(qc, kc, vc, dc, co, T, state, cfg, readout, phase1 or loop_phase1)
     else:
         o, state = _materialised(qc, kc, vc, dc, log_a, eta_c, mu_c, T, state, cfg)
     o = o.movedim(1, 3).flatten(1, 2)[:, :T]  # [B, T, H, V]

@@ -59,6 +59,28 @@ def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512
     return log
 
 
+def record_fused_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512,
+                          depth: int = 2) -> list[Launch]:
+    """The fused dual form (``fused.py``: the read-out's backward without the state gradient,
+    DENSE=False, and the loop's backward forming it, FOLD=1) for one chunk of one head at the
+    Titans setting, forward and backward, kernels recorded (values not computed)."""
+    from . import chunk, step
+    from .config import DeepMemoryConfig
+
+    names = [(step, n) for n in dir(step) if n.endswith("_kernel")]
+    names += [(chunk, "_readout_fwd_kernel"), (chunk, "_readout_bwd_kernel")]
+    with recording(names) as log:
+        cfg = DeepMemoryConfig(depth=depth, hidden=HD if depth == 2 else None, residual=True,
+                               norm=True, momentum=True, chunk_size=C)
+        leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
+        q, k, v = leaf(1, C, 1, D), leaf(1, C, 1, D), leaf(1, C, 1, D)
+        w = (leaf(1, D, HD), leaf(1, HD, D)) if depth == 2 else (leaf(1, D, D),)
+        eta, mu = leaf(1, C, 1), leaf(1, C, 1)
+        o, _ = chunk.triton_deep_memory(q, k, v, eta.sigmoid(), w, cfg, mu=mu.sigmoid())
+        o.sum().backward()
+    return [x for x in log if x.kwargs.get("FOLD") == 1 or x.kwargs.get("DENSE") is False]
+
+
 def main() -> None:
     for prec in ("ieee", "tf32"):  # float32 models, half-precision models
         for C, dk, dv in TITANS_LAYERS:
@@ -70,6 +92,9 @@ def main() -> None:
         for C in (64, 16):
             for cand in compile_all(record_step_launches(C, prec, depth=1)):
                 print(f"C={C} {prec} linear: {cand.line()}")
+        for C, depth in ((64, 2), (64, 1)):  # chunk 16 needs less shared memory
+            for cand in compile_all(record_fused_launches(C, prec, depth=depth)):
+                print(f"C={C} {prec} fused depth {depth}: {cand.line()}")
         for bias in ("dot", "lp", "huber", "robust"):  # only the two bias kernels change with it
             launches = [x for x in record_step_launches(64, prec, bias=bias)
                         if getattr(x.fn, "fn", x.fn).__name__.endswith("bias_kernel")]

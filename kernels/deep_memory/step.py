@@ -130,6 +130,29 @@ def _with_momentum(parts: list[Tensor], sh: _Shape) -> list[Tensor]:
     return list(parts) if sh.flags["MOM"] else list(parts) * 2
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One chunk's read-out factors, from which the backward kernels form the read-out's
+    gradient on the chunk-start state tile by tile (FOLD=1; ``fused.py``): per layer the query
+    inputs ``xs[l] [N, C, d_in]`` and the output gradient ``dos[l] [N, C, d_out]``, and the
+    per-token scales ``g`` (γ) and ``e`` ``[N, C]`` (``e`` repeats ``g`` without momentum)."""
+
+    xs: tuple[Tensor, ...]
+    dos: tuple[Tensor, ...]
+    g: Tensor
+    e: Tensor
+
+
+def _readout_grad_args(extra: list[Tensor] | Fold, k: Tensor, sh: _Shape) -> tuple[list, list, int]:
+    """The backward kernels' read-out arguments: the state-shaped gradients ``x_*`` (one per
+    state part, as autograd delivers them) or the chunk's :class:`Fold`; placeholders (``k``,
+    never read) for the other kind, and the FOLD flag."""
+    if isinstance(extra, Fold):
+        factors = [t for pair in zip(extra.xs, extra.dos) for t in pair] + [extra.g, extra.e]
+        return [k] * (2 * sh.depth), factors, 1
+    return _with_momentum(extra, sh), [k] * (2 * sh.depth + 2), 0
+
+
 def _forward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor], coef: tuple,
                           out: tuple, y_part: Tensor, sh: _Shape) -> None:
     """One chunk of a depth-1 memory: ``y0, dz`` into ``out`` and the chunk-end state into ``new``."""
@@ -189,22 +212,22 @@ class _Scratch:
 
 
 def _backward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts: tuple,
-                           grads: tuple, g_new: list[Tensor], g_extra: list[Tensor],
+                           grads: tuple, g_new: list[Tensor], g_extra: list[Tensor] | Fold,
                            g_state: list[Tensor], outs: tuple, buf: _Scratch, sh: _Shape) -> None:
     """:func:`_backward_chunk` for a depth-1 memory (``_step_linear.py``); ``grads``: ddz."""
     t, f = sh.tiles, sh.flags
     w, z = _with_momentum(state, sh)
     g_wn, g_zn = _with_momentum(g_new, sh)
     g_w, g_z = _with_momentum(g_state, sh)
-    x_w, x_z = _with_momentum(g_extra, sh)
+    (x_w, x_z), factors, fold = _readout_grad_args(g_extra, k, sh)
     gam, e, mom, dl, zl, delta = coef
     y0, dz = acts[3:]
     (g_dz,) = grads
     g_k, g_v, g_delta, scal_part, gdl_part, gzl_part = outs
     _linear_bwd_update_kernel[(sh.N,)](
-        k, dz, w, z, gam, e, mom, dl, zl, g_wn, g_zn, x_w, x_z, g_w, g_z, buf.gk, buf.gdz, gdl_part,
-        gzl_part, scal_part, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"], BVU=t["BVU"], MOM=f["MOM"],
-        PREC=sh.prec, num_warps=8, num_stages=1)  # one stage: 4 dots a value block (sm_90 fit)
+        k, dz, w, z, gam, e, mom, dl, zl, g_wn, g_zn, x_w, x_z, *factors, g_w, g_z, buf.gk, buf.gdz,
+        gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"], BVU=t["BVU"],
+        MOM=f["MOM"], FOLD=fold, PREC=sh.prec, num_warps=8, num_stages=1)  # one stage: 4 dots a value block (sm_90 fit)
     gk_res = buf.gk_res if f["RES"] else g_v  # written only with the residual
     _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, 1,
                               sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
@@ -215,11 +238,11 @@ def _backward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], coef: tupl
 
 
 def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts: tuple,
-                    grads: tuple, g_new: list[Tensor], g_extra: list[Tensor], g_state: list[Tensor],
-                    outs: tuple, buf: _Scratch, sh: _Shape) -> None:
+                    grads: tuple, g_new: list[Tensor], g_extra: list[Tensor] | Fold,
+                    g_state: list[Tensor], outs: tuple, buf: _Scratch, sh: _Shape) -> None:
     """One chunk in reverse: from the gradients of its outputs (``grads``: da, dd1, ddz), of its
     end state (``g_new``) and of its start state from elsewhere (``g_extra``: the read-out's),
-    the whole gradient of its start state (``g_state``) and those of k, v and the coefficient
+    or its read-out factors (:class:`Fold`), the whole gradient of its start state (``g_state``) and those of k, v and the coefficient
     rows (``outs``: dk, dv, the huber threshold's gradient, and the per-block partials of
     dγ/de/dm, ddl, dzl; at depth 2 dk as per-hidden-block partials, followed by the residual's
     share of dk, both summed by the caller after the last chunk)."""
@@ -230,16 +253,16 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     w1, w2, z1, z2 = _with_momentum(state, sh)
     g_w1n, g_w2n, g_z1n, g_z2n = _with_momentum(g_new, sh)
     g_w1, g_w2, g_z1, g_z2 = _with_momentum(g_state, sh)
-    x_w1, x_w2, x_z1, x_z2 = _with_momentum(g_extra, sh)
+    x_parts, factors, fold = _readout_grad_args(g_extra, k, sh)
     gam, e, mom, dl, zl, delta = coef
     h, a, d1, y0, dz = acts
     g_a, g_d1, g_dz = grads
     gk_part, g_v, g_delta, scal_part, gdl_part, gzl_part, gk_res = outs
     _bwd_hidden_kernel[sh.hidden_grid](
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
-        g_z2n, x_w1, x_w2, x_z1, x_z2, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
+        g_z2n, *x_parts, *factors, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
         buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"],
-        MOM=f["MOM"], PREC=sh.prec)
+        MOM=f["MOM"], FOLD=fold, PREC=sh.prec)
     _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, sh.NJ,
                               sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
                               RES=f["RES"], BIAS=f["BIAS"])
@@ -259,75 +282,122 @@ def _dk_partials(g_k: Tensor, g_v: Tensor, sh: _Shape) -> tuple[Tensor, Tensor]:
     return part, (g_k.new_empty(n, sh.N, sh.C, sh.K) if sh.flags["RES"] else g_v)
 
 
+@dataclass
+class LoopTape:
+    """What the chunk loop's forward keeps for its backward (chunk-major, float32): the inputs
+    k ``[n, N, C, K]``, v ``[n, N, C, V]``, the chunk-end coefficient rows (γ, e, m ``[n, N]``;
+    dl, zl ``[n, N, C]``) and huber thresholds ``[n, N, C]``, the activations h, a, d1 ``[n, N,
+    C, HD]`` (empty at depth 1), y0, dz ``[n, N, C, V]``, and per state part (W1, W2(, Z1, Z2))
+    its ``[n + 1, N, d_in, d_out]`` buffer of chunk-start states (row n: the final state)."""
+
+    k: Tensor
+    v: Tensor
+    coefs: tuple[Tensor, ...]  # gam, e, mom, dl, zl, delta
+    acts: tuple[Tensor, ...]  # h, a, d1, y0, dz
+    states: list[Tensor]
+    sh: _Shape
+
+    def tensors(self) -> list[Tensor]:
+        """Everything, for ``ctx.save_for_backward``."""
+        return [self.k, self.v, *self.coefs, *self.acts, *self.states]
+
+    @staticmethod
+    def restore(saved: tuple[Tensor, ...], sh: _Shape) -> "LoopTape":
+        """The tape from :meth:`tensors`' order (as ``ctx.saved_tensors`` returns it)."""
+        k, v, *rest = saved
+        return LoopTape(k, v, tuple(rest[:6]), tuple(rest[6:11]), list(rest[11:]), sh)
+
+    @property
+    def outputs(self) -> tuple[Tensor, ...]:
+        """The per-token factors the read-out takes: a, d1, dz (depth 1: dz)."""
+        h, a, d1, y0, dz = self.acts
+        return (a, d1, dz) if self.sh.depth == 2 else (dz,)
+
+
+def loop_forward(k: Tensor, v: Tensor, s0: Tensor, coefs: tuple[Tensor, ...], sh: _Shape) -> LoopTape:
+    """Phase 1 over all chunks (no autograd): k, v, the coefficient rows as in
+    :class:`LoopTape`, the initial state row ``s0 [P]``."""
+    n = k.shape[0]
+    new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
+    hd = sh.HD if sh.depth == 2 else 0  # no hidden layer at depth 1
+    h, a, d1 = (new(n, sh.N, sh.C, hd) for _ in range(3))
+    y0, dz = new(n, sh.N, sh.C, sh.V), new(n, sh.N, sh.C, sh.V)
+    states = [new(n + 1, *shape) for shape in _part_shapes(sh)]  # chunk-start states per part
+    for part, first in zip(states, _views(s0, sh)):
+        part[0] = first
+    y_part = new(sh.N, sh.NJ, sh.C, sh.V)
+    # every per-chunk view made up front (a few unbinds): the loop then only launches
+    ks, vs = k.unbind(0), v.unbind(0)
+    per_coef, per_act = _per_chunk(*coefs), _per_chunk(h, a, d1, y0, dz)
+    rows = _per_chunk(*states)  # [n + 1] tuples of state parts
+    for i in range(n):
+        _forward_chunk(ks[i], vs[i], rows[i], rows[i + 1], per_coef[i], per_act[i], y_part, sh)
+    return LoopTape(k, v, coefs, (h, a, d1, y0, dz), states, sh)
+
+
+def loop_backward(tape: LoopTape, g_outs: list[Tensor], extra: list, g_final: list[Tensor]
+                  ) -> tuple[Tensor, ...]:
+    """The loop in reverse. ``g_outs``: gradients of :attr:`LoopTape.outputs` ``[n, N, C, ·]``;
+    ``extra``: per chunk, the read-out's gradient on its start state (the state parts, or a
+    :class:`Fold`); ``g_final``: per part the final state's gradient. Returns the gradients of
+    k, v, s0, γ, e, m, dl, zl, delta (None where the configuration has no such input)."""
+    k, v, sh = tape.k, tape.v, tape.sh
+    n = k.shape[0]
+    g_k, g_v, g_delta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(tape.coefs[5])
+    new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
+    # every entry is written (the momentum ones only with MOM, and then they are returned)
+    scal, gdl, gzl = new(n, sh.N, sh.NJ, 3), new(n, sh.N, sh.NJ, sh.C), new(n, sh.N, sh.NJ, sh.C)
+    buf = _Scratch.make(sh, k)
+    g_end = torch.cat([g.reshape(-1) for g in g_final])  # [P]: the final state's
+    g_start = torch.empty_like(g_end)
+    ends, starts = _views(g_end, sh), _views(g_start, sh)  # swapped with the buffers
+    ks, vs, coefs = k.unbind(0), v.unbind(0), _per_chunk(*tape.coefs)
+    acts, g_acts, rows = _per_chunk(*tape.acts), _per_chunk(*g_outs), _per_chunk(*tape.states)
+    gk_part, gk_res = _dk_partials(g_k, g_v, sh)
+    outs = _per_chunk(gk_part, g_v, g_delta, scal, gdl, gzl, *([gk_res] if sh.depth == 2 else []))
+    for i in reversed(range(n)):
+        _backward_chunk(ks[i], vs[i], rows[i], coefs[i], acts[i], g_acts[i], ends, extra[i],
+                        starts, outs[i], buf, sh)
+        g_end, g_start, ends, starts = g_start, g_end, starts, ends
+    if sh.depth == 2:  # dk: one sum over the hidden blocks (and the residual) for all chunks
+        torch.sum(gk_part, 2, out=g_k)
+        if sh.flags["RES"]:
+            g_k += gk_res
+    s = scal.sum(2)  # [n, N, 3]
+    mom_on, huber = sh.flags["MOM"], sh.flags["BIAS"] == _BIAS["huber"]
+    return (g_k, g_v, g_end, s[..., 0], s[..., 1] if mom_on else None,
+            s[..., 2] if mom_on else None, gdl.sum(2), gzl.sum(2) if mom_on else None,
+            g_delta if huber else None)
+
+
 class _FusedLoop(torch.autograd.Function):
-    """Phase 1 over all chunks on chunk-major float32 tensors: k ``[n, N, C, K]``, v ``[n, N, C,
-    V]``, the initial state row ``s0 [P]``, the chunk-end coefficient rows γ, e, m ``[n, N]`` and
-    dl, zl ``[n, N, C]``, the huber threshold per token ``delta [n, N, C]``. Returns a, d1
-    ``[n, N, C, HD]`` (depth 2 only), dz ``[n, N, C, V]``, then per state part (W1, W2(, Z1,
-    Z2)) its chunk-start values ``[n, N, d_in, d_out]``, then per part its final value ``[N,
-    d_in, d_out]`` (views of the part's ``[n + 1, N, d_in, d_out]`` buffer, which the read-out
-    takes in place; each part's gradient arrives on its own, and the read-out's share is added
-    inside the backward kernel)."""
+    """Phase 1 over all chunks on chunk-major float32 tensors (:class:`LoopTape`: k, v, the
+    initial state row ``s0 [P]``, the coefficient rows, the huber thresholds). Returns
+    :attr:`LoopTape.outputs`, then per state part its chunk-start values ``[n, N, d_in,
+    d_out]``, then per part its final value ``[N, d_in, d_out]`` (views of the part's ``[n + 1,
+    N, d_in, d_out]`` buffer, which the read-out takes in place; each part's gradient arrives on
+    its own and is added inside the backward kernel)."""
 
     @staticmethod
     def forward(ctx, k, v, s0, gam, e, mom, dl, zl, delta, sh):  # noqa: ANN001, ANN205
-        n = k.shape[0]
-        new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
-        hd = sh.HD if sh.depth == 2 else 0  # no hidden layer at depth 1
-        h, a, d1 = (new(n, sh.N, sh.C, hd) for _ in range(3))
-        y0, dz = new(n, sh.N, sh.C, sh.V), new(n, sh.N, sh.C, sh.V)
-        states = [new(n + 1, *shape) for shape in _part_shapes(sh)]  # chunk-start states per part
-        for part, first in zip(states, _views(s0, sh)):
-            part[0] = first
-        y_part = new(sh.N, sh.NJ, sh.C, sh.V)
-        # every per-chunk view made up front (a few unbinds): the loop then only launches
-        ks, vs = k.unbind(0), v.unbind(0)
-        coefs, acts = _per_chunk(gam, e, mom, dl, zl, delta), _per_chunk(h, a, d1, y0, dz)
-        rows = _per_chunk(*states)  # [n + 1] tuples of state parts
-        for i in range(n):
-            _forward_chunk(ks[i], vs[i], rows[i], rows[i + 1], coefs[i], acts[i], y_part, sh)
-        ctx.save_for_backward(k, v, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz, *states)
+        tape = loop_forward(k, v, s0, (gam, e, mom, dl, zl, delta), sh)
+        ctx.save_for_backward(*tape.tensors())
         ctx.sh = sh
-        outs = (a, d1, dz) if sh.depth == 2 else (dz,)
-        return (*outs, *(part[:n] for part in states), *(part[n] for part in states))
+        n = k.shape[0]
+        return (*tape.outputs, *(part[:n] for part in tape.states),
+                *(part[n] for part in tape.states))
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, *grads):  # noqa: ANN001, ANN205
-        k, v, gam, e, mom, dl, zl, delta, h, a, d1, y0, dz, *states = ctx.saved_tensors
-        sh = ctx.sh
-        n = k.shape[0]
-        n_outs = 3 if sh.depth == 2 else 1
+        tape = LoopTape.restore(ctx.saved_tensors, ctx.sh)
+        n_outs = len(tape.outputs)
         g_outs = [g.contiguous() for g in grads[:n_outs]]  # da, dd1, ddz or ddz
         g_parts = grads[n_outs:]
         n_parts = len(g_parts) // 2
         g_starts = [g.contiguous() for g in g_parts[:n_parts]]  # [n, N, d_in, d_out] each
-        g_k, g_v, g_delta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(delta)
-        new = lambda *s: torch.empty(*s, device=k.device, dtype=k.dtype)  # noqa: E731
-        # every entry is written (the momentum ones only with MOM, and then they are returned)
-        scal, gdl, gzl = new(n, sh.N, sh.NJ, 3), new(n, sh.N, sh.NJ, sh.C), new(n, sh.N, sh.NJ, sh.C)
-        buf = _Scratch.make(sh, k)
-        g_end = torch.cat([g.reshape(-1) for g in g_parts[n_parts:]])  # [P]: the final state's
-        g_start = torch.empty_like(g_end)
-        ends, starts = _views(g_end, sh), _views(g_start, sh)  # swapped with the buffers
-        ks, vs, coefs = k.unbind(0), v.unbind(0), _per_chunk(gam, e, mom, dl, zl, delta)
-        acts, g_acts = _per_chunk(h, a, d1, y0, dz), _per_chunk(*g_outs)
-        rows, extra = _per_chunk(*states), _per_chunk(*g_starts)
-        gk_part, gk_res = _dk_partials(g_k, g_v, sh)
-        outs = _per_chunk(gk_part, g_v, g_delta, scal, gdl, gzl, *([gk_res] if sh.depth == 2 else []))
-        for i in reversed(range(n)):
-            _backward_chunk(ks[i], vs[i], rows[i], coefs[i], acts[i], g_acts[i], ends, extra[i],
-                            starts, outs[i], buf, sh)
-            g_end, g_start, ends, starts = g_start, g_end, starts, ends
-        if sh.depth == 2:  # dk: one sum over the hidden blocks (and the residual) for all chunks
-            torch.sum(gk_part, 2, out=g_k)
-            if sh.flags["RES"]:
-                g_k += gk_res
-        s = scal.sum(2)  # [n, N, 3]
-        mom_on, huber = sh.flags["MOM"], sh.flags["BIAS"] == _BIAS["huber"]
-        return (g_k, g_v, g_end, s[..., 0], s[..., 1] if mom_on else None,
-                s[..., 2] if mom_on else None, gdl.sum(2), gzl.sum(2) if mom_on else None,
-                g_delta if huber else None, None)
+        extra = [list(x) for x in _per_chunk(*g_starts)]
+        return (*loop_backward(tape, g_outs, extra, list(g_parts[n_parts:])), None)
 
 
 def run_loop(k: Tensor, v: Tensor, delta: Tensor | None, parts: list[Tensor], rows: dict[str, Tensor],

@@ -14,11 +14,12 @@ def test_readout_kernels_compile_for_h100() -> None:
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "mirasdsl.kernels.deep_memory.compile_check"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if "shared" in line]
     readout = [line for line in lines if "step:" not in line and "bias=" not in line
-               and "linear:" not in line]
+               and "linear:" not in line and "fused" not in line]
+    fused = [line for line in lines if "fused" in line]
     linear = [line for line in lines if "linear:" in line]
     step = [line for line in lines if "step:" in line]
     biases = [line for line in lines if "bias=" in line]
@@ -34,6 +35,11 @@ def test_readout_kernels_compile_for_h100() -> None:
     assert {line.split()[3] for line in linear} == {
         "_linear_keys_kernel", "_bias_kernel", "_linear_update_kernel", "_linear_bwd_update_kernel",
         "_bwd_bias_kernel", "_linear_bwd_keys_kernel"}
+    # 2 precisions × (depth 2: both read-outs' backward + the autotuned hidden kernel's 2 launch
+    # shapes; depth 1: the read-out's backward + the linear update's backward), FOLD / no DENSE
+    assert len(fused) == 12
+    assert {line.split()[5] for line in fused} == {"_readout_bwd_kernel", "_bwd_hidden_kernel",
+                                                   "_linear_bwd_update_kernel"}
     # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel)
     assert len(biases) == 16
     assert {line.split()[3] for line in biases} == {"_bias_kernel", "_bwd_bias_kernel"}

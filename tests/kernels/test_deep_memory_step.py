@@ -16,7 +16,10 @@ from mirasdsl.kernels.deep_memory.chunk import triton_deep_memory
 from mirasdsl.kernels.deep_memory.config import DeepMemoryConfig
 from mirasdsl.kernels.deep_memory.memory import DeepMemoryState
 from mirasdsl.kernels.deep_memory import step as dm_step
+from mirasdsl.kernels.deep_memory.fused import fused_dual_form
 from mirasdsl.kernels.deep_memory.step import fused_phase1, fused_step, fused_step_supported
+
+dm_chunk_readout_backward = dm_chunk.readout_backward
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-5
@@ -112,14 +115,19 @@ def test_forward_without_gradients_uses_the_fused_step_and_matches() -> None:
 
 
 def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Triton backend trains through the fused loop (one call for all chunks, three
-    chunks' worth of step kernels each way) and its output and every input gradient equal the
-    PyTorch chunk backend's within 1e-5 (T = 37, chunk 16)."""
-    calls, launches = [], []
+    """The Triton backend trains through the fused dual form (one call for all chunks and both
+    layers, three chunks' worth of step kernels each way, the read-out's backward without the
+    state-sized dW_0, dZ_0) and its output and every input gradient equal the PyTorch chunk
+    backend's within 1e-5 (T = 37, chunk 16)."""
+    calls, launches, dense = [], [], []
 
     def recording(*a, **k):  # noqa: ANN002, ANN003
         calls.append(1)
-        return fused_phase1(*a, **k)
+        return fused_dual_form(*a, **k)
+
+    def readout_backward(*a, **k):  # noqa: ANN002, ANN003
+        dense.append(k.get("dense", True))
+        return dm_chunk_readout_backward(*a, **k)
 
     class Counted:  # counts the launches of one kernel, then runs it
         def __init__(self, kernel) -> None:  # noqa: ANN001
@@ -129,15 +137,33 @@ def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: 
             launches.append(self.kernel)
             return self.kernel[grid]
 
-    monkeypatch.setattr(dm_chunk, "fused_phase1", recording)
+    monkeypatch.setattr(dm_chunk, "fused_dual_form", recording)
+    monkeypatch.setattr(dm_chunk, "readout_backward", readout_backward)
     monkeypatch.setattr(dm_step, "_keys_kernel", Counted(dm_step._keys_kernel))
     monkeypatch.setattr(dm_step, "_bwd_keys_kernel", Counted(dm_step._bwd_keys_kernel))
     args, kw, cfg = _titans_like(37, 16)
 
     got = train_once(triton_deep_memory, args, kw, cfg)
     assert len(calls) == 1 and len(launches) == 6  # one loop; three chunks forward and backward
+    assert dense == [False, False]  # both layers' read-outs leave the state gradient to the loop
     ref = train_once(chunk_torch.chunk_deep_memory, args, kw, cfg)
     for a, b in zip(got, ref):
+        assert rel_rms(a, b) <= TOL
+
+
+def test_split_loop_and_readout_match_the_chunk_backend() -> None:
+    """The loop and the read-out as separate Functions (``fused_phase1`` and ``readout_triton``:
+    the read-out's state gradient reaches the loop as state-sized tensors, FOLD=0) train like
+    the PyTorch chunk backend, within 1e-5."""
+    args, kw, cfg = _titans_like(37, 16)
+
+    def split(*a, **k):  # noqa: ANN002, ANN003
+        return chunk_torch.chunk_deep_memory_with(
+            *a, k.get("g"), k.get("mu"), k.get("lam"), k.get("delta"), k.get("initial_state"),
+            k.get("output_final_state", False), dm_chunk.readout_triton, phase1=fused_phase1)
+
+    for a, b in zip(train_once(split, args, kw, cfg),
+                    train_once(chunk_torch.chunk_deep_memory, args, kw, cfg)):
         assert rel_rms(a, b) <= TOL
 
 
