@@ -6,15 +6,20 @@ and scaled to a benchmark shape: the part that grows with tokens by its tokens Ã
 rest (weights, set-up) by its heads. ATen ops between the kernels count the bytes of their
 tensors (inputs read, outputs written). Deep memory (``deep_memory_c64``, ``_c16``) runs at
 titans-pytorch's benchmark setting (``cases.ours_deep_memory``). This is a
-model of HBM traffic, not a measurement: re-reads that the GPU's L2 would serve are counted, so
-it bounds DRAM traffic from above, as the memory floor (every input and output touched once)
-bounds it from below. No GPU needed; slow-ish (the interpreter), hence a small counting shape.
+model of HBM traffic, not a measurement: the counted bytes include re-reads that the GPU's L1/L2
+would serve, so they bound DRAM traffic from above, as the memory floor (every input and output
+touched once) bounds it from below. The "distinct" bytes count each address once per kernel
+launch (re-reads within a launch served by the caches, nothing kept between launches): closer
+to DRAM traffic, but not a bound either way (a launch's working set may not fit the L2; a
+buffer just written by one launch may still be in it for the next). No GPU needed; slow-ish
+(the interpreter), hence a small counting shape.
 
 With ``--impl ours,fla`` fla's chunk kernels are counted the same way (configured as on an
 H100, ``interpret_peers.py``) and a last table gives fla's bytes over ours per family.
 ``--configs least`` runs, for every autotuned kernel of either side, the candidate with the
-fewest counted bytes (the trials are not counted): a lower bound over each side's tuning space,
-where the default runs each side's first candidate.
+fewest counted bytes (the trials are not counted; distinct bytes would not tell tile sizes
+apart): a lower bound over each side's tuning space, where the default runs each side's first
+candidate.
 
     python benchmarks/traffic.py [--families delta,gla,deep_memory_c64] [--T 128] [--shape S]
                                  [--impl ours,fla] [--configs first|least]
@@ -49,14 +54,18 @@ _WRITE_ONLY = {"zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_one
 
 
 class Tally:
-    """Bytes loaded and stored per kernel (or ``torch:<op>``) in the current phase; with
-    ``by_tensor``, per kernel and tensor argument (``kernel.arg``)."""
+    """Per kernel (or ``torch:<op>``) in the current phase, with ``by_tensor`` per kernel and
+    tensor argument (``kernel.arg``): ``[launches, loaded, stored, loaded distinct, stored
+    distinct]`` bytes. "Distinct" counts each address once per launch (a re-read within one
+    kernel launch is the L1/L2's; an ATen op's bytes are distinct as they are)."""
 
     def __init__(self, by_tensor: bool = False) -> None:
-        self.rows: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+        self.rows: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0, 0.0])
         self.phase, self.kernel, self.by_tensor = "fwd", None, by_tensor
         self.ranges: list[tuple[int, int, str]] = []  # the running kernel's tensor arguments
         self.divert: Tally | None = None  # an autotuner's trial runs count here instead
+        # the running launch's addresses: (name, stored?, element size) -> address arrays
+        self.touched: dict[tuple[str, bool, int], list[np.ndarray]] = defaultdict(list)
 
     def name_of(self, ptrs, live) -> str:  # noqa: ANN001
         """The running kernel, or ``kernel.arg`` for the argument the pointers fall in."""
@@ -66,13 +75,33 @@ class Tally:
         args = [n for lo, hi, n in self.ranges if lo <= addr < hi]  # aliases share storage
         return f"{self.kernel}.{'|'.join(args) or '?'}"
 
-    def add(self, name: str, loaded: float, stored: float, call: bool = False) -> None:
+    def add(self, name: str, loaded: float, stored: float, call: bool = False,
+            distinct: bool = False) -> None:
+        """Count bytes (``distinct``: also as distinct bytes, for ATen ops)."""
         if self.divert is not None:
-            return self.divert.add(name, loaded, stored, call)
+            return self.divert.add(name, loaded, stored, call, distinct)
         row = self.rows[(self.phase, name)]
         row[0] += int(call)
         row[1] += loaded
         row[2] += stored
+        if distinct:
+            row[3] += loaded
+            row[4] += stored
+
+    def touch(self, name: str, stored: bool, addresses: np.ndarray, size: int) -> None:
+        """Remember the addresses one load or store of the running launch touched."""
+        if self.divert is not None:
+            return self.divert.touch(name, stored, addresses, size)
+        self.touched[(name, stored, size)].append(addresses.ravel())
+
+    def end_launch(self) -> None:
+        """Add the running launch's distinct bytes (each address once) and forget them."""
+        if self.divert is not None:
+            return self.divert.end_launch()
+        for (name, stored, size), parts in self.touched.items():
+            row = self.rows[(self.phase, name)]
+            row[4 if stored else 3] += np.unique(np.concatenate(parts)).size * size
+        self.touched.clear()
 
 
 def _itemsize(tl_dtype) -> int:  # noqa: ANN001
@@ -91,18 +120,19 @@ def counting(tally: Tally, configs: str = "first") -> Iterator[Tally]:
     builder, grid = itp.InterpreterBuilder, itp.GridExecutor
     load0, store0, run0 = builder.create_masked_load, builder.create_masked_store, grid.__call__
 
-    def measure(ptrs, mask) -> tuple[str, int]:  # noqa: ANN001
+    def measure(ptrs, mask, stored: bool) -> None:  # noqa: ANN001
         live = np.broadcast_to(mask.data, ptrs.data.shape)
-        return tally.name_of(ptrs, live), int(np.count_nonzero(live)) * _itemsize(ptrs.get_element_ty())
+        name, size = tally.name_of(ptrs, live), _itemsize(ptrs.get_element_ty())
+        n = int(np.count_nonzero(live)) * size
+        tally.add(name, 0.0 if stored else n, n if stored else 0.0)
+        tally.touch(name, stored, ptrs.data[live], size)
 
     def load(self, ptrs, mask, other, *rest):  # noqa: ANN001, ANN202
-        name, n = measure(ptrs, mask)
-        tally.add(name, n, 0.0)
+        measure(ptrs, mask, stored=False)
         return load0(self, ptrs, mask, other, *rest)
 
     def store(self, ptrs, value, mask, *rest):  # noqa: ANN001, ANN202
-        name, n = measure(ptrs, mask)
-        tally.add(name, 0.0, n)
+        measure(ptrs, mask, stored=True)
         return store0(self, ptrs, value, mask, *rest)
 
     def run(self, *args, **kwargs):  # noqa: ANN001, ANN202
@@ -115,6 +145,7 @@ def counting(tally: Tally, configs: str = "first") -> Iterator[Tally]:
         try:
             return run0(self, *args, **kwargs)
         finally:
+            tally.end_launch()
             tally.kernel = None
 
     builder.create_masked_load, builder.create_masked_store, grid.__call__ = load, store, run
@@ -140,7 +171,7 @@ def tuning_by_bytes(tally: Tally, least: bool) -> Iterator[None]:
             kernel_call()
         finally:
             tally.divert = None
-        moved = float(sum(ld + st for _, ld, st in trial.rows.values()))
+        moved = float(sum(row[1] + row[2] for row in trial.rows.values()))  # counted bytes
         return [moved, moved, moved]
 
     saved = Autotuner.__dict__["do_bench"]
@@ -165,7 +196,7 @@ class TorchBytes(TorchDispatchMode):
             size = lambda xs: _nbytes(t for t in xs if isinstance(t, torch.Tensor))  # noqa: E731
             outs = out if isinstance(out, (tuple, list)) else [out]
             read = 0 if name in _WRITE_ONLY else size(args)
-            self.tally.add(f"torch:{name}", read, size(outs), call=True)
+            self.tally.add(f"torch:{name}", read, size(outs), call=True, distinct=True)
         return out
 
 
@@ -243,45 +274,53 @@ def at_target(kind: str, small_t: int, target: cases.Shape, by_tensor: bool = Fa
 
     rows = {}
     for key in one.rows.keys() | two.rows.keys():
-        (c1, l1, s1), (c2, l2, s2) = one.rows.get(key, [0, 0, 0]), two.rows.get(key, [0, 0, 0])
+        (c1, *b1), (c2, *b2) = one.rows.get(key, [0] * 5), two.rows.get(key, [0] * 5)
         calls = round(c1 + (c2 - c1) / small_t * (target.T - small_t))
-        rows[key] = [calls, scale(l1, l2), scale(s1, s2)]
+        rows[key] = [calls, *(scale(x, y) for x, y in zip(b1, b2))]
     (i1, o1), (i2, o2) = io1, io2
     return rows, (scale(i1 + o1, i2 + o2), scale(3 * i1 + 2 * o1, 3 * i2 + 2 * o2))
 
 
-def report(kind: str, rows: dict, floors: tuple[float, float], target: str) -> tuple[float, float]:
-    """Markdown rows: per kernel and phase, GB loaded / stored at the target shape. Floors: the
-    forward reads every input and writes o; the backward reads every input and dO and writes a
-    gradient per input. Returns the bytes of the forward and of forward + backward."""
+def report(kind: str, rows: dict, floors: tuple[float, float], target: str) -> tuple[float, ...]:
+    """Markdown rows: per kernel and phase, GB loaded / stored at the target shape, and the
+    distinct GB (each address once per launch). Floors: the forward reads every input and writes
+    o; the backward reads every input and dO and writes a gradient per input. Returns the bytes
+    of the forward and of forward + backward, counted, then distinct."""
     gb = 1e-9
     print(f"\n### {kind}: bytes per forward + backward at shape {target}\n")
-    print("| phase | kernel | launches | loaded GB | stored GB |\n|---|---|---:|---:|---:|")
+    print("| phase | kernel | launches | loaded GB | stored GB | distinct GB |")
+    print("|---|---|---:|---:|---:|---:|")
     totals: dict[str, float] = defaultdict(float)
-    order = sorted(rows.items(), key=lambda r: (r[0][0] != "fwd", -sum(r[1][1:])))
-    for (phase, name), (calls, ld, st) in order:
+    order = sorted(rows.items(), key=lambda r: (r[0][0] != "fwd", -sum(r[1][1:3])))
+    for (phase, name), (calls, ld, st, uld, ust) in order:
         totals[phase] += ld + st
-        print(f"| {phase} | `{name}` | {calls} | {ld * gb:.3f} | {st * gb:.3f} |")
+        totals[phase + " distinct"] += uld + ust
+        print(f"| {phase} | `{name}` | {calls} | {ld * gb:.3f} | {st * gb:.3f} | {(uld + ust) * gb:.3f} |")
     f_fwd, f_all = floors
     both = totals["fwd"] + totals["bwd"]
+    both_u = totals["fwd distinct"] + totals["bwd distinct"]
     print(f"\n{kind}: forward {totals['fwd'] * gb:.2f} GB (floor {f_fwd * gb:.2f}, "
           f"{totals['fwd'] / f_fwd:.1f}x), forward + backward {both * gb:.2f} GB "
-          f"(floor {f_all * gb:.2f}, {both / f_all:.1f}x)")
-    return totals["fwd"], both
+          f"(floor {f_all * gb:.2f}, {both / f_all:.1f}x); distinct per launch: forward "
+          f"{totals['fwd distinct'] * gb:.2f} GB, forward + backward {both_u * gb:.2f} GB "
+          f"({both_u / f_all:.1f}x the floor)")
+    return totals["fwd"], both, totals["fwd distinct"], both_u
 
 
-def compare(totals: dict[tuple[str, str], tuple[float, float]]) -> None:
-    """The last table: per family, ours and the peer's GB and the peer's bytes over ours (> 1:
-    ours moves fewer)."""
-    print("\n### forward + backward GB per implementation\n")
-    print("| family | peer | ours fwd | ours fwd+bwd | peer fwd | peer fwd+bwd | peer / ours |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+def compare(totals: dict[tuple[str, str], tuple[float, ...]]) -> None:
+    """The last table: per family, ours and the peer's forward + backward GB, counted and
+    distinct, and the peer's over ours (> 1: ours moves fewer)."""
+    print("\n### forward + backward GB per implementation (counted / distinct per launch)\n")
+    print("| family | peer | ours | peer | peer / ours | ours distinct | peer distinct "
+          "| peer / ours distinct |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for (kind, impl), peer in totals.items():
         ours = totals.get((kind, "ours"))
         if impl == "ours" or ours is None:
             continue
-        gb = " | ".join(f"{v * 1e-9:.2f}" for v in (*ours, *peer))
-        print(f"| {kind} | {impl} | {gb} | {peer[1] / ours[1]:.2f}x |")
+        print(f"| {kind} | {impl} | {ours[1] * 1e-9:.2f} | {peer[1] * 1e-9:.2f} | "
+              f"{peer[1] / ours[1]:.2f}x | {ours[3] * 1e-9:.2f} | {peer[3] * 1e-9:.2f} | "
+              f"{peer[3] / ours[3]:.2f}x |")
 
 
 def force_value_block(bv: int) -> None:
