@@ -45,11 +45,11 @@ def _readout_grad(x_w, x_z, p, m, X, DO, G, E, i, rc, mc, r_in, m_in, r_out, m_o
         do = tl.load(DO + i * C * D_OUT + rc[:, None] * D_OUT + r_out[None, :],
                      mask=mc[:, None] & m_out[None, :], other=0.0)  # [BC, B_out]
         g = tl.load(G + i * C + rc, mask=mc, other=0.0)  # [BC]
-        xw = tl.dot(xT * g[None, :], do, input_precision=PREC)  # [B_in, B_out]
+        xw = tl.dot(xT, do * g[:, None], input_precision=PREC)  # [B_in, B_out]
         xz = xw * 0.0
         if MOM:
             ev = tl.load(E + i * C + rc, mask=mc, other=0.0)
-            xz = tl.dot(xT * ev[None, :], do, input_precision=PREC)
+            xz = tl.dot(xT, do * ev[:, None], input_precision=PREC)
     else:
         xw = tl.load(x_w + p, mask=m, other=0.0)
         xz = xw * 0.0
@@ -97,12 +97,10 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
     gw2n = tl.load(g_w2n + p2, mask=m2, other=0.0)
     s_gam = _dot_all(tl.load(w1 + p1, mask=m1, other=0.0), gw1n)
     s_gam += _dot_all(tl.load(w2 + p2, mask=m2, other=0.0), gw2n)
-    xw1, xz1 = _readout_grad(x_w1, x_z1, p1, m1, f_x1, f_do1, f_g, f_e, i, rc, mc, rk, mk, ch, mh,
-                             C, K, HD, MOM, FOLD, PREC)
-    xw2, xz2 = _readout_grad(x_w2, x_z2, p2, m2, f_x2, f_do2, f_g, f_e, i, rc, mc, ch, mh, rv, mv,
-                             C, HD, V, MOM, FOLD, PREC)
-    tl.store(g_w1 + p1, g * gw1n + xw1, mask=m1)
-    gw2_acc = g * gw2n + xw2
+    gw1_acc = g * gw1n  # the state-direct parts; the read-out's are added at the end
+    gw2_acc = g * gw2n
+    gz1_acc = gw1_acc * 0.0
+    gz2_acc = gw2_acc * 0.0
     # outer products of the update: W1' += k^T diag(dl) d1, W2' += a^T diag(dl) dz (Z: zl)
     gdl, g1, ga, gk, gdz = _outer_grads(kt, dzt, a, d1, dlv, gw1n, gw2n, g_w1n + p1T, g_w2n + p2T,
                                         m1T, m2T, PREC)
@@ -114,8 +112,8 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
         gz2n = tl.load(g_z2n + p2, mask=m2, other=0.0)
         z1t = tl.load(z1 + p1, mask=m1, other=0.0)
         z2t = tl.load(z2 + p2, mask=m2, other=0.0)
-        tl.store(g_z1 + p1, ev * gw1n + mv_ * gz1n + xz1, mask=m1)
-        tl.store(g_z2 + p2, ev * gw2n + mv_ * gz2n + xz2, mask=m2)
+        gz1_acc = ev * gw1n + mv_ * gz1n
+        gz2_acc = ev * gw2n + mv_ * gz2n
         tl.store(scal_part + (i * nj + j) * 3 + 1, _dot_all(z1t, gw1n) + _dot_all(z2t, gw2n))
         tl.store(scal_part + (i * nj + j) * 3 + 2, _dot_all(z1t, gz1n) + _dot_all(z2t, gz2n))
         zlv = tl.load(zl + i * C + rc, mask=mc, other=0.0)
@@ -140,11 +138,21 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
                  other=0.0)  # [BH, BC]
     gdz += tl.dot(t, tl.load(w2 + p2, mask=m2, other=0.0), input_precision=PREC)
     gw2_acc += tl.dot(tT, dzt, input_precision=PREC)
-    tl.store(g_w2 + p2, gw2_acc, mask=m2)
     tl.store(gk_part + (i * nj + j) * C * K + rc[:, None] * K + rk[None, :], gk,
              mask=mc[:, None] & mk[None, :])
     tl.store(gdz_part + (i * nj + j) * C * V + rc[:, None] * V + rv[None, :], gdz,
              mask=mc[:, None] & mv[None, :])
+    # last, when the tiles above are dead: the read-out's gradients on the chunk-start state
+    xw1, xz1 = _readout_grad(x_w1, x_z1, p1, m1, f_x1, f_do1, f_g, f_e, i, rc, mc, rk, mk, ch, mh,
+                             C, K, HD, MOM, FOLD, PREC)
+    tl.store(g_w1 + p1, gw1_acc + xw1, mask=m1)
+    if MOM:
+        tl.store(g_z1 + p1, gz1_acc + xz1, mask=m1)
+    xw2, xz2 = _readout_grad(x_w2, x_z2, p2, m2, f_x2, f_do2, f_g, f_e, i, rc, mc, ch, mh, rv, mv,
+                             C, HD, V, MOM, FOLD, PREC)
+    tl.store(g_w2 + p2, gw2_acc + xw2, mask=m2)
+    if MOM:
+        tl.store(g_z2 + p2, gz2_acc + xz2, mask=m2)
 
 
 @triton.jit

@@ -14,11 +14,9 @@ used to be batched GEMMs and elementwise passes in torch: ~16 GB of the backward
 titans-pytorch's benchmark shape (``benchmarks/traffic.py``), now ~6 GB more in the kernel. The chunk loop
 (per chunk: the keys' forward/backward and the state update) is three Triton kernels per chunk
 each way (``step.py``) for depth-1 and depth-2 memories with linear retention (any attentional
-bias) in float32; there, with Triton >= 3.9 (``fused.fold_supported``), the loop and every
-layer's read-out are one autograd Function (``fused.py``) and the read-out's backward leaves
-``dW_0``, ``dZ_0`` to the loop's backward kernels (``DENSE=False``); with older Tritons they are
-two Functions (``step.fused_phase1``, then the read-out). Other configurations take the PyTorch
-loop.
+bias) in float32; there the loop and every layer's read-out are one autograd Function
+(``fused.py``) and the read-out's backward leaves ``dW_0``, ``dZ_0`` to the loop's backward
+kernels (``DENSE=False``). Other configurations take the PyTorch loop.
 """
 from __future__ import annotations
 
@@ -33,8 +31,8 @@ from torch.autograd.function import once_differentiable
 from .chunk_torch import chunk_deep_memory_with, readout_torch
 from .config import DeepMemoryConfig
 from .memory import DeepMemoryState, Weights, accum_dtype
-from .fused import fold_supported, fused_dual_form
-from .step import fused_phase1, fused_step_supported
+from .fused import fused_dual_form
+from .step import fused_step_supported
 
 MAX_TRITON_CHUNK = 128  # larger chunks make the [C, C] tile too big for registers
 
@@ -270,11 +268,9 @@ def triton_deep_memory(
     """
     use = cfg.linear_retention and cfg.chunk_size <= MAX_TRITON_CHUNK
     prec = dot_precision(q.dtype)
-    fused = use and fused_step_supported(cfg, accum_dtype(q))
-    fold = fused and fold_supported()  # else the loop and the read-out as two Functions
+    dual = (functools.partial(fused_dual_form, prec=prec)
+            if use and fused_step_supported(cfg, accum_dtype(q)) else None)
     return chunk_deep_memory_with(
         q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state,
-        functools.partial(readout_triton, prec=prec) if use else readout_torch,
-        functools.partial(fused_phase1, prec=prec) if fused and not fold else None,
-        functools.partial(fused_dual_form, prec=prec) if fold else None,
+        functools.partial(readout_triton, prec=prec) if use else readout_torch, dual=dual,
     )

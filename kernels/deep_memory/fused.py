@@ -17,10 +17,7 @@ in reverse (``DENSE=False``), the activation's backward between them, then
 """
 from __future__ import annotations
 
-import re
-
 import torch
-import triton
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -28,19 +25,6 @@ from .chunk_torch import chunk_end_table, chunk_ends
 from .config import DeepMemoryConfig
 from .memory import DeepMemoryState, activation, activation_backward, finish_output
 from .step import Fold, LoopTape, _chunk_major, _shape, loop_backward, loop_forward
-
-
-# The folded backward kernels compile for sm_90 within an H100 block's 227 KB of shared memory
-# with Triton 3.9 (``_bwd_hidden_kernel`` 98 KB at chunk 64); Triton 3.6, the lent GPU
-# machine's, lays the same kernel out in 278 KB (``benchmarks/compile_other_triton.sh``), so
-# there the backend keeps the split path (the loop and the read-out as two Functions).
-FOLD_MIN_TRITON = (3, 9)
-
-
-def fold_supported(version: str | None = None) -> bool:
-    """Whether this Triton (or ``version``) compiles the folded kernels within shared memory."""
-    found = re.match(r"(\d+)\.(\d+)", version or triton.__version__)
-    return found is not None and tuple(map(int, found.groups())) >= FOLD_MIN_TRITON
 
 
 def _flat(t: Tensor) -> Tensor:

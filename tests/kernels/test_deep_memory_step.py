@@ -151,26 +151,6 @@ def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: 
         assert rel_rms(a, b) <= TOL
 
 
-def test_fold_needs_triton_3_9() -> None:
-    """Triton 3.6 lays the folded backward kernel out in more shared memory than an H100 has;
-    3.9 fits it. Older releases take the split path."""
-    from mirasdsl.kernels.deep_memory.fused import fold_supported
-
-    assert fold_supported("3.9.0") and fold_supported("3.10.1") and fold_supported("4.0.0+git1a2b")
-    assert not fold_supported("3.6.0") and not fold_supported("3.8.0") and not fold_supported("dev")
-
-
-def test_older_triton_trains_through_the_split_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the fold is not supported the Triton backend runs the loop and the read-out as two
-    Functions (fused_phase1, dense read-out gradients) and still equals the chunk backend."""
-    monkeypatch.setattr(dm_chunk, "fold_supported", lambda: False)
-    monkeypatch.setattr(dm_chunk, "fused_dual_form", None)  # must not be called
-    args, kw, cfg = _titans_like(37, 16)
-    for a, b in zip(train_once(triton_deep_memory, args, kw, cfg),
-                    train_once(chunk_torch.chunk_deep_memory, args, kw, cfg)):
-        assert rel_rms(a, b) <= TOL
-
-
 def test_split_loop_and_readout_match_the_chunk_backend() -> None:
     """The loop and the read-out as separate Functions (``fused_phase1`` and ``readout_triton``:
     the read-out's state gradient reaches the loop as state-sized tensors, FOLD=0) train like
