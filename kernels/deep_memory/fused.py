@@ -58,13 +58,13 @@ class _FusedDualForm(torch.autograd.Function):
         tape = loop_forward(k, v, s0, (gam, e, mom, dl, zl, delta), sh)
         lay, mom_on = _Layers(tape), sh.flags["MOM"]
         n, N, C = q.shape[:3]
-        x, pre = q, []
+        xs, pre = [q], []  # each layer's queries; the activations' inputs
         for i in range(sh.depth):
-            o = _readout(x, lay, i, rg, re, dmat, mom_on, sh.prec).view(n, N, C, -1)
+            o = _readout(xs[i], lay, i, rg, re, dmat, mom_on, sh.prec).view(n, N, C, -1)
             if i < sh.depth - 1:
                 pre.append(o)
-                x = activation(o, act)
-        ctx.save_for_backward(*tape.tensors(), q, rg, re, dmat, *pre)
+                xs.append(activation(o, act))
+        ctx.save_for_backward(*tape.tensors(), rg, re, dmat, *xs, *pre)
         ctx.sh, ctx.act, ctx.n_tape = sh, act, len(tape.tensors())
         return (o, *(part[n] for part in tape.states))
 
@@ -73,9 +73,9 @@ class _FusedDualForm(torch.autograd.Function):
     def backward(ctx, d_out, *g_final):  # noqa: ANN001, ANN205
         sh, saved = ctx.sh, ctx.saved_tensors
         tape = LoopTape.restore(saved[:ctx.n_tape], sh)
-        q, rg, re, dmat, *pre = saved[ctx.n_tape:]
         lay, mom_on, L = _Layers(tape), sh.flags["MOM"], sh.depth
-        xs = [q] + [activation(p, ctx.act) for p in pre]  # each layer's queries (recomputed)
+        rg, re, dmat, *rest = saved[ctx.n_tape:]
+        xs, pre = rest[:L], rest[L:]  # each layer's queries, the activations' inputs
         dos: list[Tensor] = [None] * L  # type: ignore[list-item]
         dos[-1] = d_out.contiguous()
         g_ins, g_errs, coef = [None] * L, [None] * L, None
