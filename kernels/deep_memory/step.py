@@ -22,7 +22,10 @@ backward (``_step_bwd.py``)
    differentiated once more), and to ``v`` and (residual) ``k``;
 6. ``_bwd_keys_kernel`` (N, hidden blocks): through ``y0 = a W2``, ``a = act(h)``, ``h = k W1``.
 
-The whole loop is one ``torch.autograd.Function`` (``_FusedLoop``): the chunks' inputs are laid
+The loop is ``loop_forward`` / ``loop_backward`` over a ``LoopTape``; the Triton backend runs
+them inside ``fused.py``'s Function together with the read-outs (the read-out's gradient on the
+chunk-start states then formed in the backward kernels, ``Fold``), and ``fused_phase1`` wraps
+them alone as one ``torch.autograd.Function`` (``_FusedLoop``). The chunks' inputs are laid
 out chunk-major (``[n, N, ...]``, so each chunk's slice is contiguous), every chunk writes into
 buffers allocated once for all chunks (the chunk-start states: per part W1, W2, Z1, Z2 one
 ``[n + 1, N, d_in, d_out]`` buffer, which the read-out then takes in place), and the backward
