@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 from .chunk_torch import chunk_end_table, chunk_ends
 from .config import DeepMemoryConfig
 from .memory import DeepMemoryState, activation, activation_backward, finish_output
-from .step import Fold, LoopTape, _chunk_major, _shape, loop_backward, loop_forward
+from .step import Fold, LoopTape, chunk_major, loop_backward, loop_forward, loop_inputs
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -88,11 +88,19 @@ class _FusedDualForm(torch.autograd.Function):
             if i > 0:
                 dos[i - 1] = activation_backward(dx, pre[i - 1], ctx.act)
         g_outs = [g_ins[1], g_errs[0], g_errs[1]] if L == 2 else [g_errs[0]]
-        folds = [Fold(xs=x, dos=d, g=g, e=e) for x, d, g, e in zip(
+        folds = [Fold(xs=x, dos=d, g=g, e=e) for x, d, g, e in zip(  # e: γ without momentum
             zip(*(t.unbind(0) for t in xs)), zip(*(t.unbind(0) for t in dos)), rg.unbind(0),
-            (re if mom_on else rg).unbind(0))]
+            re.unbind(0))]
         g_k, *rest = loop_backward(tape, g_outs, folds, list(g_final))
         return (dx, g_k + g_ins[0], *rest, *coef, None, None)
+
+
+def _operands(lay: _Layers, i: int, rg: Tensor, re: Tensor, dmat: Tensor, mom_on: bool
+              ) -> tuple[Tensor | None, ...]:
+    """Layer ``i``'s read-out operands after its queries, one chunk per row: ``w0, γ, z0, e,
+    ins, D, errs`` (``z0 = e = None`` without momentum)."""
+    mom = (_flat(lay.z0[i]), _flat(re)) if mom_on else (None, None)
+    return (_flat(lay.w0[i]), _flat(rg), *mom, _flat(lay.ins[i]), _flat(dmat), _flat(lay.errs[i]))
 
 
 def _readout(x: Tensor, lay: _Layers, i: int, rg: Tensor, re: Tensor, dmat: Tensor, mom_on: bool,
@@ -100,9 +108,7 @@ def _readout(x: Tensor, lay: _Layers, i: int, rg: Tensor, re: Tensor, dmat: Tens
     """Layer ``i``'s read-out of queries ``x [n, N, C, d_in]``: ``[n·N, C, d_out]``."""
     from .chunk import readout_forward
 
-    z0 = _flat(lay.z0[i]) if mom_on else None
-    return readout_forward(_flat(x), _flat(lay.w0[i]), _flat(rg), z0, _flat(re) if mom_on else None,
-                           _flat(lay.ins[i]), _flat(dmat), _flat(lay.errs[i]), prec)
+    return readout_forward(_flat(x), *_operands(lay, i, rg, re, dmat, mom_on), prec)
 
 
 def _readout_grads(do: Tensor, x: Tensor, lay: _Layers, i: int, rg: Tensor, re: Tensor,
@@ -111,10 +117,8 @@ def _readout_grads(do: Tensor, x: Tensor, lay: _Layers, i: int, rg: Tensor, re: 
     dD, d(errs)``, each shaped like its input ``[n, N, ...]`` (``de`` None without momentum)."""
     from .chunk import readout_backward
 
-    z0 = _flat(lay.z0[i]) if mom_on else None
     dx, _, dg, _, de, da, dd, du = readout_backward(
-        _flat(do), _flat(x), _flat(lay.w0[i]), _flat(rg), z0, _flat(re) if mom_on else None,
-        _flat(lay.ins[i]), _flat(dmat), _flat(lay.errs[i]), prec, dense=False)
+        _flat(do), _flat(x), *_operands(lay, i, rg, re, dmat, mom_on), prec, dense=False)
     shaped = lambda g, like: g.view_as(like) if g is not None else None  # noqa: E731
     return (shaped(dx, x), shaped(dg, rg), shaped(de, re), shaped(da, lay.ins[i]),
             shaped(dd, dmat), shaped(du, lay.errs[i]))
@@ -129,21 +133,11 @@ def fused_dual_form(qc: Tensor, kc: Tensor, vc: Tensor, dc: Tensor | None, co: d
     state."""
     B, H = kc.shape[:2]
     mom_on = state.momentum is not None
-    parts = [p.reshape(B * H, *p.shape[2:]) for p in (*state.weights, *(state.momentum or ()))]
-    rows = {name: _chunk_major(t) for name, t in
-            chunk_end_table(co, chunk_ends(T, qc.shape[3], qc.shape[2])).items()}
-    q, k, v = _chunk_major(qc), _chunk_major(kc), _chunk_major(vc)  # [n, N, C, ·]
-    rg, dmat = _chunk_major(co["gam"]), _chunk_major(co["dmat"])  # [n, N, C], [n, N, C, C]
-    if mom_on:
-        e, mom, zl, re = rows["e"], rows["mom"], rows["zmat"], _chunk_major(co["e"])
-    else:  # placeholders the kernels never read (MOM=False); detached: they take no gradient
-        e = mom = rows["gam"].detach()
-        zl, re = rows["dmat"].detach(), rg.detach()
-    delta = _chunk_major(dc) if cfg.bias == "huber" else rows["dmat"].detach()
-    sh = _shape(k[0], v[0], parts[0], cfg, mom_on, prec)
-    s0 = torch.cat([p.reshape(-1) for p in parts])  # [P]
-    out, *finals = _FusedDualForm.apply(q, k, v, s0, rows["gam"], e, mom, rows["dmat"], zl, delta,
-                                        rg, re, dmat, sh, cfg.activation)
+    table = chunk_end_table(co, chunk_ends(T, qc.shape[3], qc.shape[2]))
+    args, sh = loop_inputs(state, kc, vc, dc, table, cfg, prec)  # k, v, s0, the rows, delta
+    q, rg, dmat = chunk_major(qc), chunk_major(co["gam"]), chunk_major(co["dmat"])  # [n, N, ·]
+    re = chunk_major(co["e"]) if mom_on else rg.detach()  # a placeholder without momentum
+    out, *finals = _FusedDualForm.apply(q, *args, rg, re, dmat, sh, cfg.activation)
     L = cfg.depth
     final = [f.unflatten(0, (B, H)) for f in finals]  # [B, H, d_in, d_out]
     o = finish_output(out, q, cfg).unflatten(1, (B, H)).movedim(0, 2)  # [B, H, n, C, V]

@@ -403,51 +403,50 @@ class _FusedLoop(torch.autograd.Function):
         return (*loop_backward(tape, g_outs, extra, list(g_parts[n_parts:])), None)
 
 
-def run_loop(k: Tensor, v: Tensor, delta: Tensor | None, parts: list[Tensor], rows: dict[str, Tensor],
-             cfg: DeepMemoryConfig, prec: str) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Chunk-major phase 1: k ``[n, N, C, K]``, v ``[n, N, C, V]``, the huber threshold ``delta
-    [n, N, C]`` (None for the other biases), the state parts ``[W1, W2(, Z1, Z2)]`` each ``[N,
-    d_in, d_out]``, chunk-end coefficient rows ``gam, e, mom`` ``[n, N]`` and ``dmat, zmat``
-    ``[n, N, C]``. Returns the per-token factors ``[a, d1, dz]`` (depth 1: ``[dz]``), the parts'
-    chunk-start values ``[n, N, d_in, d_out]`` and their final values (differentiable:
-    ``_FusedLoop``)."""
-    mom_on = len(parts) == 2 * cfg.depth
-    sh = _shape(k[0], v[0], parts[0], cfg, mom_on, prec)
-    s0 = torch.cat([p.reshape(-1) for p in parts])  # [P]
-    if mom_on:
-        e, mom, zl = rows["e"], rows["mom"], rows["zmat"]
-    else:  # placeholders the kernels never read (MOM=False); detached: they take no gradient
-        e = mom = rows["gam"].detach()
-        zl = rows["dmat"].detach()
-    if delta is None:  # a placeholder the kernels never read (BIAS != HUBER); no gradient
-        delta = rows["dmat"].detach()
-    res = _FusedLoop.apply(k, v, s0, rows["gam"], e, mom, rows["dmat"], zl, delta, sh)
-    n_outs = 3 if cfg.depth == 2 else 1
-    return list(res[:n_outs]), list(res[n_outs:n_outs + len(parts)]), list(res[n_outs + len(parts):])
-
-
-def _chunk_major(x: Tensor) -> Tensor:
+def chunk_major(x: Tensor) -> Tensor:
     """``[B, H, n, ...]`` -> contiguous ``[n, B·H, ...]``."""
     return x.movedim(2, 0).flatten(1, 2).contiguous()
 
 
+def loop_inputs(state: DeepMemoryState, kc: Tensor, vc: Tensor, dc: Tensor | None,
+                table: dict[str, Tensor], cfg: DeepMemoryConfig, prec: str
+                ) -> tuple[tuple[Tensor, ...], _Shape]:
+    """The chunk loop's tensor arguments ``(k, v, s0, γ, e, m, dl, zl, delta)`` (chunk-major,
+    :class:`LoopTape`'s order) and its launch shape, from kc ``[B, H, n, C, K]``, vc ``[B, H, n,
+    C, V]``, the chunk-end coefficient rows ``table`` (``gam, e, mom`` ``[B, H, n]``; ``dmat,
+    zmat`` ``[B, H, n, C]``) and the huber threshold ``dc [B, H, n, C]`` (None for the other
+    biases). Where the configuration has no momentum or no huber threshold, detached
+    placeholders stand in (the kernels never read them; they take no gradient)."""
+    B, H = kc.shape[:2]
+    parts = [p.reshape(B * H, *p.shape[2:]) for p in (*state.weights, *(state.momentum or ()))]
+    rows = {name: chunk_major(t) for name, t in table.items()}
+    k, v = chunk_major(kc), chunk_major(vc)  # [n, N, C, ·]
+    mom_on = state.momentum is not None
+    sh = _shape(k[0], v[0], parts[0], cfg, mom_on, prec)
+    s0 = torch.cat([p.reshape(-1) for p in parts])  # [P]
+    if mom_on:
+        e, mom, zl = rows["e"], rows["mom"], rows["zmat"]
+    else:
+        e = mom = rows["gam"].detach()
+        zl = rows["dmat"].detach()
+    delta = chunk_major(dc) if cfg.bias == "huber" else rows["dmat"].detach()
+    return (k, v, s0, rows["gam"], e, mom, rows["dmat"], zl, delta), sh
+
+
 def fused_phase1(state: DeepMemoryState, kc: Tensor, vc: Tensor, dc: Tensor | None,
                  table: dict[str, Tensor], cfg: DeepMemoryConfig, prec: str = "ieee"):  # noqa: ANN201
-    """``chunk_torch.loop_phase1`` by the fused loop: kc ``[B, H, n, C, K]``, vc ``[B, H, n, C,
-    V]``, ``table`` the chunk-end coefficient rows (``gam, e, mom`` ``[B, H, n]``; ``dmat, zmat``
-    ``[B, H, n, C]``); ``dc`` the huber threshold ``[B, H, n, C]`` (None for other biases). Returns
+    """``chunk_torch.loop_phase1`` by the fused loop (:func:`loop_inputs`' arguments). Returns
     the chunk-start weights and momenta per layer ``[n, B, H, d_in, d_out]``, the layer inputs
     and output errors per layer ``[n, B, H, C, d]`` (chunk-major views of the loop's buffers)
     and the final state."""
     B, H = kc.shape[:2]
-    parts = [p.reshape(B * H, *p.shape[2:]) for p in (*state.weights, *(state.momentum or ()))]
-    rows = {name: _chunk_major(t) for name, t in table.items()}
-    dlt = _chunk_major(dc) if cfg.bias == "huber" else None
-    outs, starts, ends = run_loop(_chunk_major(kc), _chunk_major(vc), dlt, parts, rows, cfg, prec)
-    outs = [x.unflatten(1, (B, H)) for x in outs]  # [a, d1, dz] or [dz], each [n, B, H, C, ·]
-    per_chunk = [s.unflatten(1, (B, H)) for s in starts]  # [n, B, H, d_in, d_out]
-    final = [s.unflatten(0, (B, H)) for s in ends]  # [B, H, d_in, d_out]
+    args, sh = loop_inputs(state, kc, vc, dc, table, cfg, prec)
+    res = _FusedLoop.apply(*args, sh)
     L, mom_on = cfg.depth, state.momentum is not None
+    n_outs, n_parts = (3 if L == 2 else 1), len(_part_shapes(sh))
+    outs = [x.unflatten(1, (B, H)) for x in res[:n_outs]]  # [a, d1, dz] or [dz], [n, B, H, C, ·]
+    per_chunk = [s.unflatten(1, (B, H)) for s in res[n_outs:n_outs + n_parts]]  # [n, B, H, ·, ·]
+    final = [s.unflatten(0, (B, H)) for s in res[n_outs + n_parts:]]  # [B, H, d_in, d_out]
     kn = kc.movedim(2, 0)  # [n, B, H, C, K]
     ins = [kn, outs[0]] if L == 2 else [kn]
     return (per_chunk[:L], per_chunk[L:] if mom_on else None, ins, outs[-L:],
