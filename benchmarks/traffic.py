@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402  (this folder)
+from harness import Unavailable  # noqa: E402
 import interpret_peers  # noqa: E402
 
 IMPLS = ("ours", "fla", "titans")
@@ -347,7 +348,8 @@ def main() -> None:
                    help="tokens counted (and twice that; B = H = 1, D as the shape; a multiple of 64)")
     p.add_argument("--shape", default="S", choices=sorted(cases.SHAPES))
     p.add_argument("--impl", default="ours",
-                   help="comma list of ours, fla (fla: its chunk kernels, configured as on an H100)")
+                   help="comma list of ours, fla (its chunk kernels, configured as on an H100; "
+                        "linear families), titans (titans-pytorch's NeuralMemory; deep_memory_*)")
     p.add_argument("--configs", default="first", choices=["first", "least"],
                    help="autotuned kernels run their first candidate, or the one with the fewest "
                         "counted bytes (both implementations)")
@@ -363,8 +365,8 @@ def main() -> None:
     if bad:
         p.error(f"unknown families or implementations {bad}; allowed families: "
                 f"{', '.join(FAMILIES)}; implementations: {', '.join(IMPLS)}")
-    deep = [f.startswith("deep_memory") for f in families]
-    if ("fla" in impls and any(deep)) or ("titans" in impls and not all(deep)):
+    deeps = [f.startswith("deep_memory") for f in families]
+    if ("fla" in impls and any(deeps)) or ("titans" in impls and not all(deeps)):
         p.error("fla counts the linear-attention families, titans the deep_memory_* ones: "
                 "run them separately")
     setup(a, "fla" in impls)
@@ -373,7 +375,11 @@ def main() -> None:
         deep = kind.startswith("deep_memory")
         target = cases.MEMORY_SHAPE if deep else cases.SHAPES[a.shape]
         for impl in impls:
-            rows, floors = at_target(kind, a.T, target, a.by_tensor, impl, a.configs)
+            try:
+                rows, floors = at_target(kind, a.T, target, a.by_tensor, impl, a.configs)
+            except Unavailable as exc:  # a peer not installed here
+                print(f"traffic.py: error: {impl} is not available: {exc}", file=sys.stderr)
+                sys.exit(2)
             name = kind if impl == "ours" else f"{kind} ({impl})"
             totals[(kind, impl)] = report(name, rows, floors, "of titans-pytorch's benchmark "
                                           "(B=4, T=4096, 8 heads of 128)" if deep else a.shape)

@@ -191,6 +191,11 @@ def test_missing_peer_is_a_usage_error() -> None:
     mixed = subprocess.run([sys.executable, script, "--families", "deep_memory_c64", "--impl",
                             "ours,fla"], capture_output=True, text=True)
     assert mixed.returncode == 2 and "run them separately" in mixed.stderr
+    if importlib.util.find_spec("titans_pytorch") is None:
+        titans = subprocess.run([sys.executable, script, "--families", "deep_memory_c64",
+                                 "--impl", "ours,titans", "--T", "64"], capture_output=True, text=True)
+        assert titans.returncode == 2 and "titans is not available" in titans.stderr
+        assert "Traceback" not in titans.stderr
     if importlib.util.find_spec("fla") is not None:
         pytest.skip("fla is installed here")
     run = subprocess.run([sys.executable, script, "--families", "delta", "--impl", "fla"],
