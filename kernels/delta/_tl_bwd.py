@@ -14,8 +14,8 @@ from ..tuning import autotune
 
 from ._tl_fwd import STATE_PASS_SHAPES
 from ._tl_common import (
-    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_state, load_tile, load_vec, masked_exp,
-    pass_chunk, pass_program, state_tile, store_tile,
+    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile, load_vec,
+    masked_exp, pass_chunk, pass_program, state_tile, store_tile, store_vec,
 )
 
 
@@ -34,19 +34,19 @@ def state_bwd_kernel(
     n_chunks = tl.cdiv(eos - bos, BT)
     for cr in range(0, n_chunks):
         c = n_chunks - 1 - cr
-        t0, t_end, rows, valid = pass_chunk(bos, eos, c, BT)
+        t0, nt, rows, valid = pass_chunk(bos, eos, c, BT)
         p_c, m_c = state_tile(DHS, c_base + c, h, H, K, V, BK, BV, v0)  # its own name: a bf16 pointer
         tl.store(p_c, ds.to(DHS.dtype.element_ty), mask=m_c)
-        last = (t_end - 1).to(tl.int64)
-        gt = gate_tile(G, rows, valid, h, H, K, GATE, BT, BK)
+        last = t0 + nt - 1
+        gt = gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, BK)
         to_end = masked_exp(gate_row(G, last, h, H, K, GATE, BK) - gt, valid[:, None])  # e^{G_last - G}
-        kd = load_tile(k, rows, valid, h, H, K, BK, 0) * to_end
-        qg = load_tile(q, rows, valid, h, H, K, BK, 0) * tl.exp(gt)  # [BT, BK]
-        do = load_tile(dO, rows, valid, h, H, V, BV, v0)  # [BT, BV]
-        m = load_tile(M, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
+        kd = load_tile(k, t0, rows, valid, h, H, K, BK, 0) * to_end
+        qg = load_tile(q, t0, rows, valid, h, H, K, BK, 0) * tl.exp(gt)  # [BT, BK]
+        do = load_tile(dO, t0, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+        m = load_tile(M, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
         dvn = scale * dot(tl.trans(m), do, PREC) + dot(kd, ds, PREC)  # [BT, BV]
-        store_tile(dVN, dvn, rows, valid, h, H, V, BV, v0)
-        wt = load_tile(W, rows, valid, h, H, K, BK, 0)
+        store_tile(dVN, dvn, t0, rows, valid, h, H, V, BV, v0)
+        wt = load_tile(W, t0, rows, valid, h, H, K, BK, 0)
         ds = ds * tl.exp(gate_col(G, last, h, H, K, GATE, BK))
         ds += scale * dot(tl.trans(qg), do, PREC) - dot(tl.trans(wt), dvn, PREC)
     p, msk = state_tile(dh0, n, h, H, K, V, BK, BV, v0)
@@ -67,12 +67,12 @@ def main_bwd_kernel(
     Per-channel gates leave float32 partials dq, dk, dβ, dG, and dM = scale·lower(dO Ṽᵀ),
     dA = strictly_lower(−Xᵀ dX Xᵀ) to ``intra_bwd_channel_kernel``."""
     i_c, h = tl.program_id(0), tl.program_id(1)
-    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
-    rows = t0.to(tl.int64) + tl.arange(0, BT)
-    valid = rows < t_end
+    t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = tl.arange(0, BT)  # local: token t0 + row
+    valid = rows < nt
     ii = tl.arange(0, BT)
-    x = load_tile(X, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
-    bt = load_vec(beta, rows, valid, h, H)  # [BT]
+    x = load_tile(X, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
+    bt = load_vec(beta, t0, rows, valid, h, H)  # [BT]
     dq_s = tl.zeros([BT, BK], dtype=tl.float32)  # dO S_0ᵀ
     dkd = tl.zeros([BT, BK], dtype=tl.float32)  # Ṽ dS_Cᵀ
     dw = tl.zeros([BT, BK], dtype=tl.float32)  # −dṼ S_0ᵀ
@@ -85,24 +85,23 @@ def main_bwd_kernel(
         s = tl.load(p, mask=msk, other=0.0).to(tl.float32)  # [BK, BV]
         p, msk = state_tile(DHS, i_c, h, H, K, V, BK, BV, v0)
         ds = tl.load(p, mask=msk, other=0.0).to(tl.float32)
-        vn = load_tile(VN, rows, valid, h, H, V, BV, v0)  # [BT, BV]
-        dvn = load_tile(dVN, rows, valid, h, H, V, BV, v0)
-        do = load_tile(dO, rows, valid, h, H, V, BV, v0)
-        vt = load_tile(v, rows, valid, h, H, V, BV, v0)
+        vn = load_tile(VN, t0, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+        dvn = load_tile(dVN, t0, rows, valid, h, H, V, BV, v0)
+        do = load_tile(dO, t0, rows, valid, h, H, V, BV, v0)
+        vt = load_tile(v, t0, rows, valid, h, H, V, BV, v0)
         dq_s += dot(do, tl.trans(s), PREC)
         dm += dot(do, tl.trans(vn), PREC)
         dkd += dot(vn, tl.trans(ds), PREC)
         dw -= dot(dvn, tl.trans(s), PREC)
         sds += tl.sum(s * ds, 1)
         y = dot(tl.trans(x), dvn, PREC)  # [BT, BV] = Xᵀ dU
-        store_tile(dv, y * bt[:, None], rows, valid, h, H, V, BV, v0)
+        store_tile(dv, y * bt[:, None], t0, rows, valid, h, H, V, BV, v0)
         db += tl.sum(y * vt, 1)
         dx += dot(dvn, tl.trans(vt * bt[:, None]), PREC)
-    qt = load_tile(q, rows, valid, h, H, K, BK, 0)
-    kt = load_tile(k, rows, valid, h, H, K, BK, 0)
-    gt = gate_tile(G, rows, valid, h, H, K, GATE, BT, BK)
-    last = (t_end - 1).to(tl.int64)
-    gl = gate_row(G, last, h, H, K, GATE, BK)  # [1, BK] or [1, 1]
+    qt = load_tile(q, t0, rows, valid, h, H, K, BK, 0)
+    kt = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
+    gt = gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, BK)
+    gl = gate_row(G, t0 + nt - 1, h, H, K, GATE, BK)  # [1, BK] or [1, 1]
     eg = tl.exp(gt)
     kg = kt * eg  # [BT, BK]
     y2 = dot(tl.trans(x), dw, PREC)  # Xᵀ dW
@@ -115,56 +114,56 @@ def main_bwd_kernel(
     dq_s = dq_s * scale * eg
     dk_d = dkd * masked_exp(gl - gt, valid[:, None])
     dk_g = dkg * eg
-    store_tile(dM, dm, rows, valid, h, H, BT, BT, 0)
-    store_tile(dA, da, rows, valid, h, H, BT, BT, 0)
+    store_tile(dM, dm, t0, rows, valid, h, H, BT, BT, 0)
+    store_tile(dA, da, t0, rows, valid, h, H, BT, BT, 0)
     if GATE < 2:  # the intra-chunk terms here: final dq, dk in the inputs' dtype
         tl.debug_barrier()  # dM, dA go through memory: their transposes feed dots (README)
         dq_m, dk_r, dk_c, db_a = dense_intra_terms(
-            qt, kt, beta, G, P, dM, dA, rows, valid, h, H, GATE, BT, PREC)
+            qt, kt, beta, G, P, dM, dA, t0, rows, valid, h, H, GATE, BT, PREC)
         dq_s += dq_m
         db += db_a
-        store_tile(dq_out, dq_s, rows, valid, h, H, K, BK, 0)
-        store_tile(dk_out, dk_g + dk_d + dk_r + dk_c, rows, valid, h, H, K, BK, 0)
+        store_tile(dq_out, dq_s, t0, rows, valid, h, H, K, BK, 0)
+        store_tile(dk_out, dk_g + dk_d + dk_r + dk_c, t0, rows, valid, h, H, K, BK, 0)
         dk_gate = dk_g - dk_d + dk_r - dk_c  # signs of the e^{±G} factors (README, dG)
     else:
-        store_tile(dq, dq_s, rows, valid, h, H, K, BK, 0)
-        store_tile(dk, dk_g + dk_d, rows, valid, h, H, K, BK, 0)
+        store_tile(dq, dq_s, t0, rows, valid, h, H, K, BK, 0)
+        store_tile(dk, dk_g + dk_d, t0, rows, valid, h, H, K, BK, 0)
         dk_gate = dk_g - dk_d
-    tl.store(dbeta + rows * H + h, db, mask=valid)
+    store_vec(dbeta, db, t0, rows, valid, h, H)
     if GATE > 0:
         dg = qt * dq_s + kt * dk_gate  # [BT, BK]
         tail = tl.sum(kt * dk_d, 0)[None, :] + tl.exp(gl) * sds[None, :]  # [1, BK]
-        dg += tl.where((rows == last)[:, None], tail, 0.0)
+        dg += tl.where((rows == nt - 1)[:, None], tail, 0.0)
         if GATE == 2:
-            store_tile(dG, dg, rows, valid, h, H, K, BK, 0)
+            store_tile(dG, dg, t0, rows, valid, h, H, K, BK, 0)
         else:
-            tl.store(dG + rows * H + h, tl.sum(dg, 1), mask=valid)
+            store_vec(dG, tl.sum(dg, 1), t0, rows, valid, h, H)
 
 
 @triton.jit
 def finish_rows(
-    dq, dk, dq_out, dk_out, dbeta, dG, rows, valid, h, H, K, qt, kt,
+    dq, dk, dq_out, dk_out, dbeta, dG, t0, rows, valid, h, H, K, qt, kt,
     dq_m, dk_r, dk_c, db_a, GATE: tl.constexpr, BK: tl.constexpr,
 ):
     """Add the intra-chunk terms to the partials of main_bwd_kernel: dq, dk are stored into
     ``dq_out``, ``dk_out`` (in the inputs' dtype: no separate cast pass), dβ and dG in place.
 
     dq_m: from M (query side), dk_r / dk_c: key as row / column of M and P, db_a: from P."""
-    dq_t = load_tile(dq, rows, valid, h, H, K, BK, 0) + dq_m
-    store_tile(dq_out, dq_t, rows, valid, h, H, K, BK, 0)
-    dk_t = load_tile(dk, rows, valid, h, H, K, BK, 0) + dk_r + dk_c
-    store_tile(dk_out, dk_t, rows, valid, h, H, K, BK, 0)
-    tl.store(dbeta + rows * H + h, load_vec(dbeta, rows, valid, h, H) + db_a, mask=valid)
+    dq_t = load_tile(dq, t0, rows, valid, h, H, K, BK, 0) + dq_m
+    store_tile(dq_out, dq_t, t0, rows, valid, h, H, K, BK, 0)
+    dk_t = load_tile(dk, t0, rows, valid, h, H, K, BK, 0) + dk_r + dk_c
+    store_tile(dk_out, dk_t, t0, rows, valid, h, H, K, BK, 0)
+    store_vec(dbeta, load_vec(dbeta, t0, rows, valid, h, H) + db_a, t0, rows, valid, h, H)
     if GATE == 2:
-        dg = load_tile(dG, rows, valid, h, H, K, BK, 0) + qt * dq_m + kt * (dk_r - dk_c)
-        store_tile(dG, dg, rows, valid, h, H, K, BK, 0)
+        dg = load_tile(dG, t0, rows, valid, h, H, K, BK, 0) + qt * dq_m + kt * (dk_r - dk_c)
+        store_tile(dG, dg, t0, rows, valid, h, H, K, BK, 0)
     elif GATE == 1:
-        dg = load_vec(dG, rows, valid, h, H) + tl.sum(qt * dq_m + kt * (dk_r - dk_c), 1)
-        tl.store(dG + rows * H + h, dg, mask=valid)
+        dg = load_vec(dG, t0, rows, valid, h, H) + tl.sum(qt * dq_m + kt * (dk_r - dk_c), 1)
+        store_vec(dG, dg, t0, rows, valid, h, H)
 
 
 @triton.jit
-def dense_intra_terms(qt, kt, beta, G, P, dM, dA, rows, valid, h, H,
+def dense_intra_terms(qt, kt, beta, G, P, dM, dA, t0, rows, valid, h, H,
                       GATE: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
     """No gate or scalar gate: back through M = lower(Q Kᵀ ⊙ D) and A = diag(β) P,
     P = strictly_lower(K Kᵀ ⊙ D) (P kept from the forward), from dM and dA in memory (loaded
@@ -174,21 +173,21 @@ def dense_intra_terms(qt, kt, beta, G, P, dM, dA, rows, valid, h, H,
     ii = tl.arange(0, BT)
     keep = (ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
     keep_t = (ii[:, None] <= ii[None, :]) & valid[:, None] & valid[None, :]  # transposed
-    bt = load_vec(beta, rows, valid, h, H)  # [BT]
+    bt = load_vec(beta, t0, rows, valid, h, H)  # [BT]
     if GATE == 1:
-        gv = load_vec(G, rows, valid, h, H)
+        gv = load_vec(G, t0, rows, valid, h, H)
         decay = masked_exp(gv[:, None] - gv[None, :], keep)  # [BT, BT]
         decay_t = masked_exp(gv[None, :] - gv[:, None], keep_t)
     else:
         decay = tl.where(keep, 1.0, 0.0)
         decay_t = tl.where(keep_t, 1.0, 0.0)
-    da = load_tile(dA, rows, valid, h, H, BT, BT, 0)  # [BT, BT], strictly lower
-    dmd = load_tile(dM, rows, valid, h, H, BT, BT, 0) * decay
+    da = load_tile(dA, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT], strictly lower
+    dmd = load_tile(dM, t0, rows, valid, h, H, BT, BT, 0) * decay
     dpd = da * bt[:, None] * decay
-    offs_t = (rows[None, :] * H + h) * BT + ii[:, None]  # [j, i] -> element (i, j)
-    dmd_t = tl.load(dM + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * decay_t
-    dpd_t = tl.load(dA + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * bt[None, :] * decay_t
-    p = load_tile(P, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
+    offs_t = rows[None, :] * (H * BT) + ii[:, None]  # [j, i] -> element (i, j)
+    dmd_t = tl.load(dM + (t0 * H + h) * BT + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * decay_t
+    dpd_t = tl.load(dA + (t0 * H + h) * BT + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * bt[None, :] * decay_t
+    p = load_tile(P, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
     dq_m = dot(dmd, kt, PREC)
     dk_r = dot(dpd, kt, PREC)
     dk_c = dot(dmd_t, qt, PREC) + dot(dpd_t, kt, PREC)
@@ -205,58 +204,55 @@ def intra_bwd_channel_kernel(
     M and P against sub-chunks b ≤ a, as column against sub-chunks c ≥ a) and dβ (from P kept
     by the forward). Columns of dM and dA are loaded, not extracted from tiles."""
     i_s, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
-    r0 = t0 + i_s * BC
-    rows = r0.to(tl.int64) + tl.arange(0, BC)
-    valid = rows < t_end
+    t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     ci = tl.arange(0, BC)
-    qa = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BC, BK]
-    ka = load_tile(k, rows, valid, h, H, K, BK, 0)
-    ga = load_tile(G, rows, valid, h, H, K, BK, 0)
-    ba = load_vec(beta, rows, valid, h, H)  # [BC]
-    ref = gate_row(G, tl.minimum(r0, t_end - 1).to(tl.int64), h, H, K, 2, BK)  # [1, BK]
+    rows = i_s * BC + ci  # local: token t0 + row
+    valid = rows < nt
+    qa = load_tile(q, t0, rows, valid, h, H, K, BK, 0)  # [BC, BK]
+    ka = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
+    ga = load_tile(G, t0, rows, valid, h, H, K, BK, 0)
+    ba = load_vec(beta, t0, rows, valid, h, H)  # [BC]
+    ref = gate_row(G, t0 + tl.minimum(i_s * BC, nt - 1), h, H, K, 2, BK)  # [1, BK]
     ea = masked_exp(ga - ref, valid[:, None])  # [BC, BK]
     dq_m = tl.zeros([BC, BK], dtype=tl.float32)
     dk_r = tl.zeros([BC, BK], dtype=tl.float32)
     dk_c = tl.zeros([BC, BK], dtype=tl.float32)
-    db = tl.sum(load_tile(dA, rows, valid, h, H, BT, BT, 0) * load_tile(P, rows, valid, h, H, BT, BT, 0), 1)
+    db = tl.sum(load_tile(dA, t0, rows, valid, h, H, BT, BT, 0) * load_tile(P, t0, rows, valid, h, H, BT, BT, 0), 1)
     for b in range(0, i_s):  # blocks left of the diagonal: a is the row
-        rb = t0.to(tl.int64) + b * BC + ci
-        vb = rb < t_end
-        gb = load_tile(G, rb, vb, h, H, K, BK, 0)
-        kb = load_tile(k, rb, vb, h, H, K, BK, 0) * masked_exp(ref - gb, vb[:, None])  # [BC, BK]
-        dm_ab = load_tile(dM, rows, valid, h, H, BT, BC, b * BC)  # [BC, BC]
-        da_ab = load_tile(dA, rows, valid, h, H, BT, BC, b * BC)
+        rb = b * BC + ci
+        vb = rb < nt
+        gb = load_tile(G, t0, rb, vb, h, H, K, BK, 0)
+        kb = load_tile(k, t0, rb, vb, h, H, K, BK, 0) * masked_exp(ref - gb, vb[:, None])  # [BC, BK]
+        dm_ab = load_tile(dM, t0, rows, valid, h, H, BT, BC, b * BC)  # [BC, BC]
+        da_ab = load_tile(dA, t0, rows, valid, h, H, BT, BC, b * BC)
         dq_m += dot(dm_ab, kb, PREC)
         dk_r += dot(da_ab * ba[:, None], kb, PREC)
     dq_m *= ea
     dk_r *= ea
-    n_sub = tl.cdiv(t_end - t0, BC)
+    n_sub = tl.cdiv(nt, BC)
     for c in range(i_s + 1, n_sub):  # blocks below the diagonal: a is the column
-        r_c = t0 + c * BC
-        rc = r_c.to(tl.int64) + ci
-        vc = rc < t_end
-        ref_c = gate_row(G, r_c.to(tl.int64), h, H, K, 2, BK)
-        ec = masked_exp(load_tile(G, rc, vc, h, H, K, BK, 0) - ref_c, vc[:, None])  # [BC, BK]
-        qc = load_tile(q, rc, vc, h, H, K, BK, 0) * ec
-        kc = load_tile(k, rc, vc, h, H, K, BK, 0) * ec
-        dm_ca = load_tile(dM, rc, vc, h, H, BT, BC, i_s * BC)  # [BC, BC]
-        dp_ca = load_tile(dA, rc, vc, h, H, BT, BC, i_s * BC) * load_vec(beta, rc, vc, h, H)[:, None]
+        rc = c * BC + ci
+        vc = rc < nt
+        ref_c = gate_row(G, t0 + c * BC, h, H, K, 2, BK)
+        ec = masked_exp(load_tile(G, t0, rc, vc, h, H, K, BK, 0) - ref_c, vc[:, None])  # [BC, BK]
+        qc = load_tile(q, t0, rc, vc, h, H, K, BK, 0) * ec
+        kc = load_tile(k, t0, rc, vc, h, H, K, BK, 0) * ec
+        dm_ca = load_tile(dM, t0, rc, vc, h, H, BT, BC, i_s * BC)  # [BC, BC]
+        dp_ca = load_tile(dA, t0, rc, vc, h, H, BT, BC, i_s * BC) * load_vec(beta, t0, rc, vc, h, H)[:, None]
         back = dot(tl.trans(dm_ca), qc, PREC) + dot(tl.trans(dp_ca), kc, PREC)  # [BC, BK]
         dk_c += back * masked_exp(ref_c - ga, valid[:, None])
     cols = tl.arange(0, BK)  # the diagonal block, exact, column by column
     for j in range(0, BC):
-        rj = r0.to(tl.int64) + j
-        jm = (cols < K) & ((rj + cols * 0) < t_end)  # [BK]
-        kj = tl.load(k + (rj * H + h) * K + cols, mask=jm, other=0.0).to(tl.float32)
-        gj = tl.load(G + (rj * H + h) * K + cols, mask=jm, other=0.0)
+        kj = load_row(k, t0, i_s * BC + j, nt, h, H, K, BK)  # [BK], zero past the chunk
+        gj = load_row(G, t0, i_s * BC + j, nt, h, H, K, BK)
+        jm = (cols < K) & ((i_s * BC + j + cols * 0) < nt)  # [BK]
         e = masked_exp(ga - gj[None, :], valid[:, None] & (ci[:, None] >= j) & jm[None, :])  # [BC, BK]
-        col = (rows * H + h) * BT + i_s * BC + j
-        dm_col = tl.load(dM + col, mask=valid, other=0.0)  # [BC]: dM[:, j]
-        dp_col = tl.load(dA + col, mask=valid, other=0.0) * ba
+        col = (t0 * H + h) * BT + i_s * BC + j
+        dm_col = tl.load(dM + col + rows * (H * BT), mask=valid, other=0.0)  # [BC]: dM[:, j]
+        dp_col = tl.load(dA + col + rows * (H * BT), mask=valid, other=0.0) * ba
         dq_m += dm_col[:, None] * kj[None, :] * e
         dk_r += dp_col[:, None] * kj[None, :] * e
         col_j = tl.sum((dm_col[:, None] * qa + dp_col[:, None] * ka) * e, 0)  # [BK]
         dk_c += tl.where(ci[:, None] == j, col_j[None, :], 0.0)
-    finish_rows(dq, dk, dq_out, dk_out, dbeta, dG, rows, valid, h, H, K, qa, ka, dq_m, dk_r, dk_c, db,
+    finish_rows(dq, dk, dq_out, dk_out, dbeta, dG, t0, rows, valid, h, H, K, qa, ka, dq_m, dk_r, dk_c, db,
                 2, BK)

@@ -13,11 +13,10 @@ import triton.language as tl
 
 @triton.jit
 def chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT: tl.constexpr):
-    """First token and one past the last token of global chunk ``i_c``."""
+    """First token (int64) of global chunk ``i_c`` and its number of tokens (≤ BT)."""
     n = tl.load(chunk_seq + i_c)
-    eos = tl.load(cu + n + 1)
     t0 = tl.load(cu + n) + (i_c - tl.load(chunk_off + n)) * BT
-    return t0, tl.minimum(t0 + BT, eos)
+    return t0.to(tl.int64), tl.minimum(BT, tl.load(cu + n + 1) - t0)
 
 
 @triton.jit
@@ -31,11 +30,12 @@ def pass_program(cu, chunk_off, H, BV: tl.constexpr):
 
 @triton.jit
 def pass_chunk(bos, eos, c, BT: tl.constexpr):
-    """Chunk c of a sequence [bos, eos): first token, one past the last, its rows and their mask."""
+    """Chunk c of a sequence [bos, eos): its first token (int64), number of tokens, local rows
+    0..BT-1 and their mask."""
     t0 = bos + c * BT
-    t_end = tl.minimum(t0 + BT, eos)
-    rows = t0.to(tl.int64) + tl.arange(0, BT)
-    return t0, t_end, rows, rows < t_end
+    rows = tl.arange(0, BT)
+    nt = tl.minimum(BT, eos - t0)
+    return t0.to(tl.int64), nt, rows, rows < nt
 
 
 @triton.jit
@@ -49,43 +49,65 @@ def load_state(ptr, n, h, H, K, V, BK: tl.constexpr, BV: tl.constexpr, v0, HAS: 
     return s
 
 
-@triton.jit
-def load_tile(ptr, rows, valid, h, H, D, BD: tl.constexpr, d0=0):
-    """Rows ``rows`` of a [TT, H, D] tensor, columns d0..d0+BD, as float32 [len(rows), BD]."""
-    cols = d0 + tl.arange(0, BD)
-    offs = (rows[:, None] * H + h) * D + cols[None, :]
-    return tl.load(ptr + offs, mask=valid[:, None] & (cols[None, :] < D), other=0.0).to(tl.float32)
+# Tiles are addressed as a scalar 64-bit base (the chunk's first token t0) plus 32-bit offsets
+# of the local rows: per-element 64-bit offsets had sm_90 builds spill registers in every kernel.
 
 
 @triton.jit
-def store_tile(ptr, x, rows, valid, h, H, D, BD: tl.constexpr, d0=0):
-    """Store x [len(rows), BD] into rows of a [TT, H, D] tensor (cast to its dtype)."""
+def load_tile(ptr, t0, rows, valid, h, H, D, BD: tl.constexpr, d0=0):
+    """Local rows ``rows`` (tokens t0 + rows) of a [TT, H, D] tensor, columns d0..d0+BD, as
+    float32 [len(rows), BD]."""
     cols = d0 + tl.arange(0, BD)
-    offs = (rows[:, None] * H + h) * D + cols[None, :]
+    offs = rows[:, None] * (H * D) + cols[None, :]
+    base = ptr + (t0 * H + h) * D
+    return tl.load(base + offs, mask=valid[:, None] & (cols[None, :] < D), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_tile(ptr, x, t0, rows, valid, h, H, D, BD: tl.constexpr, d0=0):
+    """Store x [len(rows), BD] into local rows of a [TT, H, D] tensor (cast to its dtype)."""
+    cols = d0 + tl.arange(0, BD)
+    offs = rows[:, None] * (H * D) + cols[None, :]
+    base = ptr + (t0 * H + h) * D
     # rounds to nearest even, on GPUs and (kernels/interpreter.py) under the CPU interpreter
-    tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=valid[:, None] & (cols[None, :] < D))
+    tl.store(base + offs, x.to(ptr.dtype.element_ty), mask=valid[:, None] & (cols[None, :] < D))
 
 
 @triton.jit
-def load_vec(ptr, rows, valid, h, H):
-    """One value per row of a [TT, H] tensor, float32."""
-    return tl.load(ptr + rows * H + h, mask=valid, other=0.0).to(tl.float32)
+def load_row(ptr, t0, r, nt, h, H, D, BD: tl.constexpr):
+    """Local row r (a scalar) of a [TT, H, D] tensor as float32 [BD]; zeros unless r < nt."""
+    cols = tl.arange(0, BD)
+    mask = (cols < D) & ((r + cols * 0) < nt)  # a block mask (scalar & block is not portable)
+    return tl.load(ptr + (t0 * H + h) * D + r * (H * D) + cols, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def gate_tile(G, rows, valid, h, H, K, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+def load_vec(ptr, t0, rows, valid, h, H):
+    """One value per local row of a [TT, H] tensor, float32."""
+    return tl.load(ptr + t0 * H + h + rows * H, mask=valid, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_vec(ptr, x, t0, rows, valid, h, H):
+    """Store one value per local row into a [TT, H] tensor."""
+    tl.store(ptr + t0 * H + h + rows * H, x.to(ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def gate_tile(G, t0, rows, valid, h, H, K, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     """In-chunk log decay of the rows: [BT, BK] per channel, [BT, 1] scalar or no gate."""
     if GATE == 2:
-        return load_tile(G, rows, valid, h, H, K, BK)
+        return load_tile(G, t0, rows, valid, h, H, K, BK)
     elif GATE == 1:
-        return load_vec(G, rows, valid, h, H)[:, None]
+        return load_vec(G, t0, rows, valid, h, H)[:, None]
     else:
         return tl.zeros([BT, 1], dtype=tl.float32)
 
 
 @triton.jit
 def gate_row(G, row, h, H, K, GATE: tl.constexpr, BK: tl.constexpr):
-    """Log decay at one token as a row [1, BK] (per channel) or [1, 1]."""
+    """Log decay at one token (global index ``row``, int64) as a row [1, BK] (per channel) or
+    [1, 1]."""
     if GATE == 2:
         cols = tl.arange(0, BK)
         return tl.load(G + (row * H + h) * K + cols[None, :], mask=cols[None, :] < K, other=0.0)
@@ -118,8 +140,8 @@ def state_tile(ptr, idx, h, H, K, V, BK: tl.constexpr, BV: tl.constexpr, v0):
     """Pointers and mask of block [BK, BV] (columns from v0) of state ``idx`` in [*, H, K, V]."""
     kk = tl.arange(0, BK)
     vv = v0 + tl.arange(0, BV)
-    offs = ((idx.to(tl.int64) * H + h) * K + kk[:, None]) * V + vv[None, :]
-    return ptr + offs, (kk[:, None] < K) & (vv[None, :] < V)
+    base = ptr + (idx.to(tl.int64) * H + h) * (K * V)
+    return base + kk[:, None] * V + vv[None, :], (kk[:, None] < K) & (vv[None, :] < V)
 
 
 @triton.jit
@@ -135,12 +157,12 @@ def chunk_cumsum_kernel(
 ):
     """Cumulative sum of a gate (or its gradient, REVERSE) inside each chunk, in float32."""
     i_c, h = tl.program_id(0), tl.program_id(1)
-    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
-    rows = t0.to(tl.int64) + tl.arange(0, BT)
-    valid = rows < t_end
+    t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = tl.arange(0, BT)
+    valid = rows < nt
     if GATE == 2:
-        x = load_tile(g, rows, valid, h, H, K, BK)  # [BT, BK]
-        store_tile(out, tl.cumsum(x, 0, reverse=REVERSE), rows, valid, h, H, K, BK)
+        x = load_tile(g, t0, rows, valid, h, H, K, BK)  # [BT, BK]
+        store_tile(out, tl.cumsum(x, 0, reverse=REVERSE), t0, rows, valid, h, H, K, BK)
     else:
-        x = load_vec(g, rows, valid, h, H)  # [BT]
-        tl.store(out + rows * H + h, tl.cumsum(x, 0, reverse=REVERSE).to(out.dtype.element_ty), mask=valid)
+        x = load_vec(g, t0, rows, valid, h, H)  # [BT]
+        store_vec(out, tl.cumsum(x, 0, reverse=REVERSE), t0, rows, valid, h, H)

@@ -11,8 +11,8 @@ import triton.language as tl
 from ..tuning import autotune
 
 from ._tl_common import (
-    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_state, load_tile, load_vec, masked_exp,
-    pass_chunk, pass_program, state_tile, store_tile,
+    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile, load_vec,
+    masked_exp, pass_chunk, pass_program, state_tile, store_tile,
 )
 
 
@@ -24,23 +24,23 @@ def intra_dense_kernel(
 ):
     """No gate or scalar gate: M = lower(Q Kᵀ ⊙ D), P = strictly_lower(K Kᵀ ⊙ D)."""
     i_c, h = tl.program_id(0), tl.program_id(1)
-    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
-    rows = t0.to(tl.int64) + tl.arange(0, BT)
-    valid = rows < t_end
+    t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = tl.arange(0, BT)  # local: token t0 + row
+    valid = rows < nt
     ii = tl.arange(0, BT)
-    qt = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BT, BK]
-    kt = load_tile(k, rows, valid, h, H, K, BK, 0)  # [BT, BK]
+    qt = load_tile(q, t0, rows, valid, h, H, K, BK, 0)  # [BT, BK]
+    kt = load_tile(k, t0, rows, valid, h, H, K, BK, 0)  # [BT, BK]
     keep = (ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
     if GATE == 1:
-        gv = load_vec(G, rows, valid, h, H)  # [BT]
+        gv = load_vec(G, t0, rows, valid, h, H)  # [BT]
         decay = masked_exp(gv[:, None] - gv[None, :], keep)  # [BT, BT]
     else:
         decay = tl.where(keep, 1.0, 0.0)
     m = dot(qt, tl.trans(kt), PREC) * decay  # [BT, BT]
     p = dot(kt, tl.trans(kt), PREC) * decay
     p = tl.where(ii[:, None] > ii[None, :], p, 0.0)
-    store_tile(M, m, rows, valid, h, H, BT, BT, 0)
-    store_tile(P, p, rows, valid, h, H, BT, BT, 0)
+    store_tile(M, m, t0, rows, valid, h, H, BT, BT, 0)
+    store_tile(P, p, t0, rows, valid, h, H, BT, BT, 0)
 
 
 @autotune(["H", "K", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)))
@@ -56,54 +56,52 @@ def intra_channel_kernel(
     column.
     """
     i_s, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
-    r0 = t0 + i_s * BC
-    rows = r0.to(tl.int64) + tl.arange(0, BC)
-    valid = rows < t_end
+    t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     ci = tl.arange(0, BC)
-    qa = load_tile(q, rows, valid, h, H, K, BK, 0)  # [BC, BK]
-    ka = load_tile(k, rows, valid, h, H, K, BK, 0)
-    ga = load_tile(G, rows, valid, h, H, K, BK, 0)
-    ref = gate_row(G, tl.minimum(r0, t_end - 1).to(tl.int64), h, H, K, 2, BK)  # [1, BK]
+    rows = i_s * BC + ci  # local: token t0 + row
+    valid = rows < nt
+    qa = load_tile(q, t0, rows, valid, h, H, K, BK, 0)  # [BC, BK]
+    ka = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
+    ga = load_tile(G, t0, rows, valid, h, H, K, BK, 0)
+    ref = gate_row(G, t0 + tl.minimum(i_s * BC, nt - 1), h, H, K, 2, BK)  # [1, BK]
     ea = masked_exp(ga - ref, valid[:, None])  # [BC, BK]
     qs, ks = qa * ea, ka * ea
     for b in range(0, i_s):
-        rb = t0.to(tl.int64) + b * BC + ci
-        vb = rb < t_end
-        gb = load_tile(G, rb, vb, h, H, K, BK, 0)
-        kb = load_tile(k, rb, vb, h, H, K, BK, 0) * masked_exp(ref - gb, vb[:, None])  # [BC, BK]
-        store_tile(M, dot(qs, tl.trans(kb), PREC), rows, valid, h, H, BT, BC, b * BC)
-        store_tile(P, dot(ks, tl.trans(kb), PREC), rows, valid, h, H, BT, BC, b * BC)
+        rb = b * BC + ci
+        vb = rb < nt
+        gb = load_tile(G, t0, rb, vb, h, H, K, BK, 0)
+        kb = load_tile(k, t0, rb, vb, h, H, K, BK, 0) * masked_exp(ref - gb, vb[:, None])  # [BC, BK]
+        store_tile(M, dot(qs, tl.trans(kb), PREC), t0, rows, valid, h, H, BT, BC, b * BC)
+        store_tile(P, dot(ks, tl.trans(kb), PREC), t0, rows, valid, h, H, BT, BC, b * BC)
     m_d = tl.zeros([BC, BC], dtype=tl.float32)
     p_d = tl.zeros([BC, BC], dtype=tl.float32)
     cols = tl.arange(0, BK)
     for j in range(0, BC):
-        rj = r0.to(tl.int64) + j
-        jm = (cols < K) & ((rj + cols * 0) < t_end)  # [BK]: column j exists
-        kj = tl.load(k + (rj * H + h) * K + cols, mask=jm, other=0.0).to(tl.float32)
-        gj = tl.load(G + (rj * H + h) * K + cols, mask=jm, other=0.0)
+        kj = load_row(k, t0, i_s * BC + j, nt, h, H, K, BK)  # [BK], zero past the chunk
+        gj = load_row(G, t0, i_s * BC + j, nt, h, H, K, BK)
+        jm = (cols < K) & ((i_s * BC + j + cols * 0) < nt)  # [BK]: column j exists
         e = masked_exp(ga - gj[None, :], valid[:, None] & (ci[:, None] >= j) & jm[None, :])  # [BC, BK]
         m_col = tl.sum(qa * kj[None, :] * e, 1)  # [BC]
         p_col = tl.sum(ka * kj[None, :] * e, 1)
         m_d = tl.where(ci[None, :] == j, m_col[:, None], m_d)
         p_d = tl.where((ci[None, :] == j) & (ci[:, None] > j), p_col[:, None], p_d)
-    store_tile(M, m_d, rows, valid, h, H, BT, BC, i_s * BC)
-    store_tile(P, p_d, rows, valid, h, H, BT, BC, i_s * BC)
+    store_tile(M, m_d, t0, rows, valid, h, H, BT, BC, i_s * BC)
+    store_tile(P, p_d, t0, rows, valid, h, H, BT, BC, i_s * BC)
     zero = tl.zeros([BC, BC], dtype=tl.float32)
     for c in range(i_s + 1, BT // BC):  # right of the diagonal
-        store_tile(M, zero, rows, valid, h, H, BT, BC, c * BC)
-        store_tile(P, zero, rows, valid, h, H, BT, BC, c * BC)
+        store_tile(M, zero, t0, rows, valid, h, H, BT, BC, c * BC)
+        store_tile(P, zero, t0, rows, valid, h, H, BT, BC, c * BC)
 
 
 @triton.jit
-def _neg_diag_row(P, beta, t0, t_end, h, H, blk, r, BT: tl.constexpr, BC: tl.constexpr):
+def _neg_diag_row(P, beta, t0, nt, h, H, blk, r, BT: tl.constexpr, BC: tl.constexpr):
     """−A[i, blk·BC + j] = −β_i P[i, blk·BC + j] for the chunk's row i = blk·BC + r: row r of
     diagonal block ``blk``."""
-    rr = (t0 + blk * BC + r).to(tl.int64)
+    rr = blk * BC + r  # local row
     cj = tl.arange(0, BC)
-    live = (rr + cj * 0) < t_end
-    b_r = tl.load(beta + rr * H + h + cj * 0, mask=live, other=0.0).to(tl.float32)  # β_i, broadcast
-    return -b_r * tl.load(P + (rr * H + h) * BT + blk * BC + cj, mask=live, other=0.0)
+    live = (rr + cj * 0) < nt
+    b_r = tl.load(beta + (t0 + rr) * H + h + cj * 0, mask=live, other=0.0).to(tl.float32)  # β_i, broadcast
+    return -b_r * tl.load(P + ((t0 + rr) * H + h) * BT + blk * BC + cj, mask=live, other=0.0)
 
 
 @triton.jit
@@ -115,22 +113,22 @@ def _substitute(low, neg_row, r, BC: tl.constexpr):
 
 
 @triton.jit
-def _a_block(P, beta, t0, t_end, h, H, i, j, BT: tl.constexpr, BC: tl.constexpr):
+def _a_block(P, beta, t0, nt, h, H, i, j, BT: tl.constexpr, BC: tl.constexpr):
     """Block (i, j) of the chunk's A = diag(β) P: [BC, BC]."""
-    rows = (t0 + i * BC).to(tl.int64) + tl.arange(0, BC)
-    valid = rows < t_end
-    return load_tile(P, rows, valid, h, H, BT, BC, j * BC) * load_vec(beta, rows, valid, h, H)[:, None]
+    rows = i * BC + tl.arange(0, BC)
+    valid = rows < nt
+    return load_tile(P, t0, rows, valid, h, H, BT, BC, j * BC) * load_vec(beta, t0, rows, valid, h, H)[:, None]
 
 
 @triton.jit
-def _store_block(X, x, t0, t_end, h, H, i, j, BT: tl.constexpr, BC: tl.constexpr):
+def _store_block(X, x, t0, nt, h, H, i, j, BT: tl.constexpr, BC: tl.constexpr):
     """Store x as block (i, j) of the chunk's X."""
-    rows = (t0 + i * BC).to(tl.int64) + tl.arange(0, BC)
-    store_tile(X, x, rows, rows < t_end, h, H, BT, BC, j * BC)
+    rows = i * BC + tl.arange(0, BC)
+    store_tile(X, x, t0, rows, rows < nt, h, H, BT, BC, j * BC)
 
 
 @triton.jit
-def block_inverse(P, beta, X, t0, t_end, h, H, BT: tl.constexpr, BC: tl.constexpr):
+def block_inverse(P, beta, X, t0, nt, h, H, BT: tl.constexpr, BC: tl.constexpr):
     """Store X = (I + A)^{-1}, A = diag(β) P strictly lower [BT, BT], BT = 4·BC (README.md).
 
     The four diagonal blocks are inverted together by forward substitution (BC − 1 steps on
@@ -145,40 +143,40 @@ def block_inverse(P, beta, X, t0, t_end, h, H, BT: tl.constexpr, BC: tl.constexp
     l2 = tl.zeros([BC, BC], dtype=tl.float32)
     l3 = tl.zeros([BC, BC], dtype=tl.float32)
     for r in range(1, BC):  # the four blocks are independent: one step of each per iteration
-        l0 = _substitute(l0, _neg_diag_row(P, beta, t0, t_end, h, H, 0, r, BT, BC), r, BC)
-        l1 = _substitute(l1, _neg_diag_row(P, beta, t0, t_end, h, H, 1, r, BT, BC), r, BC)
-        l2 = _substitute(l2, _neg_diag_row(P, beta, t0, t_end, h, H, 2, r, BT, BC), r, BC)
-        l3 = _substitute(l3, _neg_diag_row(P, beta, t0, t_end, h, H, 3, r, BT, BC), r, BC)
+        l0 = _substitute(l0, _neg_diag_row(P, beta, t0, nt, h, H, 0, r, BT, BC), r, BC)
+        l1 = _substitute(l1, _neg_diag_row(P, beta, t0, nt, h, H, 1, r, BT, BC), r, BC)
+        l2 = _substitute(l2, _neg_diag_row(P, beta, t0, nt, h, H, 2, r, BT, BC), r, BC)
+        l3 = _substitute(l3, _neg_diag_row(P, beta, t0, nt, h, H, 3, r, BT, BC), r, BC)
     x00, x11, x22, x33 = l0 + eye, l1 + eye, l2 + eye, l3 + eye
-    a10 = _a_block(P, beta, t0, t_end, h, H, 1, 0, BT, BC)
-    a21 = _a_block(P, beta, t0, t_end, h, H, 2, 1, BT, BC)
-    a32 = _a_block(P, beta, t0, t_end, h, H, 3, 2, BT, BC)
+    a10 = _a_block(P, beta, t0, nt, h, H, 1, 0, BT, BC)
+    a21 = _a_block(P, beta, t0, nt, h, H, 2, 1, BT, BC)
+    a32 = _a_block(P, beta, t0, nt, h, H, 3, 2, BT, BC)
     x10 = -dot(x11, dot(a10, x00, "ieee"), "ieee")
     x21 = -dot(x22, dot(a21, x11, "ieee"), "ieee")
     x32 = -dot(x33, dot(a32, x22, "ieee"), "ieee")
-    a20 = _a_block(P, beta, t0, t_end, h, H, 2, 0, BT, BC)
-    a31 = _a_block(P, beta, t0, t_end, h, H, 3, 1, BT, BC)
+    a20 = _a_block(P, beta, t0, nt, h, H, 2, 0, BT, BC)
+    a31 = _a_block(P, beta, t0, nt, h, H, 3, 1, BT, BC)
     x20 = -dot(x22, dot(a20, x00, "ieee") + dot(a21, x10, "ieee"), "ieee")
     x31 = -dot(x33, dot(a31, x11, "ieee") + dot(a32, x21, "ieee"), "ieee")
-    a30 = _a_block(P, beta, t0, t_end, h, H, 3, 0, BT, BC)
+    a30 = _a_block(P, beta, t0, nt, h, H, 3, 0, BT, BC)
     x30 = -dot(x33, dot(a30, x00, "ieee") + dot(a31, x10, "ieee") + dot(a32, x20, "ieee"), "ieee")
     zero = tl.zeros([BC, BC], dtype=tl.float32)
-    _store_block(X, x00, t0, t_end, h, H, 0, 0, BT, BC)
-    _store_block(X, zero, t0, t_end, h, H, 0, 1, BT, BC)
-    _store_block(X, zero, t0, t_end, h, H, 0, 2, BT, BC)
-    _store_block(X, zero, t0, t_end, h, H, 0, 3, BT, BC)
-    _store_block(X, x10, t0, t_end, h, H, 1, 0, BT, BC)
-    _store_block(X, x11, t0, t_end, h, H, 1, 1, BT, BC)
-    _store_block(X, zero, t0, t_end, h, H, 1, 2, BT, BC)
-    _store_block(X, zero, t0, t_end, h, H, 1, 3, BT, BC)
-    _store_block(X, x20, t0, t_end, h, H, 2, 0, BT, BC)
-    _store_block(X, x21, t0, t_end, h, H, 2, 1, BT, BC)
-    _store_block(X, x22, t0, t_end, h, H, 2, 2, BT, BC)
-    _store_block(X, zero, t0, t_end, h, H, 2, 3, BT, BC)
-    _store_block(X, x30, t0, t_end, h, H, 3, 0, BT, BC)
-    _store_block(X, x31, t0, t_end, h, H, 3, 1, BT, BC)
-    _store_block(X, x32, t0, t_end, h, H, 3, 2, BT, BC)
-    _store_block(X, x33, t0, t_end, h, H, 3, 3, BT, BC)
+    _store_block(X, x00, t0, nt, h, H, 0, 0, BT, BC)
+    _store_block(X, zero, t0, nt, h, H, 0, 1, BT, BC)
+    _store_block(X, zero, t0, nt, h, H, 0, 2, BT, BC)
+    _store_block(X, zero, t0, nt, h, H, 0, 3, BT, BC)
+    _store_block(X, x10, t0, nt, h, H, 1, 0, BT, BC)
+    _store_block(X, x11, t0, nt, h, H, 1, 1, BT, BC)
+    _store_block(X, zero, t0, nt, h, H, 1, 2, BT, BC)
+    _store_block(X, zero, t0, nt, h, H, 1, 3, BT, BC)
+    _store_block(X, x20, t0, nt, h, H, 2, 0, BT, BC)
+    _store_block(X, x21, t0, nt, h, H, 2, 1, BT, BC)
+    _store_block(X, x22, t0, nt, h, H, 2, 2, BT, BC)
+    _store_block(X, zero, t0, nt, h, H, 2, 3, BT, BC)
+    _store_block(X, x30, t0, nt, h, H, 3, 0, BT, BC)
+    _store_block(X, x31, t0, nt, h, H, 3, 1, BT, BC)
+    _store_block(X, x32, t0, nt, h, H, 3, 2, BT, BC)
+    _store_block(X, x33, t0, nt, h, H, 3, 3, BT, BC)
 
 
 @autotune(["H", "K", "V", "SOLVE", "GATE", "BK", "BV"], ((4, 3), (8, 3), (2, 3), (4, 1)))
@@ -191,20 +189,20 @@ def solve_kernel(
     """X = (I + diag(β) P)^{-1} by blocked inversion, W = X diag(β) (K ⊙ e^G) and
     U = X diag(β) V; with SOLVE off (the backward) X is loaded and only W is formed."""
     i_c, h = tl.program_id(0), tl.program_id(1)
-    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
-    rows = t0.to(tl.int64) + tl.arange(0, BT)
-    valid = rows < t_end
+    t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = tl.arange(0, BT)  # local: token t0 + row
+    valid = rows < nt
     if SOLVE:
-        block_inverse(P, beta, X, t0, t_end, h, H, BT, BC)
+        block_inverse(P, beta, X, t0, nt, h, H, BT, BC)
         tl.debug_barrier()  # X goes through memory: this program reads back what it wrote
-    x = load_tile(X, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
-    bt = load_vec(beta, rows, valid, h, H)[:, None]  # [BT, 1]
-    kg = load_tile(k, rows, valid, h, H, K, BK, 0) * tl.exp(gate_tile(G, rows, valid, h, H, K, GATE, BT, BK))
-    store_tile(W, dot(x, kg * bt, PREC), rows, valid, h, H, K, BK, 0)
+    x = load_tile(X, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
+    bt = load_vec(beta, t0, rows, valid, h, H)[:, None]  # [BT, 1]
+    kg = load_tile(k, t0, rows, valid, h, H, K, BK, 0) * tl.exp(gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, BK))
+    store_tile(W, dot(x, kg * bt, PREC), t0, rows, valid, h, H, K, BK, 0)
     if SOLVE:
         for v0 in range(0, V, BV):
-            vt = load_tile(v, rows, valid, h, H, V, BV, v0)  # [BT, BV]
-            store_tile(U, dot(x, vt * bt, PREC), rows, valid, h, H, V, BV, v0)
+            vt = load_tile(v, t0, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+            store_tile(U, dot(x, vt * bt, PREC), t0, rows, valid, h, H, V, BV, v0)
 
 
 # The sequential state passes hold 60-120 KB of float32 tiles at one stage (K = 128): a second
@@ -228,16 +226,16 @@ def state_fwd_kernel(
     n, h, bos, eos, c_base, v0 = pass_program(cu, chunk_off, H, BV)
     s = load_state(h0, n, h, H, K, V, BK, BV, v0, HAS_H0)  # [BK, BV]
     for c in range(0, tl.cdiv(eos - bos, BT)):
-        t0, t_end, rows, valid = pass_chunk(bos, eos, c, BT)
+        t0, nt, rows, valid = pass_chunk(bos, eos, c, BT)
         p_c, m_c = state_tile(HS, c_base + c, h, H, K, V, BK, BV, v0)  # its own name: a bf16 pointer
         tl.store(p_c, s.to(HS.dtype.element_ty), mask=m_c)
-        wt = load_tile(W, rows, valid, h, H, K, BK, 0)  # [BT, BK]
-        vn = load_tile(U, rows, valid, h, H, V, BV, v0) - dot(wt, s, PREC)  # [BT, BV]
-        store_tile(VN, vn, rows, valid, h, H, V, BV, v0)
-        last = (t_end - 1).to(tl.int64)
-        gt = gate_tile(G, rows, valid, h, H, K, GATE, BT, BK)
+        wt = load_tile(W, t0, rows, valid, h, H, K, BK, 0)  # [BT, BK]
+        vn = load_tile(U, t0, rows, valid, h, H, V, BV, v0) - dot(wt, s, PREC)  # [BT, BV]
+        store_tile(VN, vn, t0, rows, valid, h, H, V, BV, v0)
+        last = t0 + nt - 1
+        gt = gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, BK)
         to_end = masked_exp(gate_row(G, last, h, H, K, GATE, BK) - gt, valid[:, None])  # e^{G_last - G}
-        kd = load_tile(k, rows, valid, h, H, K, BK, 0) * to_end
+        kd = load_tile(k, t0, rows, valid, h, H, K, BK, 0) * to_end
         s = s * tl.exp(gate_col(G, last, h, H, K, GATE, BK)) + dot(tl.trans(kd), vn, PREC)
     if STORE_HT:
         p, msk = state_tile(ht, n, h, H, K, V, BK, BV, v0)
@@ -254,14 +252,14 @@ def output_kernel(
 ):
     """O = scale · [(Q ⊙ e^G) S_0 + M Ṽ] for one chunk and one block of value columns."""
     i_v, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, t_end = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
-    rows = t0.to(tl.int64) + tl.arange(0, BT)
-    valid = rows < t_end
+    t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = tl.arange(0, BT)  # local: token t0 + row
+    valid = rows < nt
     v0 = i_v * BV
-    qg = load_tile(q, rows, valid, h, H, K, BK, 0) * tl.exp(gate_tile(G, rows, valid, h, H, K, GATE, BT, BK))
+    qg = load_tile(q, t0, rows, valid, h, H, K, BK, 0) * tl.exp(gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, BK))
     p, msk = state_tile(HS, i_c, h, H, K, V, BK, BV, v0)
     s = tl.load(p, mask=msk, other=0.0).to(tl.float32)  # [BK, BV]
-    m = load_tile(M, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
-    vn = load_tile(VN, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+    m = load_tile(M, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
+    vn = load_tile(VN, t0, rows, valid, h, H, V, BV, v0)  # [BT, BV]
     out = scale * (dot(qg, s, PREC) + dot(m, vn, PREC))
-    store_tile(o, out, rows, valid, h, H, V, BV, v0)
+    store_tile(o, out, t0, rows, valid, h, H, V, BV, v0)
