@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -75,6 +79,8 @@ class Candidate:
     shared: int | None  # bytes; None when it did not compile
     error: str = ""
     tiles: str = ""  # the candidate's tile sizes, e.g. "BV=64", when it tunes any
+    regs: int | None = None  # registers per thread (255 is sm_90's most); None when unknown
+    stack: int | None = None  # local-memory bytes per thread: register spills (0 = none)
 
     @property
     def viable(self) -> bool:
@@ -82,10 +88,13 @@ class Candidate:
         return self.shared is not None and self.shared <= H100_SHARED_BYTES
 
     def line(self) -> str:
-        """``name shared N B`` when viable, else ``name rejected (warps, stages): why``."""
-        tiles = f" ({self.tiles})" if self.tiles else ""
+        """``name shared N B regs R stack S B (warps, stages, tiles)`` when viable, else
+        ``name rejected (warps, stages): why``."""
+        tiles = f", {self.tiles}" if self.tiles else ""
         if self.viable:
-            return f"{self.name:28s} shared {self.shared} B{tiles}"
+            regs = f" regs {self.regs} stack {self.stack} B" if self.regs is not None else ""
+            return (f"{self.name:28s} shared {self.shared} B{regs} "
+                    f"(warps {self.num_warps}, stages {self.num_stages}{tiles})")
         why = self.error or f"{self.shared} bytes of shared memory > {H100_SHARED_BYTES}"
         return (f"{self.name:28s} rejected (warps {self.num_warps}, stages {self.num_stages}"
                 f"{', ' + self.tiles if self.tiles else ''}): {why}")
@@ -121,6 +130,30 @@ def _source(fn: Any, launch: Launch, tiles: dict) -> Any:
     return ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
 
 
+def _cuobjdump() -> str | None:
+    """Path of the ``cuobjdump`` that ships with Triton's NVIDIA backend (or on PATH)."""
+    import triton
+
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+
+
+def resources(cubin: bytes) -> tuple[int | None, int | None]:
+    """``(registers per thread, stack bytes per thread)`` of a compiled kernel, read from its
+    cubin with cuobjdump; ``(None, None)`` when no cuobjdump is at hand. The stack is where
+    ptxas puts the registers it could not fit (spills), so a kernel that fits has 0."""
+    tool = _cuobjdump()
+    if tool is None:
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        out = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+    regs, stack = re.search(r"REG:(\d+)", out), re.search(r"STACK:(\d+)", out)
+    return (int(regs.group(1)) if regs else None), (int(stack.group(1)) if stack else None)
+
+
 def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
     """Compile one recorded launch for ``cuda:capability``, every autotune candidate."""
     import triton
@@ -134,8 +167,10 @@ def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
         src = _source(fn, launch, tiles)
         warps, stages = opts.get("num_warps"), opts.get("num_stages")
         try:
-            shared = triton.compile(src, target=target, options=opts).metadata.shared
-            out.append(Candidate(fn.__name__, warps, stages, shared, tiles=_tile_text(tiles)))
+            kernel = triton.compile(src, target=target, options=opts)
+            regs, stack = resources(kernel.asm["cubin"])
+            out.append(Candidate(fn.__name__, warps, stages, kernel.metadata.shared, tiles=_tile_text(tiles),
+                                 regs=regs, stack=stack))
         except Exception as exc:  # noqa: BLE001 - ptxas register/resource failures: the tuner skips these
             reason = str(exc).strip().splitlines()
             fatal = [r for r in reason if "fatal" in r or "Error(" in r] or reason[-1:]
@@ -160,6 +195,26 @@ def compile_all(launches: list[Launch]) -> list[Candidate]:
     return report
 
 
+def spill_summary(candidates: list[Candidate]) -> list[str]:
+    """One line per kernel: how many of its viable candidates keep every value in registers
+    (stack 0), or, when all of them spill, the least any spills. Spilled registers go to local
+    memory, a round trip through L1/L2 in the middle of the kernel's arithmetic."""
+    by_name: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        if c.viable and c.stack is not None:
+            by_name.setdefault(c.name, []).append(c)
+    lines = []
+    for name, cands in by_name.items():
+        free = [c for c in cands if c.stack == 0]
+        if free:
+            lines.append(f"registers: {name:28s} {len(free)} of {len(cands)} candidates spill-free")
+        else:
+            least = min(cands, key=lambda c: c.stack or 0)
+            lines.append(f"registers: {name:28s} every candidate spills (least {least.stack} B/thread: "
+                         f"warps {least.num_warps}, stages {least.num_stages}{', ' + least.tiles if least.tiles else ''})")
+    return lines
+
+
 GATES = {0: "none", 1: "scalar", 2: "channel"}  # gate modes of the gated families (GLA, delta)
 
 
@@ -175,5 +230,8 @@ def gated_family_cli(doc: str, record_launches: Callable[[int, int, int, torch.d
     parser.add_argument("--gates", default="0,1,2", help="gate modes: 0 none, 1 scalar, 2 channel")
     a = parser.parse_args()
     for gate in (int(x) for x in a.gates.split(",")):
-        for cand in compile_all(record_launches(gate, a.dk, a.dv, getattr(torch, a.dtype))):
+        cands = compile_all(record_launches(gate, a.dk, a.dv, getattr(torch, a.dtype)))
+        for cand in cands:
             print(f"gate={GATES[gate]} K={a.dk} V={a.dv} {a.dtype}: {cand.line()}")
+        for line in spill_summary(cands):
+            print(f"gate={GATES[gate]} K={a.dk} V={a.dv} {a.dtype}: {line}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..compile_check import Launch, compile_all, recording
+from ..compile_check import Launch, compile_all, recording, spill_summary
 
 # (chunk C, key width DK, value width DV) of each MLP layer's read-out (with momentum)
 TITANS_LAYERS = [(C, dk, dv) for C in (64, 16) for dk, dv in ((128, 512), (512, 128))]
@@ -81,25 +81,29 @@ def record_fused_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 51
     return [x for x in log if x.kwargs.get("FOLD") == 1 or x.kwargs.get("DENSE") is False]
 
 
+def _emit(prefix: str, launches: list[Launch]) -> None:
+    """Compile ``launches``; print each candidate, then each kernel's register summary."""
+    cands = compile_all(launches)
+    for cand in cands:
+        print(f"{prefix}: {cand.line()}")
+    for line in spill_summary(cands):
+        print(f"{prefix}: {line}")
+
+
 def main() -> None:
     for prec in ("ieee", "tf32"):  # float32 models, half-precision models
         for C, dk, dv in TITANS_LAYERS:
-            for cand in compile_all(record_launches(C, dk, dv, prec)):
-                print(f"C={C} MOM=1 DK={dk} DV={dv} {prec}: {cand.line()}")
+            _emit(f"C={C} MOM=1 DK={dk} DV={dv} {prec}", record_launches(C, dk, dv, prec))
         for C in (64, 16):
-            for cand in compile_all(record_step_launches(C, prec)):
-                print(f"C={C} {prec} step: {cand.line()}")
+            _emit(f"C={C} {prec} step", record_step_launches(C, prec))
         for C in (64, 16):
-            for cand in compile_all(record_step_launches(C, prec, depth=1)):
-                print(f"C={C} {prec} linear: {cand.line()}")
+            _emit(f"C={C} {prec} linear", record_step_launches(C, prec, depth=1))
         for C, depth in ((64, 2), (64, 1)):  # chunk 16 needs less shared memory
-            for cand in compile_all(record_fused_launches(C, prec, depth=depth)):
-                print(f"C={C} {prec} fused depth {depth}: {cand.line()}")
+            _emit(f"C={C} {prec} fused depth {depth}", record_fused_launches(C, prec, depth=depth))
         for bias in ("dot", "lp", "huber", "robust"):  # only the two bias kernels change with it
             launches = [x for x in record_step_launches(64, prec, bias=bias)
                         if getattr(x.fn, "fn", x.fn).__name__.endswith("bias_kernel")]
-            for cand in compile_all(launches):
-                print(f"C=64 {prec} bias={bias}: {cand.line()}")
+            _emit(f"C=64 {prec} bias={bias}", launches)
 
 
 if __name__ == "__main__":
