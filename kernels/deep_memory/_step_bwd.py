@@ -7,7 +7,8 @@ import triton.language as tl
 from ..tuning import autotune
 
 from ._step_fwd import (
-    DOT, HUBER, L2, LP, SMOOTH, _act_grad, _act_grad2, _hidden_block, _ln_grad, _output_error,
+    BIAS_SHAPES, DOT, HUBER, L2, LP, SMOOTH, _act_grad, _act_grad2, _hidden_block, _ln_grad,
+    _output_error,
 )
 
 
@@ -177,6 +178,7 @@ def _bias_vjp(g_r, r0, n2, d, bp, m, g_d_ptr, row_ok, BIAS: tl.constexpr):
     return tl.where(m, g, 0.0)
 
 
+@autotune(["C", "V", "BC", "BV", "NORM", "RES", "BIAS"], BIAS_SHAPES)  # 4 warps spilled 6-8 KB
 @triton.jit
 def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, delta, g_y0, g_v, gk_res, g_delta, NJ, C, V,
                      eps, bp, BC: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr,

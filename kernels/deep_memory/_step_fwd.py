@@ -10,6 +10,7 @@ from ..tuning import autotune
 @triton.jit
 def _act_fwd(h, ACT: tl.constexpr):
     """The activation between the two layers."""
+    h = h.to(tl.float32)  # bf16 activations of half-precision models: erf and exp need fp32 (Triton 3.6)
     if ACT == 1:
         return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
     elif ACT == 2:
@@ -23,6 +24,7 @@ def _act_fwd(h, ACT: tl.constexpr):
 @triton.jit
 def _act_grad(h, ACT: tl.constexpr):
     """Its derivative."""
+    h = h.to(tl.float32)
     if ACT == 1:
         return 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476)) + h * 0.3989422804014327 * tl.exp(-0.5 * h * h)
     elif ACT == 2:
@@ -37,6 +39,7 @@ def _act_grad(h, ACT: tl.constexpr):
 @triton.jit
 def _act_grad2(h, ACT: tl.constexpr):
     """Its second derivative."""
+    h = h.to(tl.float32)
     if ACT == 1:
         return 0.3989422804014327 * tl.exp(-0.5 * h * h) * (2.0 - h * h)
     elif ACT == 2:
@@ -139,6 +142,12 @@ def _keys_kernel(k, w1, w2, h_out, a_out, y_part, C, K, HD, V,
              mask=mc[:, None] & mv[None, :])
 
 
+# One program per (batch, head) holds ~10 [C, V] fp32 tiles: with 4 warps the sm_90 builds
+# spilled 1.2-1.9 KB of registers per thread, with 8 or 16 warps 0-160 B (compile_check).
+BIAS_SHAPES = ((16, 1), (8, 1))
+
+
+@autotune(["C", "V", "BC", "BV", "NORM", "RES", "BIAS"], BIAS_SHAPES)
 @triton.jit
 def _bias_kernel(y_part, k, v, delta, y0_out, dz_out, NJ, C, V, eps, bp,
                  BC: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr,

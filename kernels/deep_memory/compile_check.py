@@ -47,6 +47,8 @@ def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512
         extra = {"lp": {"p": 3.0}, "robust": {"robust_radius": 1.0}}.get(bias, {})
         cfg = DeepMemoryConfig(depth=depth, hidden=HD if depth == 2 else None, residual=True,
                                norm=True, momentum=True, chunk_size=C, bias=bias, **extra)
+        # float32 tensors whatever ``prec``: the loop runs on the model's float32 accumulation
+        # copies (half-precision models get prec "tf32", fused_step_supported)
         leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
         k, v = leaf(B, H, C, D), leaf(B, H, C, D)
         w = (leaf(B, H, D, HD), leaf(B, H, HD, D)) if depth == 2 else (leaf(B, H, D, D),)
@@ -72,7 +74,10 @@ def record_fused_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 51
     with recording(names) as log:
         cfg = DeepMemoryConfig(depth=depth, hidden=HD if depth == 2 else None, residual=True,
                                norm=True, momentum=True, chunk_size=C)
-        leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
+        # the model's dtype picks the dot precision (bf16 -> tf32); the loop itself runs on
+        # float32 accumulation copies
+        dtype = torch.float32 if prec == "ieee" else torch.bfloat16
+        leaf = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)  # noqa: E731
         q, k, v = leaf(1, C, 1, D), leaf(1, C, 1, D), leaf(1, C, 1, D)
         w = (leaf(1, D, HD), leaf(1, HD, D)) if depth == 2 else (leaf(1, D, D),)
         eta, mu = leaf(1, C, 1), leaf(1, C, 1)

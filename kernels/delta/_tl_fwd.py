@@ -205,13 +205,14 @@ def solve_kernel(
             store_tile(U, dot(x, vt * bt, PREC), t0, rows, valid, h, H, V, BV, v0)
 
 
-# The sequential state passes hold 60-120 KB of float32 tiles at one stage (K = 128): a second
-# stage would leave room for one program per SM, so their candidates keep one stage. Their value
-# block BV is tuned too (each program owns its state columns, so the numbers do not change):
-# 32 gives the most programs, 64 and 128 read W, K (and Q, M backward) half / a quarter as often
-# (128: one program per SM at 131-147 KB of shared memory).
-STATE_PASS_SHAPES = ((4, 1, {"BV": 32}), (8, 1, {"BV": 32}), (2, 1, {"BV": 32}),
-                     (4, 1, {"BV": 64}), (8, 1, {"BV": 64}), (8, 1, {"BV": 128}))
+# The sequential state passes: each program owns BV columns of the state and walks the chunks.
+# One stage holds 40-130 KB of shared memory (K = 128) and leaves each chunk's loads of W, U,
+# K (Q, M, dO backward) exposed; two stages prefetch the next chunk's with cp.async while this
+# one computes (115 KB forward, 156 KB backward at BV = 32: one program per SM instead of
+# two). The GPU autotuner picks. Two warps are not tried: sm_90 builds spilled 7-11 KB of
+# registers per thread. BV 64 and 128 read W, K (and Q, M backward) half / a quarter as often.
+STATE_PASS_SHAPES = ((4, 1, {"BV": 32}), (8, 1, {"BV": 32}), (8, 2, {"BV": 32}), (4, 1, {"BV": 64}),
+                     (8, 1, {"BV": 64}), (8, 2, {"BV": 64}), (8, 1, {"BV": 128}))
 
 
 @autotune(["H", "K", "V", "GATE", "BK"], STATE_PASS_SHAPES)

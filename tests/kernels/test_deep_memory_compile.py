@@ -25,13 +25,14 @@ def test_readout_kernels_compile_for_h100() -> None:
     biases = [line for line in lines if "bias=" in line]
     assert len(readout) == 16  # 2 precisions × 4 layer shapes × (forward, backward)
     assert {line.split()[5] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
-    # 2 precisions × chunk 64, 16 × (4 autotuned kernels × 2 launch shapes + 2 plain kernels)
-    assert len(step) == 40
+    # 2 precisions × chunk 64, 16 × 6 autotuned kernels × 2 launch shapes
+    assert len(step) == 48
     assert {line.split()[3] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel",
                                                   "_bwd_hidden_kernel", "_bwd_bias_kernel",
                                                   "_bwd_keys_kernel"}
-    # 2 precisions × chunk 64, 16 × the six kernels of a depth-1 step
-    assert len(linear) == 24
+    # 2 precisions × chunk 64, 16 × the six kernels of a depth-1 step (the two bias kernels
+    # autotuned over 2 launch shapes)
+    assert len(linear) == 32
     assert {line.split()[3] for line in linear} == {
         "_linear_keys_kernel", "_bias_kernel", "_linear_update_kernel", "_linear_bwd_update_kernel",
         "_bwd_bias_kernel", "_linear_bwd_keys_kernel"}
@@ -40,6 +41,7 @@ def test_readout_kernels_compile_for_h100() -> None:
     assert len(fused) == 12
     assert {line.split()[5] for line in fused} == {"_readout_bwd_kernel", "_bwd_hidden_kernel",
                                                    "_linear_bwd_update_kernel"}
-    # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel)
-    assert len(biases) == 16
+    # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel) × 2
+    # launch shapes
+    assert len(biases) == 32
     assert {line.split()[3] for line in biases} == {"_bias_kernel", "_bwd_bias_kernel"}
