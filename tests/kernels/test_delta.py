@@ -272,6 +272,15 @@ def test_kernels_compile_for_h100() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     kernels = {line.split()[4] for line in done.stdout.splitlines() if "shared" in line}
     assert {"intra_channel_kernel", "main_bwd_kernel", "intra_bwd_channel_kernel", "state_bwd_kernel"} <= kernels
+    # registers: the chunk-parallel kernels keep a spill-free candidate (64-bit per-element tile
+    # offsets had every candidate of every kernel spill)
+    free = {(line.split()[0], line.split()[5]) for line in done.stdout.splitlines()
+            if "registers:" in line and "spill-free" in line}
+    for gate, names in (("gate=none", ("intra_dense_kernel", "solve_kernel", "output_kernel")),
+                        ("gate=scalar", ("intra_dense_kernel", "solve_kernel", "output_kernel")),
+                        ("gate=channel", ("intra_channel_kernel", "solve_kernel", "output_kernel",
+                                          "intra_bwd_channel_kernel"))):
+        assert {(gate, n) for n in names} <= free, sorted(free)
 
 
 # ---------------------------------------------------------------- GPU (real sizes)
