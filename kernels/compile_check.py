@@ -83,6 +83,11 @@ class Candidate:
     stack: int | None = None  # local-memory bytes per thread: register spills (0 = none)
 
     @property
+    def shape(self) -> str:
+        """``warps W, stages S`` and the tile sizes, if any: how it was launched."""
+        return f"warps {self.num_warps}, stages {self.num_stages}" + (f", {self.tiles}" if self.tiles else "")
+
+    @property
     def viable(self) -> bool:
         """Compiled and fits an H100 block's shared memory (what the GPU autotuner can use)."""
         return self.shared is not None and self.shared <= H100_SHARED_BYTES
@@ -90,14 +95,11 @@ class Candidate:
     def line(self) -> str:
         """``name shared N B regs R stack S B (warps, stages, tiles)`` when viable, else
         ``name rejected (warps, stages): why``."""
-        tiles = f", {self.tiles}" if self.tiles else ""
         if self.viable:
             regs = f" regs {self.regs} stack {self.stack} B" if self.regs is not None else ""
-            return (f"{self.name:28s} shared {self.shared} B{regs} "
-                    f"(warps {self.num_warps}, stages {self.num_stages}{tiles})")
+            return f"{self.name:28s} shared {self.shared} B{regs} ({self.shape})"
         why = self.error or f"{self.shared} bytes of shared memory > {H100_SHARED_BYTES}"
-        return (f"{self.name:28s} rejected (warps {self.num_warps}, stages {self.num_stages}"
-                f"{', ' + self.tiles if self.tiles else ''}): {why}")
+        return f"{self.name:28s} rejected ({self.shape}): {why}"
 
 
 def _tile_text(tiles: dict) -> str:
@@ -209,9 +211,9 @@ def spill_summary(candidates: list[Candidate]) -> list[str]:
         if free:
             lines.append(f"registers: {name:28s} {len(free)} of {len(cands)} candidates spill-free")
         else:
-            least = min(cands, key=lambda c: c.stack or 0)
-            lines.append(f"registers: {name:28s} every candidate spills (least {least.stack} B/thread: "
-                         f"warps {least.num_warps}, stages {least.num_stages}{', ' + least.tiles if least.tiles else ''})")
+            least = min(cands, key=lambda c: c.stack)
+            lines.append(f"registers: {name:28s} every candidate spills "
+                         f"(least {least.stack} B/thread: {least.shape})")
     return lines
 
 

@@ -10,7 +10,6 @@ from ..tuning import autotune
 @triton.jit
 def _act_fwd(h, ACT: tl.constexpr):
     """The activation between the two layers."""
-    h = h.to(tl.float32)  # bf16 activations of half-precision models: erf and exp need fp32 (Triton 3.6)
     if ACT == 1:
         return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
     elif ACT == 2:
@@ -24,7 +23,6 @@ def _act_fwd(h, ACT: tl.constexpr):
 @triton.jit
 def _act_grad(h, ACT: tl.constexpr):
     """Its derivative."""
-    h = h.to(tl.float32)
     if ACT == 1:
         return 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476)) + h * 0.3989422804014327 * tl.exp(-0.5 * h * h)
     elif ACT == 2:
@@ -39,7 +37,6 @@ def _act_grad(h, ACT: tl.constexpr):
 @triton.jit
 def _act_grad2(h, ACT: tl.constexpr):
     """Its second derivative."""
-    h = h.to(tl.float32)
     if ACT == 1:
         return 0.3989422804014327 * tl.exp(-0.5 * h * h) * (2.0 - h * h)
     elif ACT == 2:

@@ -72,7 +72,6 @@ def main_bwd_kernel(
     t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = tl.arange(0, BT)  # local: token t0 + row
     valid = rows < nt
-    ii = tl.arange(0, BT)
     x = load_tile(X, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
     bt = load_vec(beta, t0, rows, valid, h, H)  # [BT]
     dq_s = tl.zeros([BT, BK], dtype=tl.float32)  # dO S_0ᵀ
@@ -111,8 +110,8 @@ def main_bwd_kernel(
     db += tl.sum(y2 * kg, 1)
     dx += dot(dw, tl.trans(kg * bt[:, None]), PREC)
     da = -dot(dot(tl.trans(x), dx, PREC), tl.trans(x), PREC)
-    da = tl.where((ii[:, None] > ii[None, :]) & valid[:, None] & valid[None, :], da, 0.0)
-    dm = tl.where((ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :], dm * scale, 0.0)
+    da = tl.where((rows[:, None] > rows[None, :]) & valid[:, None] & valid[None, :], da, 0.0)
+    dm = tl.where((rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :], dm * scale, 0.0)
     dq_s = dq_s * scale * eg
     dk_d = dkd * masked_exp(gl - gt, valid[:, None])
     dk_g = dkg * eg
@@ -172,9 +171,8 @@ def dense_intra_terms(qt, kt, beta, G, P, dM, dA, t0, rows, valid, h, H,
     as tiles and transposed tiles, so that no dot result feeds a dot transposed).
 
     Returns dq_m [BT, BK] (from M), dk_r / dk_c (key as row / column of M and P), db_a [BT]."""
-    ii = tl.arange(0, BT)
-    keep = (ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
-    keep_t = (ii[:, None] <= ii[None, :]) & valid[:, None] & valid[None, :]  # transposed
+    keep = (rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
+    keep_t = (rows[:, None] <= rows[None, :]) & valid[:, None] & valid[None, :]  # transposed
     bt = load_vec(beta, t0, rows, valid, h, H)  # [BT]
     if GATE == 1:
         gv = load_vec(G, t0, rows, valid, h, H)
@@ -186,7 +184,7 @@ def dense_intra_terms(qt, kt, beta, G, P, dM, dA, t0, rows, valid, h, H,
     da = load_tile(dA, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT], strictly lower
     dmd = load_tile(dM, t0, rows, valid, h, H, BT, BT, 0) * decay
     dpd = da * bt[:, None] * decay
-    offs_t = rows[None, :] * (H * BT) + ii[:, None]  # [j, i] -> element (i, j)
+    offs_t = rows[None, :] * (H * BT) + rows[:, None]  # [j, i] -> element (i, j)
     dmd_t = tl.load(dM + (t0 * H + h) * BT + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * decay_t
     dpd_t = tl.load(dA + (t0 * H + h) * BT + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * bt[None, :] * decay_t
     p = load_tile(P, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT]

@@ -27,10 +27,9 @@ def intra_dense_kernel(
     t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = tl.arange(0, BT)  # local: token t0 + row
     valid = rows < nt
-    ii = tl.arange(0, BT)
     qt = load_tile(q, t0, rows, valid, h, H, K, BK, 0)  # [BT, BK]
     kt = load_tile(k, t0, rows, valid, h, H, K, BK, 0)  # [BT, BK]
-    keep = (ii[:, None] >= ii[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
+    keep = (rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
     if GATE == 1:
         gv = load_vec(G, t0, rows, valid, h, H)  # [BT]
         decay = masked_exp(gv[:, None] - gv[None, :], keep)  # [BT, BT]
@@ -38,7 +37,7 @@ def intra_dense_kernel(
         decay = tl.where(keep, 1.0, 0.0)
     m = dot(qt, tl.trans(kt), PREC) * decay  # [BT, BT]
     p = dot(kt, tl.trans(kt), PREC) * decay
-    p = tl.where(ii[:, None] > ii[None, :], p, 0.0)
+    p = tl.where(rows[:, None] > rows[None, :], p, 0.0)
     store_tile(M, m, t0, rows, valid, h, H, BT, BT, 0)
     store_tile(P, p, t0, rows, valid, h, H, BT, BT, 0)
 
