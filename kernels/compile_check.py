@@ -230,9 +230,14 @@ def gated_family_cli(doc: str, record_launches: Callable[[int, int, int, torch.d
     parser.add_argument("--dv", type=int, default=128)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--gates", default="0,1,2", help="gate modes: 0 none, 1 scalar, 2 channel")
+    parser.add_argument("--kernels", default="", help="comma list: compile only kernels whose name contains one")
     a = parser.parse_args()
+    wanted = [w for w in a.kernels.split(",") if w]
     for gate in (int(x) for x in a.gates.split(",")):
-        cands = compile_all(record_launches(gate, a.dk, a.dv, getattr(torch, a.dtype)))
+        launches = record_launches(gate, a.dk, a.dv, getattr(torch, a.dtype))
+        if wanted:
+            launches = [x for x in launches if any(w in launch_shapes(x.fn, x.kwargs)[0].__name__ for w in wanted)]
+        cands = compile_all(launches)
         for cand in cands:
             print(f"gate={GATES[gate]} K={a.dk} V={a.dv} {a.dtype}: {cand.line()}")
         for line in spill_summary(cands):

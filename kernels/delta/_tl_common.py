@@ -54,13 +54,19 @@ def load_state(ptr, n, h, H, K, V, BK: tl.constexpr, BV: tl.constexpr, v0, HAS: 
 
 
 @triton.jit
-def load_tile(ptr, t0, rows, valid, h, H, D, BD: tl.constexpr, d0=0):
-    """Local rows ``rows`` (tokens t0 + rows) of a [TT, H, D] tensor, columns d0..d0+BD, as
-    float32 [len(rows), BD]."""
+def load_tile_raw(ptr, t0, rows, valid, h, H, D, BD: tl.constexpr, d0=0):
+    """Local rows ``rows`` (tokens t0 + rows) of a [TT, H, D] tensor, columns d0..d0+BD, in the
+    tensor's own dtype [len(rows), BD] (half the registers of float32 for bf16/fp16)."""
     cols = d0 + tl.arange(0, BD)
     offs = rows[:, None] * (H * D) + cols[None, :]
     base = ptr + (t0 * H + h) * D
-    return tl.load(base + offs, mask=valid[:, None] & (cols[None, :] < D), other=0.0).to(tl.float32)
+    return tl.load(base + offs, mask=valid[:, None] & (cols[None, :] < D), other=0.0)
+
+
+@triton.jit
+def load_tile(ptr, t0, rows, valid, h, H, D, BD: tl.constexpr, d0=0):
+    """``load_tile_raw`` as float32."""
+    return load_tile_raw(ptr, t0, rows, valid, h, H, D, BD, d0).to(tl.float32)
 
 
 @triton.jit
@@ -148,6 +154,19 @@ def state_tile(ptr, idx, h, H, K, V, BK: tl.constexpr, BV: tl.constexpr, v0):
 def dot(a, b, PREC: tl.constexpr):
     """float32 matmul; PREC is 'ieee' for float32 inputs, 'tf32' for half-precision inputs."""
     return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def raw_dot(a, b, PREC: tl.constexpr):
+    """Matmul of two tiles as stored (``load_tile_raw``, states loaded without a cast), float32
+    accumulation. For bf16/fp16 tensors the products are exact, so this equals ``dot`` on the
+    tiles cast to float32 (tf32 rounds a half value exactly) at half the operand registers and
+    twice the tensor-core rate; float32 tensors (PREC 'ieee') run as ``dot``."""
+    if PREC == "ieee":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        tl.static_assert(a.dtype == b.dtype, "raw_dot: both tiles in the same half dtype")
+        return tl.dot(a, b)
 
 
 @triton.jit

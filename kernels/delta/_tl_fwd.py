@@ -11,8 +11,8 @@ import triton.language as tl
 from ..tuning import autotune
 
 from ._tl_common import (
-    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile, load_vec,
-    masked_exp, pass_chunk, pass_program, state_tile, store_tile,
+    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile, load_tile_raw,
+    load_vec, masked_exp, pass_chunk, pass_program, raw_dot, state_tile, store_tile,
 )
 
 
@@ -27,16 +27,16 @@ def intra_dense_kernel(
     t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = tl.arange(0, BT)  # local: token t0 + row
     valid = rows < nt
-    qt = load_tile(q, t0, rows, valid, h, H, K, BK, 0)  # [BT, BK]
-    kt = load_tile(k, t0, rows, valid, h, H, K, BK, 0)  # [BT, BK]
+    qt = load_tile_raw(q, t0, rows, valid, h, H, K, BK, 0)  # [BT, BK] as stored: exact raw_dots
+    kt = load_tile_raw(k, t0, rows, valid, h, H, K, BK, 0)  # [BT, BK]
     keep = (rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
     if GATE == 1:
         gv = load_vec(G, t0, rows, valid, h, H)  # [BT]
         decay = masked_exp(gv[:, None] - gv[None, :], keep)  # [BT, BT]
     else:
         decay = tl.where(keep, 1.0, 0.0)
-    m = dot(qt, tl.trans(kt), PREC) * decay  # [BT, BT]
-    p = dot(kt, tl.trans(kt), PREC) * decay
+    m = raw_dot(qt, tl.trans(kt), PREC) * decay  # [BT, BT]
+    p = raw_dot(kt, tl.trans(kt), PREC) * decay
     p = tl.where(rows[:, None] > rows[None, :], p, 0.0)
     store_tile(M, m, t0, rows, valid, h, H, BT, BT, 0)
     store_tile(P, p, t0, rows, valid, h, H, BT, BT, 0)
