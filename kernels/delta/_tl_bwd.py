@@ -1,9 +1,9 @@
 """Backward Triton kernels of the chunked gated delta rule (formulas in README.md).
 
-state pass (reverse) -> dS at each chunk end, dṼ, dS_init;  main -> dV, the inter-chunk and
-WY parts of dQ, dK, dβ, dG, and dM, dA, and for no or scalar gates the intra-chunk parts too
-(final dQ, dK, dβ, per-token dG);  intra (per channel) -> the intra-chunk parts for per-channel
-gates. An in-chunk reverse cumsum of the per-token dG then gives dg.
+state pass (reverse) -> dS at each chunk end, dṼ, dS_init;  wy -> dV, the WY parts of dK,
+dβ and dA;  qk -> the inter-chunk parts of dQ, dK, dG and dM, and for no or scalar gates the
+intra-chunk parts too (final dQ, dK, dβ, per-token dG);  intra (per channel) -> the intra-chunk
+parts for per-channel gates. An in-chunk reverse cumsum of the per-token dG then gives dg.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from ..tuning import autotune
 
 from ._tl_fwd import STATE_PASS_SHAPES
 from ._tl_common import (
-    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile, load_vec,
-    masked_exp, pass_chunk, pass_program, state_tile, store_tile, store_vec,
+    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile, load_tile_raw,
+    load_vec, masked_exp, pass_chunk, pass_program, raw_dot, state_tile, store_tile, store_vec,
 )
 
 
@@ -53,84 +53,105 @@ def state_bwd_kernel(
     tl.store(p, ds, mask=msk)
 
 
-# sm_90 builds of every candidate spill registers (1.0-1.8 KB per thread with 8 or 16 warps,
-# 4.1 KB with 4: compile_check); 16 warps spill the least
+# The per-chunk backward is two kernels: as one (until f59a5ca, ``main_bwd_kernel``) its sm_90
+# builds spilled 1.0-1.2 KB of registers per thread at best (five [BT, BK] and [BT, BT]
+# accumulators through one loop); split, 0.04-0.8 KB (compile_check), for +0.95 GB of traffic at
+# shape S (the float32 dK partial, S_0 and K read twice; benchmarks/traffic.py).
 @autotune(["H", "K", "V", "GATE", "BK", "BV"], ((8, 1), (4, 1), (8, 2), (16, 1)))
 @triton.jit
-def main_bwd_kernel(
-    q, k, v, beta, G, X, VN, dVN, HS, DHS, dO, P,
-    dq, dk, dq_out, dk_out, dv, dbeta, dG, dM, dA, chunk_seq, cu, chunk_off, scale, H, K, V,
+def wy_bwd_kernel(
+    k, v, beta, G, X, dVN, HS, dk_p, dv, dbeta, dA, chunk_seq, cu, chunk_off, H, K, V,
     GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Per chunk: dV and every gradient term outside the intra-chunk products M and P, and for
-    no or scalar gates the intra-chunk terms too (``dense_intra_terms``): then dQ, dK are final,
-    stored in the inputs' dtype (``dq_out``, ``dk_out``), as are dβ and the per-token dG.
-
-    Per-channel gates leave float32 partials dq, dk, dβ, dG, and dM = scale·lower(dO Ṽᵀ),
-    dA = strictly_lower(−Xᵀ dX Xᵀ) to ``intra_bwd_channel_kernel``."""
+    """Per chunk, back through the WY form (U = X diag(β) V, W = X diag(β) (K ⊙ e^G),
+    Ṽ = U − W S_0): dV, dβ except its share from P, dA = strictly_lower(−Xᵀ dX Xᵀ), and the
+    float32 partial dK ⊇ β ⊙ (Xᵀ dW) ⊙ e^G (``dk_p``; qk_bwd_kernel forms its dG share)."""
     i_c, h = tl.program_id(0), tl.program_id(1)
     t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = tl.arange(0, BT)  # local: token t0 + row
     valid = rows < nt
     x = load_tile(X, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
     bt = load_vec(beta, t0, rows, valid, h, H)  # [BT]
-    dq_s = tl.zeros([BT, BK], dtype=tl.float32)  # dO S_0ᵀ
-    dkd = tl.zeros([BT, BK], dtype=tl.float32)  # Ṽ dS_Cᵀ
     dw = tl.zeros([BT, BK], dtype=tl.float32)  # −dṼ S_0ᵀ
-    dm = tl.zeros([BT, BT], dtype=tl.float32)
     dx = tl.zeros([BT, BT], dtype=tl.float32)
-    sds = tl.zeros([BK], dtype=tl.float32)  # Σ_v S_0 ⊙ dS_C
     db = tl.zeros([BT], dtype=tl.float32)
     for v0 in range(0, V, BV):
         p, msk = state_tile(HS, i_c, h, H, K, V, BK, BV, v0)
         s = tl.load(p, mask=msk, other=0.0).to(tl.float32)  # [BK, BV]
-        p, msk = state_tile(DHS, i_c, h, H, K, V, BK, BV, v0)
-        ds = tl.load(p, mask=msk, other=0.0).to(tl.float32)
-        vn = load_tile(VN, t0, rows, valid, h, H, V, BV, v0)  # [BT, BV]
-        dvn = load_tile(dVN, t0, rows, valid, h, H, V, BV, v0)
-        do = load_tile(dO, t0, rows, valid, h, H, V, BV, v0)
+        dvn = load_tile(dVN, t0, rows, valid, h, H, V, BV, v0)  # [BT, BV] = dU
         vt = load_tile(v, t0, rows, valid, h, H, V, BV, v0)
-        dq_s += dot(do, tl.trans(s), PREC)
-        dm += dot(do, tl.trans(vn), PREC)
-        dkd += dot(vn, tl.trans(ds), PREC)
         dw -= dot(dvn, tl.trans(s), PREC)
-        sds += tl.sum(s * ds, 1)
         y = dot(tl.trans(x), dvn, PREC)  # [BT, BV] = Xᵀ dU
         store_tile(dv, y * bt[:, None], t0, rows, valid, h, H, V, BV, v0)
         db += tl.sum(y * vt, 1)
         dx += dot(dvn, tl.trans(vt * bt[:, None]), PREC)
-    qt = load_tile(q, t0, rows, valid, h, H, K, BK, 0)
     kt = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
-    gt = gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, BK)
-    gl = gate_row(G, t0 + nt - 1, h, H, K, GATE, BK)  # [1, BK] or [1, 1]
-    eg = tl.exp(gt)
+    eg = tl.exp(gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, BK))
     kg = kt * eg  # [BT, BK]
     y2 = dot(tl.trans(x), dw, PREC)  # Xᵀ dW
-    dkg = y2 * bt[:, None]
     db += tl.sum(y2 * kg, 1)
     dx += dot(dw, tl.trans(kg * bt[:, None]), PREC)
     da = -dot(dot(tl.trans(x), dx, PREC), tl.trans(x), PREC)
     da = tl.where((rows[:, None] > rows[None, :]) & valid[:, None] & valid[None, :], da, 0.0)
-    dm = tl.where((rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :], dm * scale, 0.0)
-    dq_s = dq_s * scale * eg
-    dk_d = dkd * masked_exp(gl - gt, valid[:, None])
-    dk_g = dkg * eg
-    store_tile(dM, dm, t0, rows, valid, h, H, BT, BT, 0)
     store_tile(dA, da, t0, rows, valid, h, H, BT, BT, 0)
+    store_vec(dbeta, db, t0, rows, valid, h, H)
+    store_tile(dk_p, y2 * bt[:, None] * eg, t0, rows, valid, h, H, K, BK, 0)
+
+
+@autotune(["H", "K", "V", "GATE", "BK", "BV"], ((8, 1), (4, 1), (8, 2), (16, 1)), restore=["dk_p", "dbeta"])
+@triton.jit
+def qk_bwd_kernel(
+    q, k, beta, G, VN, HS, DHS, dO, P, dA, dk_p,
+    dq, dq_out, dk_out, dbeta, dG, dM, chunk_seq, cu, chunk_off, scale, H, K, V,
+    GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Per chunk, after ``wy_bwd_kernel``: the state and output terms dQ ⊇ scale (dO S_0ᵀ) ⊙ e^G,
+    dK ⊇ (Ṽ dS_Cᵀ) ⊙ e^{G_last−G}, dM = scale·lower(dO Ṽᵀ) and their dG shares; for no or
+    scalar gates also the intra-chunk terms (``dense_intra_terms``, from dM and wy's dA): then
+    dQ, dK are final (inputs' dtype), as are dβ and the per-token dG. Per-channel gates leave
+    float32 partials dq, dk (in ``dk_p``), dβ, dG to ``intra_bwd_channel_kernel``."""
+    i_c, h = tl.program_id(0), tl.program_id(1)
+    t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    rows = tl.arange(0, BT)  # local: token t0 + row
+    valid = rows < nt
+    dq_s = tl.zeros([BT, BK], dtype=tl.float32)  # dO S_0ᵀ
+    dkd = tl.zeros([BT, BK], dtype=tl.float32)  # Ṽ dS_Cᵀ
+    dm = tl.zeros([BT, BT], dtype=tl.float32)
+    sds = tl.zeros([BK], dtype=tl.float32)  # Σ_v S_0 ⊙ dS_C
+    for v0 in range(0, V, BV):
+        p, msk = state_tile(HS, i_c, h, H, K, V, BK, BV, v0)
+        s = tl.load(p, mask=msk, other=0.0)  # [BK, BV], as stored: the dots are exact raw_dots
+        p, msk = state_tile(DHS, i_c, h, H, K, V, BK, BV, v0)
+        ds = tl.load(p, mask=msk, other=0.0)
+        vn = load_tile_raw(VN, t0, rows, valid, h, H, V, BV, v0)  # [BT, BV]
+        do = load_tile_raw(dO, t0, rows, valid, h, H, V, BV, v0)
+        dq_s += raw_dot(do, tl.trans(s), PREC)
+        dm += raw_dot(do, tl.trans(vn), PREC)
+        dkd += raw_dot(vn, tl.trans(ds), PREC)
+        sds += tl.sum(s.to(tl.float32) * ds.to(tl.float32), 1)
+    dm = tl.where((rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :], dm * scale, 0.0)
+    store_tile(dM, dm, t0, rows, valid, h, H, BT, BT, 0)
+    qt = load_tile(q, t0, rows, valid, h, H, K, BK, 0)
+    kt = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
+    gt = gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, BK)
+    gl = gate_row(G, t0 + nt - 1, h, H, K, GATE, BK)  # [1, BK] or [1, 1]
+    dq_s = dq_s * scale * tl.exp(gt)
+    dk_d = dkd * masked_exp(gl - gt, valid[:, None])
+    dk_g = load_tile(dk_p, t0, rows, valid, h, H, K, BK, 0)  # β ⊙ (Xᵀ dW) ⊙ e^G from wy_bwd_kernel
+    dk_t = dk_g + dk_d
+    dk_gate = dk_g - dk_d  # signs of the e^{±G} factors (README, dG)
     if GATE < 2:  # the intra-chunk terms here: final dq, dk in the inputs' dtype
-        tl.debug_barrier()  # dM, dA go through memory: their transposes feed dots (README)
+        tl.debug_barrier()  # dM goes through memory: its transpose feeds a dot (README)
         dq_m, dk_r, dk_c, db_a = dense_intra_terms(
             qt, kt, beta, G, P, dM, dA, t0, rows, valid, h, H, GATE, BT, PREC)
         dq_s += dq_m
-        db += db_a
         store_tile(dq_out, dq_s, t0, rows, valid, h, H, K, BK, 0)
-        store_tile(dk_out, dk_g + dk_d + dk_r + dk_c, t0, rows, valid, h, H, K, BK, 0)
-        dk_gate = dk_g - dk_d + dk_r - dk_c  # signs of the e^{±G} factors (README, dG)
+        store_tile(dk_out, dk_t + dk_r + dk_c, t0, rows, valid, h, H, K, BK, 0)
+        store_vec(dbeta, load_vec(dbeta, t0, rows, valid, h, H) + db_a, t0, rows, valid, h, H)
+        dk_gate += dk_r - dk_c
     else:
         store_tile(dq, dq_s, t0, rows, valid, h, H, K, BK, 0)
-        store_tile(dk, dk_g + dk_d, t0, rows, valid, h, H, K, BK, 0)
-        dk_gate = dk_g - dk_d
-    store_vec(dbeta, db, t0, rows, valid, h, H)
+        store_tile(dk_p, dk_t, t0, rows, valid, h, H, K, BK, 0)
     if GATE > 0:
         dg = qt * dq_s + kt * dk_gate  # [BT, BK]
         tail = tl.sum(kt * dk_d, 0)[None, :] + tl.exp(gl) * sds[None, :]  # [1, BK]
@@ -146,7 +167,7 @@ def finish_rows(
     dq, dk, dq_out, dk_out, dbeta, dG, t0, rows, valid, h, H, K, qt, kt,
     dq_m, dk_r, dk_c, db_a, GATE: tl.constexpr, BK: tl.constexpr,
 ):
-    """Add the intra-chunk terms to the partials of main_bwd_kernel: dq, dk are stored into
+    """Add the intra-chunk terms to the partials of qk_bwd_kernel: dq, dk are stored into
     ``dq_out``, ``dk_out`` (in the inputs' dtype: no separate cast pass), dβ and dG in place.
 
     dq_m: from M (query side), dk_r / dk_c: key as row / column of M and P, db_a: from P."""

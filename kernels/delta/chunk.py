@@ -175,15 +175,20 @@ def backward_packed(
     )
     dq_out, dk_out = torch.empty_like(q), torch.empty_like(k)  # final, in the inputs' dtype
     channel = plan.gate == 2  # its intra-chunk terms come from a kernel of their own
-    dq, dk = (torch.empty(q.shape, **f32), torch.empty(k.shape, **f32)) if channel else (dq_out, dk_out)
+    dq = torch.empty(q.shape, **f32) if channel else dq_out
+    dk = torch.empty(k.shape, **f32)  # dK's partials, float32
     dv, db = torch.empty_like(v), torch.empty(beta.shape, **f32)
     dg = torch.empty(gc.shape, **f32) if plan.gate else dq
     dm, da = torch.empty_like(m), torch.empty_like(m)
     common = (plan.chunk_seq, plan.cu, plan.chunk_off)
-    bwd.main_bwd_kernel[(plan.n_chunks, plan.heads)](
-        q, k, v, beta, gc, x, vn, dvn, hs, dhs, do, p, dq, dk, dq_out, dk_out, dv, db, dg, dm, da,
-        *common, scale, plan.heads, plan.dk, plan.dv, GATE=plan.gate, BT=BT, BK=plan.bk,
-        BV=plan.bv_loop, PREC=plan.prec,
+    grid = (plan.n_chunks, plan.heads)
+    meta = dict(GATE=plan.gate, BT=BT, BK=plan.bk, BV=plan.bv_loop, PREC=plan.prec)
+    bwd.wy_bwd_kernel[grid](
+        k, v, beta, gc, x, dvn, hs, dk, dv, db, da, *common, plan.heads, plan.dk, plan.dv, **meta,
+    )
+    bwd.qk_bwd_kernel[grid](
+        q, k, beta, gc, vn, hs, dhs, do, p, da, dk, dq, dq_out, dk_out, db, dg, dm, *common, scale,
+        plan.heads, plan.dk, plan.dv, **meta,
     )
     if channel:
         bwd.intra_bwd_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](

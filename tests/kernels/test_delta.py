@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -271,7 +272,7 @@ def test_kernels_compile_for_h100() -> None:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     kernels = {line.split()[4] for line in done.stdout.splitlines() if "shared" in line}
-    assert {"intra_channel_kernel", "main_bwd_kernel", "intra_bwd_channel_kernel", "state_bwd_kernel"} <= kernels
+    assert {"intra_channel_kernel", "wy_bwd_kernel", "qk_bwd_kernel", "intra_bwd_channel_kernel", "state_bwd_kernel"} <= kernels
     # registers: the chunk-parallel kernels keep a spill-free candidate (64-bit per-element tile
     # offsets had every candidate of every kernel spill)
     free = {(line.split()[0], line.split()[5]) for line in done.stdout.splitlines()
@@ -281,6 +282,16 @@ def test_kernels_compile_for_h100() -> None:
                         ("gate=channel", ("intra_channel_kernel", "solve_kernel", "output_kernel",
                                           "intra_bwd_channel_kernel"))):
         assert {(gate, n) for n in names} <= free, sorted(free)
+    # the per-chunk backward, split in two: each half spills under 1000 B per thread at best in
+    # every gate mode (the single main_bwd_kernel before it: 1048-1240 B; now 40-776 B)
+    least = {}
+    for line in done.stdout.splitlines():
+        m = re.search(r"^(gate=\w+) .*registers: (\w+) .*least (\d+) B/thread", line)
+        if m:
+            least[m.group(1), m.group(2)] = int(m.group(3))
+    for gate in ("gate=none", "gate=scalar", "gate=channel"):
+        for name in ("wy_bwd_kernel", "qk_bwd_kernel"):
+            assert least.get((gate, name), 0) < 1000, (gate, name, least.get((gate, name)))
 
 
 # ---------------------------------------------------------------- GPU (real sizes)

@@ -87,7 +87,7 @@ def test_every_hot_kernel_is_autotuned_with_the_default_first() -> None:
     names = {t.base_fn.__name__ for t in tuners}
     assert {"_intra_kernel", "_bwd_intra_kernel", "_intra_dense_kernel",
             "_bwd_inter_kernel", "solve_kernel",
-            "main_bwd_kernel", "intra_bwd_channel_kernel", "state_fwd_kernel", "_keys_kernel",
+            "wy_bwd_kernel", "qk_bwd_kernel", "intra_bwd_channel_kernel", "state_fwd_kernel", "_keys_kernel",
             "_update_kernel", "_bwd_hidden_kernel", "_bwd_keys_kernel"} <= names
     if tuning.interpreted():  # one candidate only: the interpreter benchmarks nothing
         assert all(len(t.configs) == 1 for t in tuners)
