@@ -19,16 +19,34 @@ def _dot_all(x, y):
 
 
 @triton.jit
-def _outer_grads(kt, dzt, a, d1, coef, gw1, gw2, gw1T_ptr, gw2T_ptr, m1T, m2T, PREC: tl.constexpr):
+def _coef_grads(kt, dzt, a, d1, coef, gw1_ptr, gw2T_ptr, m1, m2T, PREC: tl.constexpr):
     """Gradients through one decayed outer-product sum of the update, ``k^T diag(coef) d1`` and
-    ``a^T diag(coef) dz``, given the gradients ``gw1 [BK, BH]``, ``gw2 [BH, BV]`` of its results:
-    ``(d coef [BC], d d1 [BC, BH], d a [BC, BH], d k [BC, BK], d dz [BC, BV])``."""
-    p1 = tl.dot(kt, gw1, input_precision=PREC)  # [BC, BH] = k gW1
+    ``a^T diag(coef) dz``, given the gradients ``gW1 [BK, BH]``, ``gW2 [BH, BV]`` of its results
+    (loaded here): ``(d coef [BC], d d1 [BC, BH], d a [BC, BH])``. The key and dz sides,
+    ``d1 diag(coef) gW1^T`` and ``a diag(coef) gW2``, are formed later by the caller."""
+    p1 = tl.dot(kt, tl.load(gw1_ptr, mask=m1, other=0.0), input_precision=PREC)  # [BC, BH] = k gW1
     p2 = tl.dot(dzt, tl.load(gw2T_ptr, mask=m2T, other=0.0), input_precision=PREC)  # dz gW2^T
-    gcoef = tl.sum(d1 * p1, 1) + tl.sum(a * p2, 1)
-    gk = tl.dot(d1 * coef[:, None], tl.load(gw1T_ptr, mask=m1T, other=0.0), input_precision=PREC)
-    gdz = tl.dot(a * coef[:, None], gw2, input_precision=PREC)
-    return gcoef, coef[:, None] * p1, coef[:, None] * p2, gk, gdz
+    return tl.sum(d1 * p1, 1) + tl.sum(a * p2, 1), coef[:, None] * p1, coef[:, None] * p2
+
+
+@triton.jit
+def _state_scalars(w1, w2, z1, z2, g_w1n, g_w2n, g_z1n, g_z2n, p1, p2, m1, m2, out,
+                   MOM: tl.constexpr):
+    """Store the gradients of the update's scalars from this program's state tiles:
+    ``<W1, gW1'> + <W2, gW2'>`` (the decay γ) and, with momentum, ``<Z, gW'>`` (e) and
+    ``<Z, gZ'>`` (the momentum factor), at ``out[0..2]``."""
+    gw1n = tl.load(g_w1n + p1, mask=m1, other=0.0)
+    gw2n = tl.load(g_w2n + p2, mask=m2, other=0.0)
+    s_gam = _dot_all(tl.load(w1 + p1, mask=m1, other=0.0), gw1n)
+    s_gam += _dot_all(tl.load(w2 + p2, mask=m2, other=0.0), gw2n)
+    tl.store(out, s_gam)
+    if MOM:
+        z1t = tl.load(z1 + p1, mask=m1, other=0.0)
+        z2t = tl.load(z2 + p2, mask=m2, other=0.0)
+        tl.store(out + 1, _dot_all(z1t, gw1n) + _dot_all(z2t, gw2n))
+        gz1n = tl.load(g_z1n + p1, mask=m1, other=0.0)
+        gz2n = tl.load(g_z2n + p2, mask=m2, other=0.0)
+        tl.store(out + 2, _dot_all(z1t, gz1n) + _dot_all(z2t, gz2n))
 
 
 @triton.jit
@@ -59,7 +77,7 @@ def _readout_grad(x_w, x_z, p, m, X, DO, G, E, i, rc, mc, r_in, m_in, r_out, m_o
     return xw, xz
 
 
-@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "FOLD", "PREC"], ((4, 3), (8, 3)))
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "FOLD", "PREC"], ((4, 3), (8, 3), (16, 1)))
 @triton.jit
 def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
                        g_a, g_d1, g_w1n, g_w2n, g_z1n, g_z2n, x_w1, x_w2, x_z1, x_z2,
@@ -87,73 +105,68 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
     p2T = i * HD * V + ch[None, :] * V + rv[:, None]  # transposed [BV, BH]
     off = i * C * HD + rc[:, None] * HD + ch[None, :]  # [BC, BH] rows of h, a, d1
     mch = mc[:, None] & mh[None, :]
+    prt = i * nj + j  # this program's row of the per-block partials
+    # Phases in order, each one's tiles dead before the next loads its own (all alive at once,
+    # the sm_90 build spilled 5.4 KB of registers per thread): (1) the scalars of the state's
+    # direct terms, (2) the coefficient rows' and d1's gradients, (3) dk's and ddz's partials,
+    # (4) the chunk-start state's gradients. State tiles are loaded again where used: L1/L2 hits.
+    _state_scalars(w1, w2, z1, z2, g_w1n, g_w2n, g_z1n, g_z2n, p1, p2, m1, m2, scal_part + prt * 3, MOM)
     kt = tl.load(k + i * C * K + rc[:, None] * K + rk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
     dzt = tl.load(dz + i * C * V + rc[:, None] * V + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
-    h = tl.load(h_in + off, mask=mch, other=0.0)
     a = tl.load(a_in + off, mask=mch, other=0.0)
     d1 = tl.load(d1_in + off, mask=mch, other=0.0)
     dlv = tl.load(dl + i * C + rc, mask=mc, other=0.0)
-    g = tl.load(gam + i)
-    gw1n = tl.load(g_w1n + p1, mask=m1, other=0.0)
-    gw2n = tl.load(g_w2n + p2, mask=m2, other=0.0)
-    s_gam = _dot_all(tl.load(w1 + p1, mask=m1, other=0.0), gw1n)
-    s_gam += _dot_all(tl.load(w2 + p2, mask=m2, other=0.0), gw2n)
-    gw1_acc = g * gw1n  # the state-direct parts; the read-out's are added at the end
-    gw2_acc = g * gw2n
-    gz1_acc = gw1_acc * 0.0
-    gz2_acc = gw2_acc * 0.0
     # outer products of the update: W1' += k^T diag(dl) d1, W2' += a^T diag(dl) dz (Z: zl)
-    gdl, g1, ga, gk, gdz = _outer_grads(kt, dzt, a, d1, dlv, gw1n, gw2n, g_w1n + p1T, g_w2n + p2T,
-                                        m1T, m2T, PREC)
-    g1 += tl.load(g_d1 + off, mask=mch, other=0.0)
-    ga += tl.load(g_a + off, mask=mch, other=0.0)
+    gdl, g1, ga = _coef_grads(kt, dzt, a, d1, dlv, g_w1n + p1, g_w2n + p2T, m1, m2T, PREC)
+    tl.store(gdl_part + prt * C + rc, gdl, mask=mc)
+    zlv = dlv * 0.0
     if MOM:
-        ev, mv_ = tl.load(e + i), tl.load(mom + i)
-        gz1n = tl.load(g_z1n + p1, mask=m1, other=0.0)
-        gz2n = tl.load(g_z2n + p2, mask=m2, other=0.0)
-        z1t = tl.load(z1 + p1, mask=m1, other=0.0)
-        z2t = tl.load(z2 + p2, mask=m2, other=0.0)
-        gz1_acc = ev * gw1n + mv_ * gz1n
-        gz2_acc = ev * gw2n + mv_ * gz2n
-        tl.store(scal_part + (i * nj + j) * 3 + 1, _dot_all(z1t, gw1n) + _dot_all(z2t, gw2n))
-        tl.store(scal_part + (i * nj + j) * 3 + 2, _dot_all(z1t, gz1n) + _dot_all(z2t, gz2n))
         zlv = tl.load(zl + i * C + rc, mask=mc, other=0.0)
-        gzl, g1z, gaz, gkz, gdzz = _outer_grads(kt, dzt, a, d1, zlv, gz1n, gz2n, g_z1n + p1T,
-                                                g_z2n + p2T, m1T, m2T, PREC)
-        tl.store(gzl_part + (i * nj + j) * C + rc, gzl, mask=mc)
+        gzl, g1z, gaz = _coef_grads(kt, dzt, a, d1, zlv, g_z1n + p1, g_z2n + p2T, m1, m2T, PREC)
+        tl.store(gzl_part + prt * C + rc, gzl, mask=mc)
         g1 += g1z
         ga += gaz
-        gk += gkz
-        gdz += gdzz
-    tl.store(scal_part + (i * nj + j) * 3, s_gam)
-    tl.store(gdl_part + (i * nj + j) * C + rc, gdl, mask=mc)
+    g1 += tl.load(g_d1 + off, mask=mch, other=0.0)
+    ga += tl.load(g_a + off, mask=mch, other=0.0)
     # back through d1 = act'(h) * (dz W2^T)
-    w2T = tl.load(w2 + p2T, mask=m2T, other=0.0)  # [BV, BH]
-    mm = tl.dot(dzt, w2T, input_precision=PREC)  # [BC, BH] = dz W2^T
+    h = tl.load(h_in + off, mask=mch, other=0.0)
+    mm = tl.dot(dzt, tl.load(w2 + p2T, mask=m2T, other=0.0), input_precision=PREC)  # [BC, BH] = dz W2^T
     tl.store(gh_part + off, g1 * mm * _act_grad2(h, ACT), mask=mch)
     tl.store(ga_part + off, ga, mask=mch)
     tl.store(t_buf + off, g1 * _act_grad(h, ACT), mask=mch)
     tl.debug_barrier()
-    t = tl.load(t_buf + off, mask=mch, other=0.0)  # through memory: built from dot results
-    tT = tl.load(t_buf + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :],
-                 other=0.0)  # [BH, BC]
-    gdz += tl.dot(t, tl.load(w2 + p2, mask=m2, other=0.0), input_precision=PREC)
-    gw2_acc += tl.dot(tT, dzt, input_precision=PREC)
-    tl.store(gk_part + (i * nj + j) * C * K + rc[:, None] * K + rk[None, :], gk,
-             mask=mc[:, None] & mk[None, :])
-    tl.store(gdz_part + (i * nj + j) * C * V + rc[:, None] * V + rv[None, :], gdz,
-             mask=mc[:, None] & mv[None, :])
-    # last, when the tiles above are dead: the read-out's gradients on the chunk-start state
+    # dk's partial: d1 diag(dl) gW1^T (+ d1 diag(zl) gZ1^T)
+    gk = tl.dot(d1 * dlv[:, None], tl.load(g_w1n + p1T, mask=m1T, other=0.0), input_precision=PREC)
+    if MOM:
+        gk += tl.dot(d1 * zlv[:, None], tl.load(g_z1n + p1T, mask=m1T, other=0.0), input_precision=PREC)
+    tl.store(gk_part + prt * C * K + rc[:, None] * K + rk[None, :], gk, mask=mc[:, None] & mk[None, :])
+    # ddz's partial: a diag(dl) gW2 (+ a diag(zl) gZ2) + t W2, t = g1 act'(h) through memory
+    t = tl.load(t_buf + off, mask=mch, other=0.0)
+    gdz = tl.dot(t, tl.load(w2 + p2, mask=m2, other=0.0), input_precision=PREC)
+    gdz += tl.dot(a * dlv[:, None], tl.load(g_w2n + p2, mask=m2, other=0.0), input_precision=PREC)
+    if MOM:
+        gdz += tl.dot(a * zlv[:, None], tl.load(g_z2n + p2, mask=m2, other=0.0), input_precision=PREC)
+    tl.store(gdz_part + prt * C * V + rc[:, None] * V + rv[None, :], gdz, mask=mc[:, None] & mv[None, :])
+    # the chunk-start state's gradients: decay and momentum of the next state's, t^T dz into
+    # W2's, and the read-out's (formed last, when the tiles above are dead)
+    g = tl.load(gam + i)
+    ev, mv_ = g * 0.0, g * 0.0
+    if MOM:
+        ev, mv_ = tl.load(e + i), tl.load(mom + i)
+    gw1n = tl.load(g_w1n + p1, mask=m1, other=0.0)
     xw1, xz1 = _readout_grad(x_w1, x_z1, p1, m1, f_x1, f_do1, f_g, f_e, i, rc, mc, rk, mk, ch, mh,
                              C, K, HD, MOM, FOLD, PREC)
-    tl.store(g_w1 + p1, gw1_acc + xw1, mask=m1)
+    tl.store(g_w1 + p1, g * gw1n + xw1, mask=m1)
     if MOM:
-        tl.store(g_z1 + p1, gz1_acc + xz1, mask=m1)
+        tl.store(g_z1 + p1, ev * gw1n + mv_ * tl.load(g_z1n + p1, mask=m1, other=0.0) + xz1, mask=m1)
+    tT = tl.load(t_buf + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :],
+                 other=0.0)  # [BH, BC]
+    gw2n = tl.load(g_w2n + p2, mask=m2, other=0.0)
     xw2, xz2 = _readout_grad(x_w2, x_z2, p2, m2, f_x2, f_do2, f_g, f_e, i, rc, mc, ch, mh, rv, mv,
                              C, HD, V, MOM, FOLD, PREC)
-    tl.store(g_w2 + p2, gw2_acc + xw2, mask=m2)
+    tl.store(g_w2 + p2, g * gw2n + tl.dot(tT, dzt, input_precision=PREC) + xw2, mask=m2)
     if MOM:
-        tl.store(g_z2 + p2, gz2_acc + xz2, mask=m2)
+        tl.store(g_z2 + p2, ev * gw2n + mv_ * tl.load(g_z2n + p2, mask=m2, other=0.0) + xz2, mask=m2)
 
 
 @triton.jit

@@ -169,7 +169,7 @@ def _bias_kernel(y_part, k, v, delta, y0_out, dz_out, NJ, C, V, eps, bp,
     tl.store(dz_out + i * C * V + tile, r, mask=m)
 
 
-@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "PREC"], ((4, 3), (8, 3)))
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "PREC"], ((4, 3), (8, 3), (16, 1)))
 @triton.jit
 def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
                    d1_out, w1n, w2n, z1n, z2n, C, K, HD, V,
@@ -187,23 +187,27 @@ def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
     tl.debug_barrier()
     d1 = tl.load(d1_out + off, mask=ch_mask, other=0.0)  # through memory: a dot's result
     dlv = tl.load(dl + i * C + rc, mask=mc, other=0.0)  # [BC] row `last` of the step weights
-    kT = tl.load(k + i * C * K + rc[None, :] * K + rk[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
-    aT = tl.load(a_in + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :], other=0.0)
     g = tl.load(gam + i)
-    p1 = i * K * HD + rk[:, None] * HD + ch[None, :]  # W1[:, j] tile [BK, BH]
-    m1 = mk[:, None] & mh[None, :]
-    p2 = i * HD * V + ch[:, None] * V + rv[None, :]  # W2[j, :] tile [BH, BV]
-    m2 = mh[:, None] & mv[None, :]
-    new1 = g * tl.load(w1 + p1, mask=m1, other=0.0) + tl.dot(kT, d1 * dlv[:, None], input_precision=PREC)
-    new2 = g * tl.load(w2 + p2, mask=m2, other=0.0) + tl.dot(aT, dzt * dlv[:, None], input_precision=PREC)
+    ev, mv_, zlv = g * 0.0, g * 0.0, dlv * 0.0
     if MOM:
         ev, mv_ = tl.load(e + i), tl.load(mom + i)
         zlv = tl.load(zl + i * C + rc, mask=mc, other=0.0)
+    # one layer at a time, each stored before the next is formed (fewer live tiles)
+    kT = tl.load(k + i * C * K + rc[None, :] * K + rk[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+    p1 = i * K * HD + rk[:, None] * HD + ch[None, :]  # W1[:, j] tile [BK, BH]
+    m1 = mk[:, None] & mh[None, :]
+    new1 = g * tl.load(w1 + p1, mask=m1, other=0.0) + tl.dot(kT, d1 * dlv[:, None], input_precision=PREC)
+    if MOM:
         z1t = tl.load(z1 + p1, mask=m1, other=0.0)
-        z2t = tl.load(z2 + p2, mask=m2, other=0.0)
         new1 += ev * z1t
-        new2 += ev * z2t
         tl.store(z1n + p1, mv_ * z1t + tl.dot(kT, d1 * zlv[:, None], input_precision=PREC), mask=m1)
-        tl.store(z2n + p2, mv_ * z2t + tl.dot(aT, dzt * zlv[:, None], input_precision=PREC), mask=m2)
     tl.store(w1n + p1, new1, mask=m1)
+    aT = tl.load(a_in + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :], other=0.0)
+    p2 = i * HD * V + ch[:, None] * V + rv[None, :]  # W2[j, :] tile [BH, BV]
+    m2 = mh[:, None] & mv[None, :]
+    new2 = g * tl.load(w2 + p2, mask=m2, other=0.0) + tl.dot(aT, dzt * dlv[:, None], input_precision=PREC)
+    if MOM:
+        z2t = tl.load(z2 + p2, mask=m2, other=0.0)
+        new2 += ev * z2t
+        tl.store(z2n + p2, mv_ * z2t + tl.dot(aT, dzt * zlv[:, None], input_precision=PREC), mask=m2)
     tl.store(w2n + p2, new2, mask=m2)

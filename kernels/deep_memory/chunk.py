@@ -33,10 +33,14 @@ from .config import DeepMemoryConfig
 from .memory import DeepMemoryState, Weights, accum_dtype
 from .fused import fused_dual_form
 from .step import fused_step_supported
+from ..tuning import autotune
 
 MAX_TRITON_CHUNK = 128  # larger chunks make the [C, C] tile too big for registers
 
 
+# Launch shapes tuned on the GPU (kernels/tuning.py); the first is the former fixed choice.
+# The backward's sm_90 builds spill registers at 4 warps (tf32, chunk 64: 3.1 KB per thread).
+@autotune(["C", "DK", "DV", "BC", "BK", "BV", "MOM", "PREC"], ((4, 3), (8, 3), (8, 2)))
 @triton.jit
 def _readout_fwd_kernel(
     X, W0, Z0, GAM, E, A, D, U, O, C, DK, DV,
@@ -97,6 +101,7 @@ def _dense_bwd_block(x, s, w, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW,
     return g
 
 
+@autotune(["C", "DK", "DV", "BC", "BK", "BV", "MOM", "DENSE", "PREC"], ((4, 3), (8, 3), (16, 1)))
 @triton.jit
 def _readout_bwd_kernel(
     X, A, D, U, DO, W0, GAM, Z0, E, DX, DA, DD, DU, DW0, DGAM, DZ0, DE, C, DK, DV,
@@ -175,11 +180,6 @@ def _blocks(C: int, DK: int, DV: int) -> tuple[int, int, int]:
     return max(16, triton.next_power_of_2(C)), fit(DK, 64), fit(DV, 64)
 
 
-def _warps(bc: int) -> int:
-    """More warps for the big [C, C] tiles of long chunks (keeps registers per thread down)."""
-    return 8 if bc >= 128 else 4
-
-
 def readout_forward(x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None, e: Tensor | None,
                     a: Tensor, d: Tensor, u: Tensor, prec: str) -> Tensor:
     """The fused read-out's kernel on contiguous float32 tensors (:func:`readout_triton`'s
@@ -191,7 +191,7 @@ def readout_forward(x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None, e: Te
     o = torch.empty(N, C, DV, device=x.device, dtype=torch.float32)  # [N, C, DV]
     _readout_fwd_kernel[(N, triton.cdiv(DV, BV))](
         x, w0, z0 if mom else w0, gam, e if mom else gam, a, d, u, o, C, DK, DV, BC=BC, BK=BK,
-        BV=BV, MOM=mom, PREC=prec, num_warps=_warps(BC),
+        BV=BV, MOM=mom, PREC=prec,
     )
     return o
 
@@ -215,7 +215,6 @@ def readout_backward(do: Tensor, x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor 
     _readout_bwd_kernel[(N,)](
         x, a, d, u, do, w0, gam, z0 if mom else w0, e if mom else gam, dx, da, dd, du, dw0, dgam,
         dz0, de, C, DK, DV, BC=BC, BK=BK, BV=BV, MOM=mom, DENSE=dense, PREC=prec,
-        num_warps=_warps(BC),
     )
     return (dx, dw0 if dense else None, dgam, dz0 if dense and mom else None,
             de if mom else None, da, dd, du)
