@@ -23,10 +23,12 @@ def test_readout_kernels_compile_for_h100() -> None:
     linear = [line for line in lines if "linear:" in line]
     step = [line for line in lines if "step:" in line]
     biases = [line for line in lines if "bias=" in line]
-    assert len(readout) == 16  # 2 precisions × 4 layer shapes × (forward, backward)
+    # 2 precisions × 4 layer shapes × (forward, backward) × 3 autotuned launch shapes
+    assert len(readout) == 48
     assert {line.split()[5] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
-    # 2 precisions × chunk 64, 16 × 6 autotuned kernels × 2 launch shapes
-    assert len(step) == 48
+    # 2 precisions × chunk 64, 16 × 6 autotuned kernels: 2 launch shapes each, 3 for the update
+    # and the backward hidden kernel (16 warps too)
+    assert len(step) == 56
     assert {line.split()[3] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel",
                                                   "_bwd_hidden_kernel", "_bwd_bias_kernel",
                                                   "_bwd_keys_kernel"}
@@ -36,9 +38,10 @@ def test_readout_kernels_compile_for_h100() -> None:
     assert {line.split()[3] for line in linear} == {
         "_linear_keys_kernel", "_bias_kernel", "_linear_update_kernel", "_linear_bwd_update_kernel",
         "_bwd_bias_kernel", "_linear_bwd_keys_kernel"}
-    # 2 precisions × (depth 2: both read-outs' backward + the autotuned hidden kernel's 2 launch
-    # shapes; depth 1: the read-out's backward + the linear update's backward), FOLD / no DENSE
-    assert len(fused) == 12
+    # 2 precisions × (depth 2: both read-outs' backward and the hidden kernel, 3 launch shapes
+    # each; depth 1: the read-out's backward, 3 shapes, + the linear update's backward), FOLD / no
+    # DENSE
+    assert len(fused) == 26
     assert {line.split()[5] for line in fused} == {"_readout_bwd_kernel", "_bwd_hidden_kernel",
                                                    "_linear_bwd_update_kernel"}
     # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel) × 2
