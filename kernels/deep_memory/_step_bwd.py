@@ -19,34 +19,47 @@ def _dot_all(x, y):
 
 
 @triton.jit
-def _coef_grads(kt, dzt, a, d1, coef, gw1_ptr, gw2T_ptr, m1, m2T, PREC: tl.constexpr):
-    """Gradients through one decayed outer-product sum of the update, ``k^T diag(coef) d1`` and
-    ``a^T diag(coef) dz``, given the gradients ``gW1 [BK, BH]``, ``gW2 [BH, BV]`` of its results
-    (loaded here): ``(d coef [BC], d d1 [BC, BH], d a [BC, BH])``. The key and dz sides,
-    ``d1 diag(coef) gW1^T`` and ``a diag(coef) gW2``, are formed later by the caller."""
-    p1 = tl.dot(kt, tl.load(gw1_ptr, mask=m1, other=0.0), input_precision=PREC)  # [BC, BH] = k gW1
-    p2 = tl.dot(dzt, tl.load(gw2T_ptr, mask=m2T, other=0.0), input_precision=PREC)  # dz gW2^T
-    return tl.sum(d1 * p1, 1) + tl.sum(a * p2, 1), coef[:, None] * p1, coef[:, None] * p2
+def _w1_tile(i, kk, ch, K, HD):
+    """Pointers ``[len(kk), BH]`` and mask of rows ``kk`` of a ``[N, K, HD]`` weight (W1, Z1 or
+    a gradient of one), hidden columns ``ch`` of batch·head i."""
+    return i * K * HD + kk[:, None] * HD + ch[None, :], (kk < K)[:, None] & (ch < HD)[None, :]
 
 
 @triton.jit
-def _state_scalars(w1, w2, z1, z2, g_w1n, g_w2n, g_z1n, g_z2n, p1, p2, m1, m2, out,
-                   MOM: tl.constexpr):
-    """Store the gradients of the update's scalars from this program's state tiles:
-    ``<W1, gW1'> + <W2, gW2'>`` (the decay γ) and, with momentum, ``<Z, gW'>`` (e) and
-    ``<Z, gZ'>`` (the momentum factor), at ``out[0..2]``."""
-    gw1n = tl.load(g_w1n + p1, mask=m1, other=0.0)
-    gw2n = tl.load(g_w2n + p2, mask=m2, other=0.0)
-    s_gam = _dot_all(tl.load(w1 + p1, mask=m1, other=0.0), gw1n)
-    s_gam += _dot_all(tl.load(w2 + p2, mask=m2, other=0.0), gw2n)
+def _w2_tile(i, ch, vv, HD, V):
+    """Pointers ``[BH, len(vv)]`` and mask of a ``[N, HD, V]`` weight's hidden rows ``ch``,
+    columns ``vv``."""
+    return i * HD * V + ch[:, None] * V + vv[None, :], (ch < HD)[:, None] & (vv < V)[None, :]
+
+
+@triton.jit
+def _state_scalars(w1, w2, z1, z2, g_w1n, g_w2n, g_z1n, g_z2n, i, ch, K, HD, V, out,
+                   BK: tl.constexpr, BV: tl.constexpr, SUB: tl.constexpr, MOM: tl.constexpr):
+    """Store the gradients of the update's scalars from this program's state tiles, SUB rows
+    (W1 side) or columns (W2 side) at a time: ``<W1, gW1'> + <W2, gW2'>`` (the decay γ) and,
+    with momentum, ``<Z, gW'>`` (e) and ``<Z, gZ'>`` (the momentum factor), at ``out[0..2]``."""
+    rs = tl.arange(0, SUB)
+    s_gam, s_e, s_m = 0.0, 0.0, 0.0
+    for k0 in range(0, BK, SUB):
+        p, m = _w1_tile(i, k0 + rs, ch, K, HD)  # [SUB, BH]
+        gw = tl.load(g_w1n + p, mask=m, other=0.0)
+        s_gam += _dot_all(tl.load(w1 + p, mask=m, other=0.0), gw)
+        if MOM:
+            zt = tl.load(z1 + p, mask=m, other=0.0)
+            s_e += _dot_all(zt, gw)
+            s_m += _dot_all(zt, tl.load(g_z1n + p, mask=m, other=0.0))
+    for v0 in range(0, BV, SUB):
+        p, m = _w2_tile(i, ch, v0 + rs, HD, V)  # [BH, SUB]
+        gw = tl.load(g_w2n + p, mask=m, other=0.0)
+        s_gam += _dot_all(tl.load(w2 + p, mask=m, other=0.0), gw)
+        if MOM:
+            zt = tl.load(z2 + p, mask=m, other=0.0)
+            s_e += _dot_all(zt, gw)
+            s_m += _dot_all(zt, tl.load(g_z2n + p, mask=m, other=0.0))
     tl.store(out, s_gam)
     if MOM:
-        z1t = tl.load(z1 + p1, mask=m1, other=0.0)
-        z2t = tl.load(z2 + p2, mask=m2, other=0.0)
-        tl.store(out + 1, _dot_all(z1t, gw1n) + _dot_all(z2t, gw2n))
-        gz1n = tl.load(g_z1n + p1, mask=m1, other=0.0)
-        gz2n = tl.load(g_z2n + p2, mask=m2, other=0.0)
-        tl.store(out + 2, _dot_all(z1t, gz1n) + _dot_all(z2t, gz2n))
+        tl.store(out + 1, s_e)
+        tl.store(out + 2, s_m)
 
 
 @triton.jit
@@ -77,7 +90,8 @@ def _readout_grad(x_w, x_z, p, m, X, DO, G, E, i, rc, mc, r_in, m_in, r_out, m_o
     return xw, xz
 
 
-@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "FOLD", "PREC"], ((4, 3), (8, 3), (16, 1)))
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "SUB", "ACT", "MOM", "FOLD", "PREC"],
+          ((4, 3), (8, 3), (16, 1), (8, 1), (16, 2)))
 @triton.jit
 def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
                        g_a, g_d1, g_w1n, g_w2n, g_z1n, g_z2n, x_w1, x_w2, x_z1, x_z2,
@@ -85,8 +99,8 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
                        g_w1, g_w2, g_z1, g_z2, ga_part, gh_part, t_buf, gk_part, gdz_part,
                        gdl_part, gzl_part, scal_part, C, K, HD, V,
                        BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
-                       ACT: tl.constexpr, MOM: tl.constexpr, FOLD: tl.constexpr,
-                       PREC: tl.constexpr):
+                       SUB: tl.constexpr, ACT: tl.constexpr, MOM: tl.constexpr,
+                       FOLD: tl.constexpr, PREC: tl.constexpr):
     """Backward, hidden block j of (batch, head) i: the state update and d1 = act'(h) (dz W2^T).
 
     Writes the final dZ1, dZ2, the state-direct parts of dW1, dW2 (plus t^T dz), and the
@@ -94,79 +108,111 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
     The gradients the chunk-start state receives from the read-out are added: loaded from
     ``x_*`` (FOLD=0), or formed from the read-out's factors ``f_*`` (FOLD=1: layer 1's
     queries ``f_x1 [C, K]`` and output gradient ``f_do1 [C, HD]``, layer 2's ``f_x2 [C, HD]``,
-    ``f_do2 [C, V]``, the per-token scales ``f_g`` (γ), ``f_e`` (e); ``_readout_grad``)."""
+    ``f_do2 [C, V]``, the per-token scales ``f_g`` (γ), ``f_e`` (e); ``_readout_grad``).
+
+    In phases, each one's tiles dead before the next loads its own: (1) the scalars of the
+    state's direct terms, (2) the coefficient rows' and d1's gradients, (3) the dk and ddz
+    partials, (4) the chunk-start state's gradients; and the key and value dimensions (K, V:
+    contractions and outputs alike) SUB at a time, so no ``[C, K]``, ``[C, V]`` or
+    ``[K, BH]`` tile is whole in registers (all at once, the sm_90 build spilled 5.4 KB of
+    registers per thread; phases alone, 3.7 KB)."""
     i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
     nj = tl.num_programs(1)
-    m1, m2 = mk[:, None] & mh[None, :], mh[:, None] & mv[None, :]
-    m1T, m2T = mh[:, None] & mk[None, :], mv[:, None] & mh[None, :]
-    p1 = i * K * HD + rk[:, None] * HD + ch[None, :]  # [BK, BH] tiles of W1, Z1 and their grads
-    p1T = i * K * HD + ch[:, None] + rk[None, :] * HD  # the same, transposed [BH, BK]
-    p2 = i * HD * V + ch[:, None] * V + rv[None, :]  # [BH, BV] tiles of W2, Z2
-    p2T = i * HD * V + ch[None, :] * V + rv[:, None]  # transposed [BV, BH]
+    rs = tl.arange(0, SUB)
     off = i * C * HD + rc[:, None] * HD + ch[None, :]  # [BC, BH] rows of h, a, d1
     mch = mc[:, None] & mh[None, :]
     prt = i * nj + j  # this program's row of the per-block partials
-    # Phases in order, each one's tiles dead before the next loads its own (all alive at once,
-    # the sm_90 build spilled 5.4 KB of registers per thread): (1) the scalars of the state's
-    # direct terms, (2) the coefficient rows' and d1's gradients, (3) dk's and ddz's partials,
-    # (4) the chunk-start state's gradients. State tiles are loaded again where used: L1/L2 hits.
-    _state_scalars(w1, w2, z1, z2, g_w1n, g_w2n, g_z1n, g_z2n, p1, p2, m1, m2, scal_part + prt * 3, MOM)
-    kt = tl.load(k + i * C * K + rc[:, None] * K + rk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
-    dzt = tl.load(dz + i * C * V + rc[:, None] * V + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
+    _state_scalars(w1, w2, z1, z2, g_w1n, g_w2n, g_z1n, g_z2n, i, ch, K, HD, V, scal_part + prt * 3,
+                   BK, BV, SUB, MOM)
+    # (2) outer products of the update: W1' += k^T diag(dl) d1, W2' += a^T diag(dl) dz (Z: zl);
+    # their gradients need p = k gW1' and q = dz gW2'^T (and the same for Z), and d1's dz W2^T
+    p1 = tl.zeros([BC, BH], dtype=tl.float32)
+    q1 = tl.zeros([BC, BH], dtype=tl.float32)
+    for k0 in range(0, BK, SUB):
+        kk = k0 + rs
+        ks = tl.load(k + i * C * K + rc[:, None] * K + kk[None, :], mask=mc[:, None] & (kk < K)[None, :], other=0.0)
+        p, m = _w1_tile(i, kk, ch, K, HD)
+        p1 += tl.dot(ks, tl.load(g_w1n + p, mask=m, other=0.0), input_precision=PREC)
+        if MOM:
+            q1 += tl.dot(ks, tl.load(g_z1n + p, mask=m, other=0.0), input_precision=PREC)
+    p2 = tl.zeros([BC, BH], dtype=tl.float32)
+    q2 = tl.zeros([BC, BH], dtype=tl.float32)
+    mm = tl.zeros([BC, BH], dtype=tl.float32)  # dz W2^T
+    for v0 in range(0, BV, SUB):
+        vv = v0 + rs
+        dzs = tl.load(dz + i * C * V + rc[:, None] * V + vv[None, :], mask=mc[:, None] & (vv < V)[None, :], other=0.0)
+        pT = i * HD * V + ch[None, :] * V + vv[:, None]  # [SUB, BH], transposed W2 tiles
+        mT = (vv < V)[:, None] & mh[None, :]
+        p2 += tl.dot(dzs, tl.load(g_w2n + pT, mask=mT, other=0.0), input_precision=PREC)
+        if MOM:
+            q2 += tl.dot(dzs, tl.load(g_z2n + pT, mask=mT, other=0.0), input_precision=PREC)
+        mm += tl.dot(dzs, tl.load(w2 + pT, mask=mT, other=0.0), input_precision=PREC)
     a = tl.load(a_in + off, mask=mch, other=0.0)
     d1 = tl.load(d1_in + off, mask=mch, other=0.0)
-    dlv = tl.load(dl + i * C + rc, mask=mc, other=0.0)
-    # outer products of the update: W1' += k^T diag(dl) d1, W2' += a^T diag(dl) dz (Z: zl)
-    gdl, g1, ga = _coef_grads(kt, dzt, a, d1, dlv, g_w1n + p1, g_w2n + p2T, m1, m2T, PREC)
-    tl.store(gdl_part + prt * C + rc, gdl, mask=mc)
+    dlv = tl.load(dl + i * C + rc, mask=mc, other=0.0)  # [BC]
+    tl.store(gdl_part + prt * C + rc, tl.sum(d1 * p1, 1) + tl.sum(a * p2, 1), mask=mc)
+    g1 = dlv[:, None] * p1 + tl.load(g_d1 + off, mask=mch, other=0.0)
+    ga = dlv[:, None] * p2 + tl.load(g_a + off, mask=mch, other=0.0)
     zlv = dlv * 0.0
     if MOM:
         zlv = tl.load(zl + i * C + rc, mask=mc, other=0.0)
-        gzl, g1z, gaz = _coef_grads(kt, dzt, a, d1, zlv, g_z1n + p1, g_z2n + p2T, m1, m2T, PREC)
-        tl.store(gzl_part + prt * C + rc, gzl, mask=mc)
-        g1 += g1z
-        ga += gaz
-    g1 += tl.load(g_d1 + off, mask=mch, other=0.0)
-    ga += tl.load(g_a + off, mask=mch, other=0.0)
+        tl.store(gzl_part + prt * C + rc, tl.sum(d1 * q1, 1) + tl.sum(a * q2, 1), mask=mc)
+        g1 += zlv[:, None] * q1
+        ga += zlv[:, None] * q2
     # back through d1 = act'(h) * (dz W2^T)
     h = tl.load(h_in + off, mask=mch, other=0.0)
-    mm = tl.dot(dzt, tl.load(w2 + p2T, mask=m2T, other=0.0), input_precision=PREC)  # [BC, BH] = dz W2^T
     tl.store(gh_part + off, g1 * mm * _act_grad2(h, ACT), mask=mch)
     tl.store(ga_part + off, ga, mask=mch)
     tl.store(t_buf + off, g1 * _act_grad(h, ACT), mask=mch)
     tl.debug_barrier()
-    # dk's partial: d1 diag(dl) gW1^T (+ d1 diag(zl) gZ1^T)
-    gk = tl.dot(d1 * dlv[:, None], tl.load(g_w1n + p1T, mask=m1T, other=0.0), input_precision=PREC)
-    if MOM:
-        gk += tl.dot(d1 * zlv[:, None], tl.load(g_z1n + p1T, mask=m1T, other=0.0), input_precision=PREC)
-    tl.store(gk_part + prt * C * K + rc[:, None] * K + rk[None, :], gk, mask=mc[:, None] & mk[None, :])
-    # ddz's partial: a diag(dl) gW2 (+ a diag(zl) gZ2) + t W2, t = g1 act'(h) through memory
+    # (3) dk's partial d1 diag(dl) gW1'^T (+ Z), ddz's a diag(dl) gW2' (+ Z) + t W2, t = g1 act'(h)
+    # through memory
+    d1l, d1z = d1 * dlv[:, None], d1 * zlv[:, None]
+    for k0 in range(0, BK, SUB):
+        kk = k0 + rs
+        pT = i * K * HD + ch[:, None] + kk[None, :] * HD  # [BH, SUB], transposed W1 tiles
+        mT = mh[:, None] & (kk < K)[None, :]
+        gk = tl.dot(d1l, tl.load(g_w1n + pT, mask=mT, other=0.0), input_precision=PREC)
+        if MOM:
+            gk += tl.dot(d1z, tl.load(g_z1n + pT, mask=mT, other=0.0), input_precision=PREC)
+        tl.store(gk_part + prt * C * K + rc[:, None] * K + kk[None, :], gk, mask=mc[:, None] & (kk < K)[None, :])
     t = tl.load(t_buf + off, mask=mch, other=0.0)
-    gdz = tl.dot(t, tl.load(w2 + p2, mask=m2, other=0.0), input_precision=PREC)
-    gdz += tl.dot(a * dlv[:, None], tl.load(g_w2n + p2, mask=m2, other=0.0), input_precision=PREC)
-    if MOM:
-        gdz += tl.dot(a * zlv[:, None], tl.load(g_z2n + p2, mask=m2, other=0.0), input_precision=PREC)
-    tl.store(gdz_part + prt * C * V + rc[:, None] * V + rv[None, :], gdz, mask=mc[:, None] & mv[None, :])
-    # the chunk-start state's gradients: decay and momentum of the next state's, t^T dz into
-    # W2's, and the read-out's (formed last, when the tiles above are dead)
+    al, az = a * dlv[:, None], a * zlv[:, None]
+    for v0 in range(0, BV, SUB):
+        vv = v0 + rs
+        p, m = _w2_tile(i, ch, vv, HD, V)  # [BH, SUB]
+        gdz = tl.dot(t, tl.load(w2 + p, mask=m, other=0.0), input_precision=PREC)
+        gdz += tl.dot(al, tl.load(g_w2n + p, mask=m, other=0.0), input_precision=PREC)
+        if MOM:
+            gdz += tl.dot(az, tl.load(g_z2n + p, mask=m, other=0.0), input_precision=PREC)
+        tl.store(gdz_part + prt * C * V + rc[:, None] * V + vv[None, :], gdz, mask=mc[:, None] & (vv < V)[None, :])
+    # (4) the chunk-start state's gradients: decay and momentum of the next state's, t^T dz into
+    # W2's, and the read-out's (loaded, or formed from its factors: _readout_grad)
     g = tl.load(gam + i)
     ev, mv_ = g * 0.0, g * 0.0
     if MOM:
         ev, mv_ = tl.load(e + i), tl.load(mom + i)
-    gw1n = tl.load(g_w1n + p1, mask=m1, other=0.0)
-    xw1, xz1 = _readout_grad(x_w1, x_z1, p1, m1, f_x1, f_do1, f_g, f_e, i, rc, mc, rk, mk, ch, mh,
-                             C, K, HD, MOM, FOLD, PREC)
-    tl.store(g_w1 + p1, g * gw1n + xw1, mask=m1)
-    if MOM:
-        tl.store(g_z1 + p1, ev * gw1n + mv_ * tl.load(g_z1n + p1, mask=m1, other=0.0) + xz1, mask=m1)
+    for k0 in range(0, BK, SUB):
+        kk = k0 + rs
+        p, m = _w1_tile(i, kk, ch, K, HD)  # [SUB, BH]
+        gw = tl.load(g_w1n + p, mask=m, other=0.0)
+        xw, xz = _readout_grad(x_w1, x_z1, p, m, f_x1, f_do1, f_g, f_e, i, rc, mc, kk, kk < K, ch, mh,
+                               C, K, HD, MOM, FOLD, PREC)
+        tl.store(g_w1 + p, g * gw + xw, mask=m)
+        if MOM:
+            tl.store(g_z1 + p, ev * gw + mv_ * tl.load(g_z1n + p, mask=m, other=0.0) + xz, mask=m)
     tT = tl.load(t_buf + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :],
                  other=0.0)  # [BH, BC]
-    gw2n = tl.load(g_w2n + p2, mask=m2, other=0.0)
-    xw2, xz2 = _readout_grad(x_w2, x_z2, p2, m2, f_x2, f_do2, f_g, f_e, i, rc, mc, ch, mh, rv, mv,
-                             C, HD, V, MOM, FOLD, PREC)
-    tl.store(g_w2 + p2, g * gw2n + tl.dot(tT, dzt, input_precision=PREC) + xw2, mask=m2)
-    if MOM:
-        tl.store(g_z2 + p2, ev * gw2n + mv_ * tl.load(g_z2n + p2, mask=m2, other=0.0) + xz2, mask=m2)
+    for v0 in range(0, BV, SUB):
+        vv = v0 + rs
+        p, m = _w2_tile(i, ch, vv, HD, V)  # [BH, SUB]
+        dzs = tl.load(dz + i * C * V + rc[:, None] * V + vv[None, :], mask=mc[:, None] & (vv < V)[None, :], other=0.0)
+        gw = tl.load(g_w2n + p, mask=m, other=0.0)
+        xw, xz = _readout_grad(x_w2, x_z2, p, m, f_x2, f_do2, f_g, f_e, i, rc, mc, ch, mh, vv, vv < V,
+                               C, HD, V, MOM, FOLD, PREC)
+        tl.store(g_w2 + p, g * gw + tl.dot(tT, dzs, input_precision=PREC) + xw, mask=m)
+        if MOM:
+            tl.store(g_z2 + p, ev * gw + mv_ * tl.load(g_z2n + p, mask=m, other=0.0) + xz, mask=m)
 
 
 @triton.jit

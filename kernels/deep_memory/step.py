@@ -264,8 +264,8 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     _bwd_hidden_kernel[sh.hidden_grid](
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
         g_z2n, *x_parts, *factors, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
-        buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"],
-        MOM=f["MOM"], FOLD=fold, PREC=sh.prec)
+        buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t,
+        SUB=min(64, t["BK"], t["BV"]), ACT=f["ACT"], MOM=f["MOM"], FOLD=fold, PREC=sh.prec)
     _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, sh.NJ,
                               sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
                               RES=f["RES"], BIAS=f["BIAS"])

@@ -27,8 +27,8 @@ def test_readout_kernels_compile_for_h100() -> None:
     assert len(readout) == 48
     assert {line.split()[5] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
     # 2 precisions × chunk 64, 16 × 6 autotuned kernels: 2 launch shapes each, 3 for the update
-    # and the backward hidden kernel (16 warps too)
-    assert len(step) == 56
+    # (16 warps too), 5 for the backward hidden kernel (warps × pipeline stages of its loops)
+    assert len(step) == 64
     assert {line.split()[3] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel",
                                                   "_bwd_hidden_kernel", "_bwd_bias_kernel",
                                                   "_bwd_keys_kernel"}
@@ -38,10 +38,10 @@ def test_readout_kernels_compile_for_h100() -> None:
     assert {line.split()[3] for line in linear} == {
         "_linear_keys_kernel", "_bias_kernel", "_linear_update_kernel", "_linear_bwd_update_kernel",
         "_bwd_bias_kernel", "_linear_bwd_keys_kernel"}
-    # 2 precisions × (depth 2: both read-outs' backward and the hidden kernel, 3 launch shapes
-    # each; depth 1: the read-out's backward, 3 shapes, + the linear update's backward), FOLD / no
-    # DENSE
-    assert len(fused) == 26
+    # 2 precisions × (depth 2: both read-outs' backward, 3 launch shapes each, and the hidden
+    # kernel, 5; depth 1: the read-out's backward, 3 shapes, + the linear update's backward),
+    # FOLD / no DENSE
+    assert len(fused) == 30
     assert {line.split()[5] for line in fused} == {"_readout_bwd_kernel", "_bwd_hidden_kernel",
                                                    "_linear_bwd_update_kernel"}
     # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel) × 2

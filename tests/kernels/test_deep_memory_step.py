@@ -303,17 +303,21 @@ def test_gpu_step_at_the_titans_size(depth: int, bias: str) -> None:
 
 
 @pytest.mark.parametrize("act,norm,res,bias,mom", CONFIGS)
-@pytest.mark.parametrize("HD", [40, 80])
+@pytest.mark.parametrize("HD,wide", [(40, False), (80, False), (80, True)])
 def test_step_gradients_match_autograd_of_the_pytorch_step(act: str, norm: bool, res: bool,
-                                                           bias: str, mom: bool, HD: int) -> None:
+                                                           bias: str, mom: bool, HD: int,
+                                                           wide: bool) -> None:
     """Backward kernels vs torch.autograd through key_gradients + _advance_chunk: the gradient
     of every input (keys, values, weights, momenta, coefficient rows) for random cotangents of
     every output, odd sizes (hidden 80: two hidden blocks, the second partial; K != V without
-    the residual), relative RMS <= 1e-5."""
+    the residual; ``wide``: K = 72, so the backward hidden kernel walks the keys (and values)
+    in several sub-blocks, the last one partial), relative RMS <= 1e-5."""
     gen = torch.Generator().manual_seed(11)
     rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
     B, H, C = 2, 2, 13
     K, V = (12, 12) if res else (20, 36)  # the residual needs K == V; otherwise they differ
+    if wide:
+        K, V = (72, 72) if res else (72, 40)
     cfg = DeepMemoryConfig(depth=2, activation=act, norm=norm, residual=res, bias=bias,
                            momentum=mom, chunk_size=16, **BIAS_ARGS.get(bias, {}))
     leaves = {"k": rnd(B, H, C, K), "v": rnd(B, H, C, V), "w1": rnd(B, H, K, HD) * 0.3,
