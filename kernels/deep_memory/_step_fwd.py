@@ -169,21 +169,28 @@ def _bias_kernel(y_part, k, v, delta, y0_out, dz_out, NJ, C, V, eps, bp,
     tl.store(dz_out + i * C * V + tile, r, mask=m)
 
 
-@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "MOM", "PREC"], ((4, 3), (8, 3), (16, 1)))
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "SUB", "ACT", "MOM", "PREC"],
+          ((4, 3), (8, 3), (16, 1), (8, 1)))
 @triton.jit
 def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
                    d1_out, w1n, w2n, z1n, z2n, C, K, HD, V,
                    BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
-                   ACT: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):
-    """Hidden block j of (batch, head) i: d1 and the chunk-end W1[:, j], W2[j, :] (and Z)."""
+                   SUB: tl.constexpr, ACT: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):
+    """Hidden block j of (batch, head) i: d1 and the chunk-end W1[:, j], W2[j, :] (and Z).
+    The key and value dimensions go SUB at a time (contraction of ``dz W2^T``, rows of the new
+    W1, columns of the new W2), one layer stored before the next is formed."""
     i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
-    dzt = tl.load(dz + i * C * V + rc[:, None] * V + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
-    w2T = tl.load(w2 + i * HD * V + ch[None, :] * V + rv[:, None], mask=mv[:, None] & mh[None, :], other=0.0)
+    rs = tl.arange(0, SUB)
     off = i * C * HD + rc[:, None] * HD + ch[None, :]
     ch_mask = mc[:, None] & mh[None, :]
+    mm = tl.zeros([BC, BH], dtype=tl.float32)  # dz W2^T
+    for v0 in range(0, BV, SUB):
+        vv = v0 + rs
+        dzs = tl.load(dz + i * C * V + rc[:, None] * V + vv[None, :], mask=mc[:, None] & (vv < V)[None, :], other=0.0)
+        w2T = tl.load(w2 + i * HD * V + ch[None, :] * V + vv[:, None], mask=(vv < V)[:, None] & mh[None, :], other=0.0)
+        mm += tl.dot(dzs, w2T, input_precision=PREC)
     h = tl.load(h_in + off, mask=ch_mask, other=0.0)
-    d1 = tl.dot(dzt, w2T, input_precision=PREC) * _act_grad(h, ACT)  # [BC, BH]
-    tl.store(d1_out + off, d1, mask=ch_mask)
+    tl.store(d1_out + off, mm * _act_grad(h, ACT), mask=ch_mask)  # d1 [BC, BH]
     tl.debug_barrier()
     d1 = tl.load(d1_out + off, mask=ch_mask, other=0.0)  # through memory: a dot's result
     dlv = tl.load(dl + i * C + rc, mask=mc, other=0.0)  # [BC] row `last` of the step weights
@@ -192,22 +199,27 @@ def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
     if MOM:
         ev, mv_ = tl.load(e + i), tl.load(mom + i)
         zlv = tl.load(zl + i * C + rc, mask=mc, other=0.0)
-    # one layer at a time, each stored before the next is formed (fewer live tiles)
-    kT = tl.load(k + i * C * K + rc[None, :] * K + rk[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
-    p1 = i * K * HD + rk[:, None] * HD + ch[None, :]  # W1[:, j] tile [BK, BH]
-    m1 = mk[:, None] & mh[None, :]
-    new1 = g * tl.load(w1 + p1, mask=m1, other=0.0) + tl.dot(kT, d1 * dlv[:, None], input_precision=PREC)
-    if MOM:
-        z1t = tl.load(z1 + p1, mask=m1, other=0.0)
-        new1 += ev * z1t
-        tl.store(z1n + p1, mv_ * z1t + tl.dot(kT, d1 * zlv[:, None], input_precision=PREC), mask=m1)
-    tl.store(w1n + p1, new1, mask=m1)
+    d1l, d1z = d1 * dlv[:, None], d1 * zlv[:, None]
+    for k0 in range(0, BK, SUB):  # W1[:, j] rows k0.. [SUB, BH]
+        kk = k0 + rs
+        kT = tl.load(k + i * C * K + rc[None, :] * K + kk[:, None], mask=(kk < K)[:, None] & mc[None, :], other=0.0)
+        p1 = i * K * HD + kk[:, None] * HD + ch[None, :]
+        m1 = (kk < K)[:, None] & mh[None, :]
+        new1 = g * tl.load(w1 + p1, mask=m1, other=0.0) + tl.dot(kT, d1l, input_precision=PREC)
+        if MOM:
+            z1t = tl.load(z1 + p1, mask=m1, other=0.0)
+            new1 += ev * z1t
+            tl.store(z1n + p1, mv_ * z1t + tl.dot(kT, d1z, input_precision=PREC), mask=m1)
+        tl.store(w1n + p1, new1, mask=m1)
     aT = tl.load(a_in + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :], other=0.0)
-    p2 = i * HD * V + ch[:, None] * V + rv[None, :]  # W2[j, :] tile [BH, BV]
-    m2 = mh[:, None] & mv[None, :]
-    new2 = g * tl.load(w2 + p2, mask=m2, other=0.0) + tl.dot(aT, dzt * dlv[:, None], input_precision=PREC)
-    if MOM:
-        z2t = tl.load(z2 + p2, mask=m2, other=0.0)
-        new2 += ev * z2t
-        tl.store(z2n + p2, mv_ * z2t + tl.dot(aT, dzt * zlv[:, None], input_precision=PREC), mask=m2)
-    tl.store(w2n + p2, new2, mask=m2)
+    for v0 in range(0, BV, SUB):  # W2[j, :] columns v0.. [BH, SUB]
+        vv = v0 + rs
+        dzs = tl.load(dz + i * C * V + rc[:, None] * V + vv[None, :], mask=mc[:, None] & (vv < V)[None, :], other=0.0)
+        p2 = i * HD * V + ch[:, None] * V + vv[None, :]
+        m2 = mh[:, None] & (vv < V)[None, :]
+        new2 = g * tl.load(w2 + p2, mask=m2, other=0.0) + tl.dot(aT, dzs * dlv[:, None], input_precision=PREC)
+        if MOM:
+            z2t = tl.load(z2 + p2, mask=m2, other=0.0)
+            new2 += ev * z2t
+            tl.store(z2n + p2, mv_ * z2t + tl.dot(aT, dzs * zlv[:, None], input_precision=PREC), mask=m2)
+        tl.store(w2n + p2, new2, mask=m2)

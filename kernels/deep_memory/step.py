@@ -87,6 +87,12 @@ class _Shape:
     def hidden_grid(self) -> tuple[int, int]:
         return (self.N, self.NJ)
 
+    @property
+    def sub(self) -> int:
+        """Sub-block of the key and value dimensions that the update and backward hidden kernels
+        walk (so no ``[C, K]`` or ``[K, BH]`` tile is whole in registers)."""
+        return min(64, self.tiles["BK"], self.tiles["BV"])
+
 
 def _block(n: int, cap: int | None = None) -> int:
     b = max(16, triton.next_power_of_2(n))
@@ -188,8 +194,8 @@ def _forward_chunk(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor],
     _bias_kernel[(sh.N,)](y_part, k, v, delta, y0, dz, sh.NJ, sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"],
                           BV=t["BV"], NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
     _update_kernel[sh.hidden_grid](k, h, a, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, d1, w1n, w2n,
-                                   z1n, z2n, sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"],
-                                   MOM=f["MOM"], PREC=sh.prec)
+                                   z1n, z2n, sh.C, sh.K, sh.HD, sh.V, **t, SUB=sh.sub,
+                                   ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
 
 
 @dataclass
@@ -265,7 +271,7 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
         g_z2n, *x_parts, *factors, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
         buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t,
-        SUB=min(64, t["BK"], t["BV"]), ACT=f["ACT"], MOM=f["MOM"], FOLD=fold, PREC=sh.prec)
+        SUB=sh.sub, ACT=f["ACT"], MOM=f["MOM"], FOLD=fold, PREC=sh.prec)
     _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, sh.NJ,
                               sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
                               RES=f["RES"], BIAS=f["BIAS"])

@@ -51,12 +51,15 @@ def huber_threshold(bias: str, rnd, B: int, H: int, C: int) -> torch.Tensor | No
 
 
 @pytest.mark.parametrize("act,norm,res,bias,mom", CONFIGS)
-def test_step_matches_the_pytorch_step(act: str, norm: bool, res: bool, bias: str, mom: bool) -> None:
-    """ins, deltas and the chunk-end state at odd sizes: C = 11, K = V = 12, hidden 40 (one
-    masked hidden block of 64)."""
+@pytest.mark.parametrize("KV", [12, 72])
+def test_step_matches_the_pytorch_step(act: str, norm: bool, res: bool, bias: str, mom: bool,
+                                       KV: int) -> None:
+    """ins, deltas and the chunk-end state at odd sizes: C = 11, K = V = 12 or 72 (the update
+    kernel's key and value sub-blocks of 64: two, the second partial), hidden 40 (one masked
+    hidden block of 64)."""
     gen = torch.Generator().manual_seed(3)
     rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
-    B, H, C, K, HD, V = 2, 3, 11, 12, 40, 12
+    B, H, C, K, HD, V = 2, 3, 11, KV, 40, KV
     cfg = DeepMemoryConfig(depth=2, activation=act, norm=norm, residual=res, bias=bias,
                            momentum=mom, chunk_size=16, **BIAS_ARGS.get(bias, {}))
     k, v = rnd(B, H, C, K), rnd(B, H, C, V)
