@@ -55,7 +55,7 @@ def state_bwd_kernel(
 
 # The per-chunk backward is two kernels: as one (until f59a5ca, ``main_bwd_kernel``) its sm_90
 # builds spilled 1.0-1.2 KB of registers per thread at best (five [BT, BK] and [BT, BT]
-# accumulators through one loop); split, 0.04-0.8 KB (compile_check), for +0.95 GB of traffic at
+# accumulators through one loop); split, 0-0.7 KB (compile_check), for +0.95 GB of traffic at
 # shape S (the float32 dK partial, S_0 and K read twice; benchmarks/traffic.py).
 @autotune(["H", "K", "V", "GATE", "BK", "BV"], ((8, 1), (4, 1), (8, 2), (16, 1)))
 @triton.jit
@@ -98,68 +98,83 @@ def wy_bwd_kernel(
     store_tile(dk_p, y2 * bt[:, None] * eg, t0, rows, valid, h, H, K, BK, 0)
 
 
-@autotune(["H", "K", "V", "GATE", "BK", "BV"], ((8, 1), (4, 1), (8, 2), (16, 1)), restore=["dk_p", "dbeta"])
+@autotune(["H", "K", "V", "GATE", "BK", "BV", "SK"], ((8, 1), (4, 1), (8, 2), (16, 1)),
+          restore=["dk_p", "dbeta"])
 @triton.jit
 def qk_bwd_kernel(
     q, k, beta, G, VN, HS, DHS, dO, P, dA, dk_p,
     dq, dq_out, dk_out, dbeta, dG, dM, chunk_seq, cu, chunk_off, scale, H, K, V,
-    GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SK: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """Per chunk, after ``wy_bwd_kernel``: the state and output terms dQ ⊇ scale (dO S_0ᵀ) ⊙ e^G,
     dK ⊇ (Ṽ dS_Cᵀ) ⊙ e^{G_last−G}, dM = scale·lower(dO Ṽᵀ) and their dG shares; for no or
     scalar gates also the intra-chunk terms (``dense_intra_terms``, from dM and wy's dA): then
     dQ, dK are final (inputs' dtype), as are dβ and the per-token dG. Per-channel gates leave
-    float32 partials dq, dk (in ``dk_p``), dβ, dG to ``intra_bwd_channel_kernel``."""
+    float32 partials dq, dk (in ``dk_p``), dβ, dG to ``intra_bwd_channel_kernel``.
+
+    dM first (one pass over the value blocks), then the key dimension SK channels at a time,
+    each with its own pass over the value blocks (``Ṽ``, ``dO`` read again, from the cache), so
+    that the accumulators are [BT, SK] instead of [BT, K]."""
     i_c, h = tl.program_id(0), tl.program_id(1)
     t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     rows = tl.arange(0, BT)  # local: token t0 + row
     valid = rows < nt
-    dq_s = tl.zeros([BT, BK], dtype=tl.float32)  # dO S_0ᵀ
-    dkd = tl.zeros([BT, BK], dtype=tl.float32)  # Ṽ dS_Cᵀ
+    last = (rows == nt - 1)[:, None]
     dm = tl.zeros([BT, BT], dtype=tl.float32)
-    sds = tl.zeros([BK], dtype=tl.float32)  # Σ_v S_0 ⊙ dS_C
-    for v0 in range(0, V, BV):
-        p, msk = state_tile(HS, i_c, h, H, K, V, BK, BV, v0)
-        s = tl.load(p, mask=msk, other=0.0)  # [BK, BV], as stored: the dots are exact raw_dots
-        p, msk = state_tile(DHS, i_c, h, H, K, V, BK, BV, v0)
-        ds = tl.load(p, mask=msk, other=0.0)
+    for v0 in range(0, V, BV):  # Ṽ, dO as stored: exact raw_dots
         vn = load_tile_raw(VN, t0, rows, valid, h, H, V, BV, v0)  # [BT, BV]
         do = load_tile_raw(dO, t0, rows, valid, h, H, V, BV, v0)
-        dq_s += raw_dot(do, tl.trans(s), PREC)
         dm += raw_dot(do, tl.trans(vn), PREC)
-        dkd += raw_dot(vn, tl.trans(ds), PREC)
-        sds += tl.sum(s.to(tl.float32) * ds.to(tl.float32), 1)
     dm = tl.where((rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :], dm * scale, 0.0)
     store_tile(dM, dm, t0, rows, valid, h, H, BT, BT, 0)
-    qt = load_tile(q, t0, rows, valid, h, H, K, BK, 0)
-    kt = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
-    gt = gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, BK)
-    gl = gate_row(G, t0 + nt - 1, h, H, K, GATE, BK)  # [1, BK] or [1, 1]
-    dq_s = dq_s * scale * tl.exp(gt)
-    dk_d = dkd * masked_exp(gl - gt, valid[:, None])
-    dk_g = load_tile(dk_p, t0, rows, valid, h, H, K, BK, 0)  # β ⊙ (Xᵀ dW) ⊙ e^G from wy_bwd_kernel
-    dk_t = dk_g + dk_d
-    dk_gate = dk_g - dk_d  # signs of the e^{±G} factors (README, dG)
-    if GATE < 2:  # the intra-chunk terms here: final dq, dk in the inputs' dtype
+    if GATE < 2:
         tl.debug_barrier()  # dM goes through memory: its transpose feeds a dot (README)
-        dq_m, dk_r, dk_c, db_a = dense_intra_terms(
-            qt, kt, beta, G, P, dM, dA, t0, rows, valid, h, H, GATE, BT, PREC)
-        dq_s += dq_m
-        store_tile(dq_out, dq_s, t0, rows, valid, h, H, K, BK, 0)
-        store_tile(dk_out, dk_t + dk_r + dk_c, t0, rows, valid, h, H, K, BK, 0)
+        da = load_tile(dA, t0, rows, valid, h, H, BT, BT, 0)  # wy_bwd_kernel's, strictly lower
+        db_a = tl.sum(da * load_tile(P, t0, rows, valid, h, H, BT, BT, 0), 1)  # dβ ⊇ rowsum(dA ⊙ P)
         store_vec(dbeta, load_vec(dbeta, t0, rows, valid, h, H) + db_a, t0, rows, valid, h, H)
-        dk_gate += dk_r - dk_c
-    else:
-        store_tile(dq, dq_s, t0, rows, valid, h, H, K, BK, 0)
-        store_tile(dk_p, dk_t, t0, rows, valid, h, H, K, BK, 0)
-    if GATE > 0:
-        dg = qt * dq_s + kt * dk_gate  # [BT, BK]
-        tail = tl.sum(kt * dk_d, 0)[None, :] + tl.exp(gl) * sds[None, :]  # [1, BK]
-        dg += tl.where((rows == nt - 1)[:, None], tail, 0.0)
-        if GATE == 2:
-            store_tile(dG, dg, t0, rows, valid, h, H, K, BK, 0)
+    dgv = tl.zeros([BT], dtype=tl.float32)  # a scalar gate's dG, summed over the channels
+    for k0 in range(0, BK, SK):
+        dq_s = tl.zeros([BT, SK], dtype=tl.float32)  # dO S_0ᵀ
+        dkd = tl.zeros([BT, SK], dtype=tl.float32)  # Ṽ dS_Cᵀ
+        sds = tl.zeros([SK], dtype=tl.float32)  # Σ_v S_0 ⊙ dS_C
+        for v0 in range(0, V, BV):
+            p, msk = state_tile(HS, i_c, h, H, K, V, SK, BV, v0, k0)
+            s = tl.load(p, mask=msk, other=0.0)  # [SK, BV], as stored: exact raw_dots
+            p, msk = state_tile(DHS, i_c, h, H, K, V, SK, BV, v0, k0)
+            ds = tl.load(p, mask=msk, other=0.0)
+            dq_s += raw_dot(load_tile_raw(dO, t0, rows, valid, h, H, V, BV, v0), tl.trans(s), PREC)
+            dkd += raw_dot(load_tile_raw(VN, t0, rows, valid, h, H, V, BV, v0), tl.trans(ds), PREC)
+            sds += tl.sum(s.to(tl.float32) * ds.to(tl.float32), 1)
+        qt = load_tile(q, t0, rows, valid, h, H, K, SK, k0)  # [BT, SK]
+        kt = load_tile(k, t0, rows, valid, h, H, K, SK, k0)
+        gt = gate_tile(G, t0, rows, valid, h, H, K, GATE, BT, SK, k0)
+        gl = gate_row(G, t0 + nt - 1, h, H, K, GATE, SK, k0)  # [1, SK] or [1, 1]
+        dq_s = dq_s * scale * tl.exp(gt)
+        dk_d = dkd * masked_exp(gl - gt, valid[:, None])
+        dk_g = load_tile(dk_p, t0, rows, valid, h, H, K, SK, k0)  # β ⊙ (Xᵀ dW) ⊙ e^G from wy
+        dk_t = dk_g + dk_d
+        dk_gate = dk_g - dk_d  # signs of the e^{±G} factors (README, dG)
+        if GATE < 2:  # the intra-chunk terms here: final dq, dk in the inputs' dtype
+            dq_m, dk_r, dk_c = dense_intra_terms(qt, kt, beta, G, dM, dA, t0, rows, valid, h, H,
+                                                 GATE, BT, PREC)
+            dq_s += dq_m
+            store_tile(dq_out, dq_s, t0, rows, valid, h, H, K, SK, k0)
+            store_tile(dk_out, dk_t + dk_r + dk_c, t0, rows, valid, h, H, K, SK, k0)
+            dk_gate += dk_r - dk_c
         else:
-            store_vec(dG, tl.sum(dg, 1), t0, rows, valid, h, H)
+            store_tile(dq, dq_s, t0, rows, valid, h, H, K, SK, k0)
+            store_tile(dk_p, dk_t, t0, rows, valid, h, H, K, SK, k0)
+        if GATE > 0:
+            dg = qt * dq_s + kt * dk_gate  # [BT, SK]
+            tail = tl.sum(kt * dk_d, 0)[None, :] + tl.exp(gl) * sds[None, :]  # [1, SK]
+            dg += tl.where(last, tail, 0.0)
+            if GATE == 2:
+                store_tile(dG, dg, t0, rows, valid, h, H, K, SK, k0)
+            else:
+                dgv += tl.sum(dg, 1)
+    if GATE == 1:
+        store_vec(dG, dgv, t0, rows, valid, h, H)
 
 
 @triton.jit
@@ -185,13 +200,12 @@ def finish_rows(
 
 
 @triton.jit
-def dense_intra_terms(qt, kt, beta, G, P, dM, dA, t0, rows, valid, h, H,
+def dense_intra_terms(qt, kt, beta, G, dM, dA, t0, rows, valid, h, H,
                       GATE: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
     """No gate or scalar gate: back through M = lower(Q Kᵀ ⊙ D) and A = diag(β) P,
-    P = strictly_lower(K Kᵀ ⊙ D) (P kept from the forward), from dM and dA in memory (loaded
-    as tiles and transposed tiles, so that no dot result feeds a dot transposed).
-
-    Returns dq_m [BT, BK] (from M), dk_r / dk_c (key as row / column of M and P), db_a [BT]."""
+    P = strictly_lower(K Kᵀ ⊙ D), from dM and dA in memory (loaded as tiles and transposed
+    tiles, so that no dot result feeds a dot transposed), for the channels of ``qt, kt``
+    [BT, SK]. Returns dq_m (from M), dk_r / dk_c (key as row / column of M and P)."""
     keep = (rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :]  # [BT, BT]
     keep_t = (rows[:, None] <= rows[None, :]) & valid[:, None] & valid[None, :]  # transposed
     bt = load_vec(beta, t0, rows, valid, h, H)  # [BT]
@@ -202,17 +216,15 @@ def dense_intra_terms(qt, kt, beta, G, P, dM, dA, t0, rows, valid, h, H,
     else:
         decay = tl.where(keep, 1.0, 0.0)
         decay_t = tl.where(keep_t, 1.0, 0.0)
-    da = load_tile(dA, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT], strictly lower
     dmd = load_tile(dM, t0, rows, valid, h, H, BT, BT, 0) * decay
-    dpd = da * bt[:, None] * decay
+    dpd = load_tile(dA, t0, rows, valid, h, H, BT, BT, 0) * bt[:, None] * decay
     offs_t = rows[None, :] * (H * BT) + rows[:, None]  # [j, i] -> element (i, j)
     dmd_t = tl.load(dM + (t0 * H + h) * BT + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * decay_t
     dpd_t = tl.load(dA + (t0 * H + h) * BT + offs_t, mask=valid[None, :] & valid[:, None], other=0.0) * bt[None, :] * decay_t
-    p = load_tile(P, t0, rows, valid, h, H, BT, BT, 0)  # [BT, BT]
     dq_m = dot(dmd, kt, PREC)
     dk_r = dot(dpd, kt, PREC)
     dk_c = dot(dmd_t, qt, PREC) + dot(dpd_t, kt, PREC)
-    return dq_m, dk_r, dk_c, tl.sum(da * p, 1)
+    return dq_m, dk_r, dk_c
 
 
 @autotune(["H", "K", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)), restore=["dbeta", "dG"])

@@ -100,10 +100,12 @@ def store_vec(ptr, x, t0, rows, valid, h, H):
 
 
 @triton.jit
-def gate_tile(G, t0, rows, valid, h, H, K, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    """In-chunk log decay of the rows: [BT, BK] per channel, [BT, 1] scalar or no gate."""
+def gate_tile(G, t0, rows, valid, h, H, K, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+              k0=0):
+    """In-chunk log decay of the rows: [BT, BK] per channel (channels from k0), [BT, 1] scalar
+    or no gate."""
     if GATE == 2:
-        return load_tile(G, t0, rows, valid, h, H, K, BK)
+        return load_tile(G, t0, rows, valid, h, H, K, BK, k0)
     elif GATE == 1:
         return load_vec(G, t0, rows, valid, h, H)[:, None]
     else:
@@ -111,11 +113,11 @@ def gate_tile(G, t0, rows, valid, h, H, K, GATE: tl.constexpr, BT: tl.constexpr,
 
 
 @triton.jit
-def gate_row(G, row, h, H, K, GATE: tl.constexpr, BK: tl.constexpr):
-    """Log decay at one token (global index ``row``, int64) as a row [1, BK] (per channel) or
-    [1, 1]."""
+def gate_row(G, row, h, H, K, GATE: tl.constexpr, BK: tl.constexpr, k0=0):
+    """Log decay at one token (global index ``row``, int64) as a row [1, BK] (per channel,
+    channels from k0) or [1, 1]."""
     if GATE == 2:
-        cols = tl.arange(0, BK)
+        cols = k0 + tl.arange(0, BK)
         return tl.load(G + (row * H + h) * K + cols[None, :], mask=cols[None, :] < K, other=0.0)
     elif GATE == 1:
         return tl.load(G + row * H + h + tl.zeros([1, 1], dtype=tl.int32))
@@ -142,9 +144,10 @@ def masked_exp(x, mask):
 
 
 @triton.jit
-def state_tile(ptr, idx, h, H, K, V, BK: tl.constexpr, BV: tl.constexpr, v0):
-    """Pointers and mask of block [BK, BV] (columns from v0) of state ``idx`` in [*, H, K, V]."""
-    kk = tl.arange(0, BK)
+def state_tile(ptr, idx, h, H, K, V, BK: tl.constexpr, BV: tl.constexpr, v0, k0=0):
+    """Pointers and mask of block [BK, BV] (rows from k0, columns from v0) of state ``idx`` in
+    [*, H, K, V]."""
+    kk = k0 + tl.arange(0, BK)
     vv = v0 + tl.arange(0, BV)
     base = ptr + (idx.to(tl.int64) * H + h) * (K * V)
     return base + kk[:, None] * V + vv[None, :], (kk[:, None] < K) & (vv[None, :] < V)

@@ -73,6 +73,13 @@ def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None)
     )
 
 
+def qk_key_block(plan: Plan) -> int:
+    """Channels per pass of ``qk_bwd_kernel``: 64 with per-channel gates (sm_90 builds then spill
+    nothing, 224-272 B per thread with the whole key), the whole key otherwise (its dense intra
+    terms, recomputed per pass, spilled more in passes of 64)."""
+    return min(64, plan.bk) if plan.gate == 2 else plan.bk
+
+
 def value_grid(plan: Plan, *rest: int) -> Callable[[dict], tuple[int, ...]]:
     """Grid (value blocks, *rest) of a kernel whose value block BV is an autotuned tile."""
     return lambda meta: (triton.cdiv(plan.dv, meta["BV"]), *rest)
@@ -188,7 +195,7 @@ def backward_packed(
     )
     bwd.qk_bwd_kernel[grid](
         q, k, beta, gc, vn, hs, dhs, do, p, da, dk, dq, dq_out, dk_out, db, dg, dm, *common, scale,
-        plan.heads, plan.dk, plan.dv, **meta,
+        plan.heads, plan.dk, plan.dv, SK=qk_key_block(plan), **meta,
     )
     if channel:
         bwd.intra_bwd_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
