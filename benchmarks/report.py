@@ -33,6 +33,21 @@ def source_digest(root: Path = ROOT) -> str:
     return h.hexdigest()[:12]
 
 
+def kernels_digest() -> str:
+    """Short sha256 of the ``.py`` files of the ``mirasdsl.kernels`` package that is imported:
+    the repository's, or another commit's (``run_on_device.sh`` with BASELINE)."""
+    try:
+        import mirasdsl.kernels as mk
+    except ImportError:
+        return "not importable"
+    root = Path(mk.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def environment() -> dict[str, Any]:
     """Device, versions, date and commit, for the record."""
     versions = {}
@@ -54,6 +69,7 @@ def environment() -> dict[str, Any]:
         "versions": versions,
         "commit": commit,
         "src": source_digest(),
+        "kernels_src": kernels_digest(),
     }
 
 
@@ -104,7 +120,8 @@ def markdown(rows: list[Row], env: dict[str, Any], ceilings: dict[str, float]) -
         f"Mode: {env.get('mode', 'measurement')}.",
         "",
         f"Device: {env['device']}; torch {v['torch']}, triton {v['triton']}, "
-        f"fla-core {v['fla-core']}, titans-pytorch {v['titans-pytorch']}; commit {env['commit']}, src {env['src']}.",
+        f"fla-core {v['fla-core']}, titans-pytorch {v['titans-pytorch']}; commit {env['commit']}, src {env['src']}, "
+        f"kernels {env['kernels_src']}.",
         "Times: medians of triton.testing.do_bench after warm-up, bf16 inputs. "
         "peer/ours above 1 means ours is faster. floor = inputs read once + output written once "
         "at the measured copy bandwidth.",

@@ -16,6 +16,10 @@
 # BUDGET_S (default 540) stops starting new cases so the call ends inside the 10-minute limit;
 # skipped cases are listed as such. Split a long run with --shapes S / --shapes L.
 #
+# BASELINE=<name>: afterwards, the same cases of ours again with the kernels of another commit,
+# carried in .baseline/<name>/ (made by `bash benchmarks/make_baseline.sh <commit>`), into
+# $OUT/baseline/: a before/after of one change on one machine in one call.
+#
 # Compiled kernels and autotuning results (TRITON_CACHE_AUTOTUNING) are cached in
 # /tmp/triton_cache and packed into $OUT/triton_cache.tar.gz at the end (when under 40 MB). Unpack
 # it into .triton_cache/ (ignored) and carry it on the next call: fla's first calls compiled and
@@ -73,4 +77,20 @@ fi
 
 python3 benchmarks/kernels.py --out "$OUT" --budget-s "${BUDGET_S:-540}" "$@" 2>&1 \
     | tee "$OUT/log.txt"
-exit "${PIPESTATUS[0]}"
+status="${PIPESTATUS[0]}"
+
+if [ -n "${BASELINE:-}" ]; then  # the same cases of ours with another commit's kernels
+    base=".baseline/$BASELINE"
+    if [ ! -d "$base/kernels" ]; then
+        echo "BASELINE=$BASELINE: no $base/kernels carried (bash benchmarks/make_baseline.sh <commit>)" >&2
+        exit 2
+    fi
+    PKG_B=/tmp/mirasdsl_pkg_baseline
+    rm -rf "$PKG_B" && mkdir -p "$PKG_B"
+    cp -r "$base/mirasdsl" "$PKG_B/" && cp -r "$base/kernels" "$PKG_B/mirasdsl/kernels"
+    if [ -d "$base/search" ]; then cp -r "$base/search" "$PKG_B/mirasdsl/search"; fi
+    echo "== baseline $BASELINE ($(cat "$base/COMMIT" 2>/dev/null || echo '?'))"
+    PYTHONPATH="$PKG_B:$SITE" python3 benchmarks/kernels.py --out "$OUT/baseline" \
+        --budget-s "${BASELINE_BUDGET_S:-240}" "$@" --impls ours --no-e2e 2>&1 | tail -n 40
+fi
+exit "$status"
