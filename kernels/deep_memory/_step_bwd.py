@@ -237,29 +237,29 @@ def _bias_vjp(g_r, r0, n2, d, bp, m, g_d_ptr, row_ok, BIAS: tl.constexpr):
     return tl.where(m, g, 0.0)
 
 
-@autotune(["C", "V", "BC", "BV", "NORM", "RES", "BIAS"], BIAS_SHAPES)  # 4 warps spilled 6-8 KB
+@autotune(["C", "V", "BV", "NORM", "RES", "BIAS"], BIAS_SHAPES)  # rows in blocks of BR
 @triton.jit
 def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, delta, g_y0, g_v, gk_res, g_delta, NJ, C, V,
-                     eps, bp, BC: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr,
+                     eps, bp, BR: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr,
                      RES: tl.constexpr, BIAS: tl.constexpr):
-    """Backward, (batch, head) i: from the gradient of dz back to y0 (LayerNorm's backward
-    differentiated once more, the bias gradient's Jacobian), and the gradients of v, of the
-    huber threshold and of k through the residual."""
+    """Backward, (batch, head) i, rows of block r: from the gradient of dz back to y0
+    (LayerNorm's backward differentiated once more, the bias gradient's Jacobian), and the
+    gradients of v, of the huber threshold and of k through the residual."""
     i = tl.program_id(0).to(tl.int64)
-    rc, rv = tl.arange(0, BC), tl.arange(0, BV)
+    rc, rv = tl.program_id(1) * BR + tl.arange(0, BR), tl.arange(0, BV)
     m = (rc < C)[:, None] & (rv < V)[None, :]
     tile = rc[:, None] * V + rv[None, :]
     G = tl.load(g_dz + i * C * V + tile, mask=m, other=0.0)
     for j in range(0, NJ):
         G += tl.load(gdz_part + (i * NJ + j) * C * V + tile, mask=m, other=0.0)
     y0 = tl.load(y0_in + i * C * V + tile, mask=m, other=0.0)
-    d = rc * 0.0  # [BC] the huber threshold of each row
+    d = rc * 0.0  # [BR] the huber threshold of each row
     if BIAS == HUBER:
         d = tl.load(delta + i * C + rc, mask=rc < C, other=1.0)
     r, r0, n2, x_hat, rstd = _output_error(y0, m, k + i * C * V + tile, v + i * C * V + tile, d,
                                            bp, V, eps, NORM, RES, BIAS)
     if NORM:  # dz = _ln_grad(r): linear in r (a symmetric map), plus x_hat and rstd terms
-        s = tl.sum(r * x_hat, 1) / V  # [BC]
+        s = tl.sum(r * x_hat, 1) / V  # [BR]
         gx = tl.sum(G * x_hat, 1) / V
         g_r = _ln_grad(G, x_hat, rstd, m, V)
         g_rstd = tl.sum(G * _ln_grad(r, x_hat, rstd, m, V), 1) / rstd  # dz is rstd * (...)

@@ -141,25 +141,35 @@ def _keys_kernel(k, w1, w2, h_out, a_out, y_part, C, K, HD, V,
 
 # One program per (batch, head) holds ~10 [C, V] fp32 tiles: with 4 warps the sm_90 builds
 # spilled 1.2-1.9 KB of registers per thread, with 8 or 16 warps 0-160 B (compile_check).
-BIAS_SHAPES = ((16, 1), (8, 1))
+# The bias kernels are row-local (LayerNorm, residual, the bias and their backward act on each
+# token's row): a program takes BR rows of one (batch, head), so a chunk of 64 makes up to eight
+# programs per head instead of one (32 programs at titans-pytorch's shape filled a quarter of an
+# H100). At 4 warps with 64 rows the sm_90 builds spilled 6-8 KB per thread; the first candidate
+# is the former launch (16 warps, the whole chunk).
+BIAS_SHAPES = ((16, 1, {"BR": 64}), (8, 1, {"BR": 32}), (4, 1, {"BR": 16}), (2, 1, {"BR": 8}))
 
 
-@autotune(["C", "V", "BC", "BV", "NORM", "RES", "BIAS"], BIAS_SHAPES)
+def bias_grid(n: int, c: int):
+    """Grid of the bias kernels: (batch·head, row blocks of BR)."""
+    return lambda meta: (n, triton.cdiv(c, meta["BR"]))
+
+
+@autotune(["C", "V", "BV", "NORM", "RES", "BIAS"], BIAS_SHAPES)
 @triton.jit
 def _bias_kernel(y_part, k, v, delta, y0_out, dz_out, NJ, C, V, eps, bp,
-                 BC: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr,
+                 BR: tl.constexpr, BV: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr,
                  BIAS: tl.constexpr):
-    """(batch, head) i: y0 from the shares, the output, the bias gradient and dz. ``delta``:
-    the huber threshold per token ``[N, C]`` (read with BIAS == HUBER only)."""
+    """(batch, head) i, rows of block r: y0 from the shares, the output, the bias gradient and
+    dz. ``delta``: the huber threshold per token ``[N, C]`` (read with BIAS == HUBER only)."""
     i = tl.program_id(0).to(tl.int64)
-    rc, rv = tl.arange(0, BC), tl.arange(0, BV)
+    rc, rv = tl.program_id(1) * BR + tl.arange(0, BR), tl.arange(0, BV)
     m = (rc < C)[:, None] & (rv < V)[None, :]
     tile = rc[:, None] * V + rv[None, :]
-    y0 = tl.zeros([BC, BV], dtype=tl.float32)
+    y0 = tl.zeros([BR, BV], dtype=tl.float32)
     for j in range(0, NJ):
         y0 += tl.load(y_part + (i * NJ + j) * C * V + tile, mask=m, other=0.0)
     tl.store(y0_out + i * C * V + tile, y0, mask=m)  # kept for the backward
-    d = rc * 0.0  # [BC] the huber threshold of each row
+    d = rc * 0.0  # [BR] the huber threshold of each row
     if BIAS == HUBER:
         d = tl.load(delta + i * C + rc, mask=rc < C, other=1.0)
     r, _, _, x_hat, rstd = _output_error(y0, m, k + i * C * V + tile, v + i * C * V + tile, d, bp,

@@ -50,7 +50,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._step_bwd import _bwd_bias_kernel, _bwd_hidden_kernel, _bwd_keys_kernel
-from ._step_fwd import _bias_kernel, _keys_kernel, _update_kernel
+from ._step_fwd import _bias_kernel, _keys_kernel, _update_kernel, bias_grid
 from ._step_linear import (
     _linear_bwd_keys_kernel, _linear_bwd_update_kernel, _linear_keys_kernel, _linear_update_kernel,
 )
@@ -172,8 +172,8 @@ def _forward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], new: list[T
     y0, dz = out[3:]
     _linear_keys_kernel[(sh.N,)](k, w, y_part, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"], BV=t["BV"],
                                  PREC=sh.prec)
-    _bias_kernel[(sh.N,)](y_part, k, v, delta, y0, dz, 1, sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"],
-                          BV=t["BV"], NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
+    _bias_kernel[bias_grid(sh.N, sh.C)](y_part, k, v, delta, y0, dz, 1, sh.C, sh.V, NORM_EPS, sh.bp,
+                                        BV=t["BV"], NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
     _linear_update_kernel[(sh.N, triton.cdiv(sh.V, t["BVU"]))](
         k, dz, w, z, gam, e, mom, dl, zl, wn, zn, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"],
         BVU=t["BVU"], MOM=f["MOM"], PREC=sh.prec)
@@ -191,8 +191,9 @@ def _forward_chunk(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor],
     h, a, d1, y0, dz = out
     _keys_kernel[sh.hidden_grid](k, w1, w2, h, a, y_part, sh.C, sh.K, sh.HD, sh.V, **t,
                                  ACT=f["ACT"], PREC=sh.prec)
-    _bias_kernel[(sh.N,)](y_part, k, v, delta, y0, dz, sh.NJ, sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"],
-                          BV=t["BV"], NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
+    _bias_kernel[bias_grid(sh.N, sh.C)](y_part, k, v, delta, y0, dz, sh.NJ, sh.C, sh.V, NORM_EPS,
+                                        sh.bp, BV=t["BV"], NORM=f["NORM"], RES=f["RES"],
+                                        BIAS=f["BIAS"])
     _update_kernel[sh.hidden_grid](k, h, a, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, d1, w1n, w2n,
                                    z1n, z2n, sh.C, sh.K, sh.HD, sh.V, **t, SUB=sh.sub,
                                    ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
@@ -238,9 +239,9 @@ def _backward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], coef: tupl
         gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"], BVU=t["BVU"],
         MOM=f["MOM"], FOLD=fold, PREC=sh.prec, num_warps=8, num_stages=1)  # one stage: 4 dots a value block (sm_90 fit)
     gk_res = buf.gk_res if f["RES"] else g_v  # written only with the residual
-    _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, 1,
-                              sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
-                              RES=f["RES"], BIAS=f["BIAS"])
+    _bwd_bias_kernel[bias_grid(sh.N, sh.C)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res,
+                                            g_delta, 1, sh.C, sh.V, NORM_EPS, sh.bp, BV=t["BV"],
+                                            NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
     _linear_bwd_keys_kernel[(sh.N,)](k, w, buf.g_y0, g_w, buf.gk, buf.gk_res, g_k, sh.C, sh.K, sh.V,
                                      BC=t["BC"], BK=t["BK"], BVU=t["BVU"], RES=f["RES"],
                                      PREC=sh.prec, num_warps=8, num_stages=1)
@@ -272,9 +273,9 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
         g_z2n, *x_parts, *factors, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
         buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t,
         SUB=sh.sub, ACT=f["ACT"], MOM=f["MOM"], FOLD=fold, PREC=sh.prec)
-    _bwd_bias_kernel[(sh.N,)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res, g_delta, sh.NJ,
-                              sh.C, sh.V, NORM_EPS, sh.bp, BC=t["BC"], BV=t["BV"], NORM=f["NORM"],
-                              RES=f["RES"], BIAS=f["BIAS"])
+    _bwd_bias_kernel[bias_grid(sh.N, sh.C)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res,
+                                            g_delta, sh.NJ, sh.C, sh.V, NORM_EPS, sh.bp, BV=t["BV"],
+                                            NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
     _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, buf.g_y0, buf.ga, buf.gh, g_w1, g_w2, gk_part,
                                      sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], PREC=sh.prec)
 

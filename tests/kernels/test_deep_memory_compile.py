@@ -26,15 +26,15 @@ def test_readout_kernels_compile_for_h100() -> None:
     # 2 precisions × 4 layer shapes × (forward, backward) × 3 autotuned launch shapes
     assert len(readout) == 48
     assert {line.split()[5] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
-    # 2 precisions × chunk 64, 16 × 6 autotuned kernels: 2 launch shapes each, 4 for the update
-    # and 5 for the backward hidden kernel (warps × pipeline stages of their loops)
-    assert len(step) == 72
+    # 2 precisions × chunk 64, 16 × 6 autotuned kernels: 2 launch shapes for the keys' kernels,
+    # 4 for the update and the bias kernels (row blocks), 5 for the backward hidden kernel
+    assert len(step) == 84
     assert {line.split()[3] for line in step} == {"_keys_kernel", "_bias_kernel", "_update_kernel",
                                                   "_bwd_hidden_kernel", "_bwd_bias_kernel",
                                                   "_bwd_keys_kernel"}
     # 2 precisions × chunk 64, 16 × the six kernels of a depth-1 step (the two bias kernels
-    # autotuned over 2 launch shapes)
-    assert len(linear) == 32
+    # autotuned over 4 launch shapes)
+    assert len(linear) == 48
     assert {line.split()[3] for line in linear} == {
         "_linear_keys_kernel", "_bias_kernel", "_linear_update_kernel", "_linear_bwd_update_kernel",
         "_bwd_bias_kernel", "_linear_bwd_keys_kernel"}
@@ -44,7 +44,7 @@ def test_readout_kernels_compile_for_h100() -> None:
     assert len(fused) == 30
     assert {line.split()[5] for line in fused} == {"_readout_bwd_kernel", "_bwd_hidden_kernel",
                                                    "_linear_bwd_update_kernel"}
-    # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel) × 2
+    # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel) × 4
     # launch shapes
-    assert len(biases) == 32
+    assert len(biases) == 64
     assert {line.split()[3] for line in biases} == {"_bias_kernel", "_bwd_bias_kernel"}

@@ -384,3 +384,25 @@ def test_smoothing_constants_match_the_reference() -> None:
     from mirasdsl.kernels.deep_memory import _step_fwd, memory
 
     assert _step_fwd.SMOOTH.value == memory.LP_EPS == memory.ROBUST_EPS
+
+
+@pytest.mark.parametrize("br", [8, 16, 32])
+def test_bias_kernels_in_row_blocks(br: int) -> None:
+    """The bias kernels' row blocks (tuned on the GPU, the interpreter runs the first, 64 rows)
+    give the same step and gradients: forced to BR rows, the chunk of 13 (11) rows takes
+    several programs per head, the last one partial."""
+    import triton
+
+    from mirasdsl.kernels.deep_memory import _step_bwd, _step_fwd
+
+    tuners = (_step_fwd._bias_kernel, _step_bwd._bwd_bias_kernel)
+    saved = [(t.configs, dict(t.cache)) for t in tuners]
+    try:
+        for t in tuners:
+            t.configs, t.cache = [triton.Config({"BR": br}, num_warps=4, num_stages=1)], {}
+        for bias in ("huber", "lp"):
+            test_step_matches_the_pytorch_step("gelu", True, True, bias, True, 12)
+            test_step_gradients_match_autograd_of_the_pytorch_step("gelu", True, True, bias, True, 40, False)
+    finally:
+        for t, (configs, cache) in zip(tuners, saved):
+            t.configs, t.cache = configs, cache
