@@ -33,6 +33,19 @@ def _w2_tile(i, ch, vv, HD, V):
 
 
 @triton.jit
+def _tile_scalars(w, z, g_wn, g_zn, p, m, MOM: tl.constexpr):
+    """One state tile's shares of ``<W, gW'>``, ``<Z, gW'>``, ``<Z, gZ'>`` (zeros without MOM)."""
+    gw = tl.load(g_wn + p, mask=m, other=0.0)
+    s_gam = _dot_all(tl.load(w + p, mask=m, other=0.0), gw)
+    s_e, s_m = s_gam * 0.0, s_gam * 0.0
+    if MOM:
+        zt = tl.load(z + p, mask=m, other=0.0)
+        s_e = _dot_all(zt, gw)
+        s_m = _dot_all(zt, tl.load(g_zn + p, mask=m, other=0.0))
+    return s_gam, s_e, s_m
+
+
+@triton.jit
 def _state_scalars(w1, w2, z1, z2, g_w1n, g_w2n, g_z1n, g_z2n, i, ch, K, HD, V, out,
                    BK: tl.constexpr, BV: tl.constexpr, SUB: tl.constexpr, MOM: tl.constexpr):
     """Store the gradients of the update's scalars from this program's state tiles, SUB rows
@@ -42,20 +55,12 @@ def _state_scalars(w1, w2, z1, z2, g_w1n, g_w2n, g_z1n, g_z2n, i, ch, K, HD, V, 
     s_gam, s_e, s_m = 0.0, 0.0, 0.0
     for k0 in range(0, BK, SUB):
         p, m = _w1_tile(i, k0 + rs, ch, K, HD)  # [SUB, BH]
-        gw = tl.load(g_w1n + p, mask=m, other=0.0)
-        s_gam += _dot_all(tl.load(w1 + p, mask=m, other=0.0), gw)
-        if MOM:
-            zt = tl.load(z1 + p, mask=m, other=0.0)
-            s_e += _dot_all(zt, gw)
-            s_m += _dot_all(zt, tl.load(g_z1n + p, mask=m, other=0.0))
+        a, b, c = _tile_scalars(w1, z1, g_w1n, g_z1n, p, m, MOM)
+        s_gam, s_e, s_m = s_gam + a, s_e + b, s_m + c
     for v0 in range(0, BV, SUB):
         p, m = _w2_tile(i, ch, v0 + rs, HD, V)  # [BH, SUB]
-        gw = tl.load(g_w2n + p, mask=m, other=0.0)
-        s_gam += _dot_all(tl.load(w2 + p, mask=m, other=0.0), gw)
-        if MOM:
-            zt = tl.load(z2 + p, mask=m, other=0.0)
-            s_e += _dot_all(zt, gw)
-            s_m += _dot_all(zt, tl.load(g_z2n + p, mask=m, other=0.0))
+        a, b, c = _tile_scalars(w2, z2, g_w2n, g_z2n, p, m, MOM)
+        s_gam, s_e, s_m = s_gam + a, s_e + b, s_m + c
     tl.store(out, s_gam)
     if MOM:
         tl.store(out + 1, s_e)
