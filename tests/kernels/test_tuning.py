@@ -18,6 +18,7 @@ from triton.runtime.autotuner import Autotuner
 
 from mirasdsl.kernels import tuning
 from mirasdsl.kernels.deep_memory import _step_bwd, _step_fwd
+from mirasdsl.kernels.deep_memory import chunk as dm_chunk
 from mirasdsl.kernels.deep_memory.chunk import triton_deep_memory
 from mirasdsl.kernels.deep_memory.config import DeepMemoryConfig
 from mirasdsl.kernels.delta import _tl_bwd, _tl_fwd
@@ -83,8 +84,9 @@ def _inputs(gate: str, k: int, v: int, delta: bool) -> dict[str, torch.Tensor | 
 
 
 def test_every_hot_kernel_is_autotuned_with_the_default_first() -> None:
-    tuners = autotuners(gla_chunk, _tl_fwd, _tl_bwd, _step_fwd, _step_bwd)
+    tuners = autotuners(gla_chunk, _tl_fwd, _tl_bwd, _step_fwd, _step_bwd, dm_chunk)
     names = {t.base_fn.__name__ for t in tuners}
+    assert {"_readout_fwd_kernel", "_readout_bwd_kernel", "_bias_kernel", "_bwd_bias_kernel"} <= names
     assert {"_intra_kernel", "_bwd_intra_kernel", "_intra_dense_kernel",
             "_bwd_inter_kernel", "solve_kernel",
             "wy_bwd_kernel", "qk_bwd_kernel", "intra_bwd_channel_kernel", "state_fwd_kernel", "_keys_kernel",
@@ -136,7 +138,8 @@ def test_gla_trial_runs_leave_no_trace(gate: str) -> None:
 
 
 def test_deep_memory_step_trial_runs_leave_no_trace() -> None:
-    """The fused chunk step's kernels (the backward ones add into partials) under trial runs."""
+    """The fused chunk step's kernels (the backward ones add into partials) and the read-outs
+    under trial runs."""
     gen = torch.Generator().manual_seed(4)
     rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
     B, T, H, D, HD = 1, 20, 2, 8, 24
@@ -154,7 +157,7 @@ def test_deep_memory_step_trial_runs_leave_no_trace() -> None:
         return [o.detach(), *torch.autograd.grad(loss, list(t.values()))]
 
     plain = run()
-    with trial_runs(autotuners(_step_fwd, _step_bwd)):
+    with trial_runs(autotuners(_step_fwd, _step_bwd, dm_chunk)):
         tuned = run()
     for a, b in zip(tuned, plain):
         assert torch.equal(a, b)
