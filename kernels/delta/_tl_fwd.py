@@ -209,9 +209,12 @@ def solve_kernel(
 # K (Q, M, dO backward) exposed; two stages prefetch the next chunk's with cp.async while this
 # one computes (115 KB forward, 156 KB backward at BV = 32: one program per SM instead of
 # two). The GPU autotuner picks. Two warps are not tried: sm_90 builds spilled 7-11 KB of
-# registers per thread. BV 64 and 128 read W, K (and Q, M backward) half / a quarter as often.
+# registers per thread. BV 64 and 128 read W, K (and Q, M backward) half / a quarter as often;
+# BV 16 reads them twice as often but doubles the programs (shape L: B·H = 32 sequence-heads
+# give 128 programs at BV 32 for an H100's 132 SMs); 8 warps, 120-136 B / 552-792 B of spills
+# (forward / backward, sm_90).
 STATE_PASS_SHAPES = ((4, 1, {"BV": 32}), (8, 1, {"BV": 32}), (8, 2, {"BV": 32}), (4, 1, {"BV": 64}),
-                     (8, 1, {"BV": 64}), (8, 2, {"BV": 64}), (8, 1, {"BV": 128}))
+                     (8, 1, {"BV": 64}), (8, 2, {"BV": 64}), (8, 1, {"BV": 128}), (8, 1, {"BV": 16}))
 
 
 @autotune(["H", "K", "V", "GATE", "BK"], STATE_PASS_SHAPES)

@@ -239,11 +239,11 @@ def test_triton_wide_heads() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bv", [32, 64, 128])
+@pytest.mark.parametrize("bv", [16, 32, 64, 128])
 def test_triton_tuned_value_blocks(bv: int) -> None:
-    """Each value block the state passes and the output kernel may be tuned to (V = 80: three
-    blocks of 32, 64 + a masked 16, or one masked 128) gives the same numbers: the interpreter
-    runs only the default, so force each."""
+    """Each value block the state passes and the output kernel may be tuned to (V = 80: five
+    blocks of 16, three of 32, 64 + a masked 16, or one masked 128) gives the same numbers: the
+    interpreter runs only the default, so force each."""
     import triton
 
     from mirasdsl.kernels.delta import _tl_bwd, _tl_fwd
