@@ -231,9 +231,11 @@ def test_triton_without_state_and_short() -> None:
 
 
 @pytest.mark.slow
-def test_triton_wide_heads() -> None:
-    """K = 72 and V = 80: padded key block and two value blocks."""
-    inputs = make_inputs(1, 40, 1, 72, 80, "scalar", seed=13)
+@pytest.mark.parametrize("gate", ["scalar", "channel"])
+def test_triton_wide_heads(gate: str) -> None:
+    """K = 72 and V = 80: padded key block and two value blocks (per-channel gates: the
+    backward's two passes over the key, 64 channels and a partial 8)."""
+    inputs = make_inputs(1, 40, 1, 72, 80, gate, seed=13)
     ref = run_with_grads(recurrent_delta_rule, inputs)
     assert_close(run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE), ref, 1e-4)
 
