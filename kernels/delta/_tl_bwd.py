@@ -227,11 +227,16 @@ def dense_intra_terms(qt, kt, beta, G, dM, dA, t0, rows, valid, h, H,
     return dq_m, dk_r, dk_c
 
 
-@autotune(["H", "K", "BK"], ((4, 3), (8, 3), (2, 3), (4, 1)), restore=["dbeta", "dG"])
+# DIAG (tuned): the diagonal sub-block's key-as-column terms as a reduction over the block's rows
+# inside the column loop (0: one loop, a cross-row sum per column), or a second loop over its rows
+# with elementwise updates only (1: no reductions, twice the exponentials; as fla writes it).
+@autotune(["H", "K", "BK"], ((4, 3, {"DIAG": 0}), (8, 3, {"DIAG": 0}), (2, 3, {"DIAG": 0}),
+                             (4, 1, {"DIAG": 0}), (4, 3, {"DIAG": 1}), (8, 3, {"DIAG": 1})),
+          restore=["dbeta", "dG"])
 @triton.jit
 def intra_bwd_channel_kernel(
     q, k, beta, G, P, dM, dA, dq, dk, dq_out, dk_out, dbeta, dG, chunk_seq, cu, chunk_off, H, K,
-    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, DIAG: tl.constexpr, PREC: tl.constexpr,
 ):
     """Per-channel gate, one sub-chunk a of BC rows per program: its rows of dQ, dK (as row of
     M and P against sub-chunks b ≤ a, as column against sub-chunks c ≥ a) and dβ (from P kept
@@ -285,7 +290,22 @@ def intra_bwd_channel_kernel(
         dp_col = tl.load(dA + col + rows * (H * BT), mask=valid, other=0.0) * ba
         dq_m += dm_col[:, None] * kj[None, :] * e
         dk_r += dp_col[:, None] * kj[None, :] * e
-        col_j = tl.sum((dm_col[:, None] * qa + dp_col[:, None] * ka) * e, 0)  # [BK]
-        dk_c += tl.where(ci[:, None] == j, col_j[None, :], 0.0)
+        if DIAG == 0:
+            col_j = tl.sum((dm_col[:, None] * qa + dp_col[:, None] * ka) * e, 0)  # [BK]
+            dk_c += tl.where(ci[:, None] == j, col_j[None, :], 0.0)
+    if DIAG == 1:  # row i adds to every column j ≤ i of the block: no cross-row sums
+        for i in range(0, BC):
+            r = i_s * BC + i  # local row
+            qi = load_row(q, t0, r, nt, h, H, K, BK)  # [BK], zero past the chunk
+            ki = load_row(k, t0, r, nt, h, H, K, BK)
+            gi = load_row(G, t0, r, nt, h, H, K, BK)
+            im = (cols < K) & ((r + cols * 0) < nt)  # [BK]: row i exists
+            live = (ci <= i) & ((r + ci * 0) < nt)  # [BC]: columns j ≤ i
+            row = (t0 + r) * H * BT + h * BT + i_s * BC + ci  # dM[i, j], dA[i, j] for the block's j
+            dm_row = tl.load(dM + row, mask=live, other=0.0)  # [BC]
+            b_i = tl.load(beta + (t0 + r) * H + h + ci * 0, mask=live, other=0.0).to(tl.float32)  # β_i
+            dp_row = tl.load(dA + row, mask=live, other=0.0) * b_i
+            e2 = masked_exp(gi[None, :] - ga, live[:, None] & im[None, :] & valid[:, None])  # [BC, BK]
+            dk_c += (dm_row[:, None] * qi[None, :] + dp_row[:, None] * ki[None, :]) * e2
     finish_rows(dq, dk, dq_out, dk_out, dbeta, dG, t0, rows, valid, h, H, K, qa, ka, dq_m, dk_r, dk_c, db,
                 2, BK)

@@ -240,6 +240,27 @@ def test_triton_wide_heads(gate: str) -> None:
     assert_close(run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE), ref, 1e-4)
 
 
+@pytest.mark.parametrize("regime", ["mixed", "near0"])
+def test_triton_channel_diagonal_by_rows(regime: str) -> None:
+    """The per-channel intra backward's second form of its diagonal sub-block (DIAG = 1, a loop
+    over rows, tuned on the GPU; the interpreter runs the first form) gives the same gradients:
+    forced, at odd T and K, gates mixed and near 0."""
+    import triton
+
+    from mirasdsl.kernels.delta import _tl_bwd
+
+    inputs = make_inputs(1, 70, 2, 20, 12, "channel", regime, seed=19)
+    ref = run_with_grads(recurrent_delta_rule, inputs)
+    t = _tl_bwd.intra_bwd_channel_kernel
+    saved = (t.configs, dict(t.cache))
+    try:
+        t.configs, t.cache = [triton.Config({"DIAG": 1}, num_warps=4, num_stages=1)], {}
+        got = run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE)
+    finally:
+        t.configs, t.cache = saved
+    assert_close(got, ref, 1e-4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bv", [16, 32, 64, 128])
 def test_triton_tuned_value_blocks(bv: int) -> None:
