@@ -220,6 +220,26 @@ def spill_summary(candidates: list[Candidate]) -> list[str]:
 GATES = {0: "none", 1: "scalar", 2: "channel"}  # gate modes of the gated families (GLA, delta)
 
 
+KERNELS_HELP = "comma list: compile only kernels whose name contains one"
+
+
+def wanted_kernels(text: str) -> tuple[str, ...]:
+    """The ``--kernels`` option's comma list as name fragments (empty: every kernel)."""
+    return tuple(w for w in text.split(",") if w)
+
+
+def emit(prefix: str, launches: list[Launch], wanted: tuple[str, ...] = ()) -> None:
+    """Compile ``launches`` (only kernels whose name contains one of ``wanted``, if any); print
+    each candidate's line, then each kernel's register summary, every line after ``prefix: ``."""
+    if wanted:
+        launches = [x for x in launches if any(w in launch_shapes(x.fn, x.kwargs)[0].__name__ for w in wanted)]
+    cands = compile_all(launches)
+    for cand in cands:
+        print(f"{prefix}: {cand.line()}")
+    for line in spill_summary(cands):
+        print(f"{prefix}: {line}")
+
+
 def gated_family_cli(doc: str, record_launches: Callable[[int, int, int, torch.dtype], list[Launch]]) -> None:
     """Command line of a gated family's compile check: compile the recorded launches
     (``record_launches(gate, dk, dv, dtype)``) of each gate mode; one line per candidate,
@@ -230,15 +250,9 @@ def gated_family_cli(doc: str, record_launches: Callable[[int, int, int, torch.d
     parser.add_argument("--dv", type=int, default=128)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--gates", default="0,1,2", help="gate modes: 0 none, 1 scalar, 2 channel")
-    parser.add_argument("--kernels", default="", help="comma list: compile only kernels whose name contains one")
+    parser.add_argument("--kernels", default="", help=KERNELS_HELP)
     a = parser.parse_args()
-    wanted = [w for w in a.kernels.split(",") if w]
+    wanted = wanted_kernels(a.kernels)
     for gate in (int(x) for x in a.gates.split(",")):
-        launches = record_launches(gate, a.dk, a.dv, getattr(torch, a.dtype))
-        if wanted:
-            launches = [x for x in launches if any(w in launch_shapes(x.fn, x.kwargs)[0].__name__ for w in wanted)]
-        cands = compile_all(launches)
-        for cand in cands:
-            print(f"gate={GATES[gate]} K={a.dk} V={a.dv} {a.dtype}: {cand.line()}")
-        for line in spill_summary(cands):
-            print(f"gate={GATES[gate]} K={a.dk} V={a.dv} {a.dtype}: {line}")
+        emit(f"gate={GATES[gate]} K={a.dk} V={a.dv} {a.dtype}",
+             record_launches(gate, a.dk, a.dv, getattr(torch, a.dtype)), wanted)

@@ -8,7 +8,7 @@ from ..tuning import autotune
 
 from ._step_fwd import (
     BIAS_SHAPES, DOT, HUBER, L2, LP, SMOOTH, _act_grad, _act_grad2, _hidden_block, _ln_grad,
-    _output_error,
+    _output_error, _w1_tile, _w2_tile,
 )
 
 
@@ -16,20 +16,6 @@ from ._step_fwd import (
 def _dot_all(x, y):
     """Sum of all entries of ``x * y`` (a Frobenius inner product of two tiles)."""
     return tl.sum(tl.sum(x * y, 1), 0)
-
-
-@triton.jit
-def _w1_tile(i, kk, ch, K, HD):
-    """Pointers ``[len(kk), BH]`` and mask of rows ``kk`` of a ``[N, K, HD]`` weight (W1, Z1 or
-    a gradient of one), hidden columns ``ch`` of batch·head i."""
-    return i * K * HD + kk[:, None] * HD + ch[None, :], (kk < K)[:, None] & (ch < HD)[None, :]
-
-
-@triton.jit
-def _w2_tile(i, ch, vv, HD, V):
-    """Pointers ``[BH, len(vv)]`` and mask of a ``[N, HD, V]`` weight's hidden rows ``ch``,
-    columns ``vv``."""
-    return i * HD * V + ch[:, None] * V + vv[None, :], (ch < HD)[:, None] & (vv < V)[None, :]
 
 
 @triton.jit

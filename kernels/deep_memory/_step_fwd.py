@@ -57,6 +57,20 @@ def _hidden_block(C, K, HD, V, BC: tl.constexpr, BK: tl.constexpr, BH: tl.conste
     return i, j, rc, rk, rv, ch, rc < C, rk < K, rv < V, ch < HD
 
 
+@triton.jit
+def _w1_tile(i, kk, ch, K, HD):
+    """Pointers ``[len(kk), BH]`` and mask of rows ``kk`` of a ``[N, K, HD]`` weight (W1, Z1 or
+    a gradient of one), hidden columns ``ch`` of batch·head i."""
+    return i * K * HD + kk[:, None] * HD + ch[None, :], (kk < K)[:, None] & (ch < HD)[None, :]
+
+
+@triton.jit
+def _w2_tile(i, ch, vv, HD, V):
+    """Pointers ``[BH, len(vv)]`` and mask of a ``[N, HD, V]`` weight's hidden rows ``ch``,
+    columns ``vv``."""
+    return i * HD * V + ch[:, None] * V + vv[None, :], (ch < HD)[:, None] & (vv < V)[None, :]
+
+
 # attentional biases (BIAS) and the smoothing constants of memory.py (LP_EPS, ROBUST_EPS)
 DOT = tl.constexpr(0)
 L2 = tl.constexpr(1)
@@ -213,8 +227,7 @@ def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
     for k0 in range(0, BK, SUB):  # W1[:, j] rows k0.. [SUB, BH]
         kk = k0 + rs
         kT = tl.load(k + i * C * K + rc[None, :] * K + kk[:, None], mask=(kk < K)[:, None] & mc[None, :], other=0.0)
-        p1 = i * K * HD + kk[:, None] * HD + ch[None, :]
-        m1 = (kk < K)[:, None] & mh[None, :]
+        p1, m1 = _w1_tile(i, kk, ch, K, HD)
         new1 = g * tl.load(w1 + p1, mask=m1, other=0.0) + tl.dot(kT, d1l, input_precision=PREC)
         if MOM:
             z1t = tl.load(z1 + p1, mask=m1, other=0.0)
@@ -225,8 +238,7 @@ def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
     for v0 in range(0, BV, SUB):  # W2[j, :] columns v0.. [BH, SUB]
         vv = v0 + rs
         dzs = tl.load(dz + i * C * V + rc[:, None] * V + vv[None, :], mask=mc[:, None] & (vv < V)[None, :], other=0.0)
-        p2 = i * HD * V + ch[:, None] * V + vv[None, :]
-        m2 = mh[:, None] & (vv < V)[None, :]
+        p2, m2 = _w2_tile(i, ch, vv, HD, V)
         new2 = g * tl.load(w2 + p2, mask=m2, other=0.0) + tl.dot(aT, dzs * dlv[:, None], input_precision=PREC)
         if MOM:
             z2t = tl.load(z2 + p2, mask=m2, other=0.0)

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from ..compile_check import Launch, compile_all, launch_shapes, recording, spill_summary
+from ..compile_check import KERNELS_HELP, Launch, emit, recording, wanted_kernels
 
 # (chunk C, key width DK, value width DV) of each MLP layer's read-out (with momentum)
 TITANS_LAYERS = [(C, dk, dv) for C in (64, 16) for dk, dv in ((128, 512), (512, 128))]
@@ -88,40 +88,28 @@ def record_fused_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 51
     return [x for x in log if x.kwargs.get("FOLD") == 1 or x.kwargs.get("DENSE") is False]
 
 
-def _emit(prefix: str, launches: list[Launch], wanted: tuple[str, ...] = ()) -> None:
-    """Compile ``launches`` (only kernels whose name contains one of ``wanted``, if given); print
-    each candidate, then each kernel's register summary."""
-    if wanted:
-        launches = [x for x in launches if any(w in launch_shapes(x.fn, x.kwargs)[0].__name__ for w in wanted)]
-    cands = compile_all(launches)
-    for cand in cands:
-        print(f"{prefix}: {cand.line()}")
-    for line in spill_summary(cands):
-        print(f"{prefix}: {line}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", default="", help="comma list: compile only kernels whose name contains one")
+    parser.add_argument("--kernels", default="", help=KERNELS_HELP)
     parser.add_argument("--precisions", default="ieee,tf32", help="comma list of ieee (float32 models), tf32 (half)")
     a = parser.parse_args()
-    wanted = tuple(w for w in a.kernels.split(",") if w)
+    wanted = wanted_kernels(a.kernels)
     for prec in a.precisions.split(","):
         if prec not in ("ieee", "tf32"):
             parser.error(f"--precisions: {prec!r} is not one of ieee, tf32")
     for prec in a.precisions.split(","):  # float32 models, half-precision models
         for C, dk, dv in TITANS_LAYERS:
-            _emit(f"C={C} MOM=1 DK={dk} DV={dv} {prec}", record_launches(C, dk, dv, prec), wanted)
+            emit(f"C={C} MOM=1 DK={dk} DV={dv} {prec}", record_launches(C, dk, dv, prec), wanted)
         for C in (64, 16):
-            _emit(f"C={C} {prec} step", record_step_launches(C, prec), wanted)
+            emit(f"C={C} {prec} step", record_step_launches(C, prec), wanted)
         for C in (64, 16):
-            _emit(f"C={C} {prec} linear", record_step_launches(C, prec, depth=1), wanted)
+            emit(f"C={C} {prec} linear", record_step_launches(C, prec, depth=1), wanted)
         for C, depth in ((64, 2), (64, 1)):  # chunk 16 needs less shared memory
-            _emit(f"C={C} {prec} fused depth {depth}", record_fused_launches(C, prec, depth=depth), wanted)
+            emit(f"C={C} {prec} fused depth {depth}", record_fused_launches(C, prec, depth=depth), wanted)
         for bias in ("dot", "lp", "huber", "robust"):  # only the two bias kernels change with it
             launches = [x for x in record_step_launches(64, prec, bias=bias)
                         if getattr(x.fn, "fn", x.fn).__name__.endswith("bias_kernel")]
-            _emit(f"C=64 {prec} bias={bias}", launches, wanted)
+            emit(f"C=64 {prec} bias={bias}", launches, wanted)
 
 
 if __name__ == "__main__":
