@@ -175,6 +175,23 @@ def _fwd_state_kernel(k, v, gc, h, h0, ht, chunk_first, cu, H: tl.constexpr, K: 
         tl.store(ht + (i_n * H + i_h) * K * V + soff, S, mask=smask)
 
 
+# Largest in-chunk decay span (nats, over one sub-chunk, any channel) at which a sub-chunk's
+# diagonal block is formed by the matmul of the off-diagonal blocks: factors e^{b_t − b_ref} and
+# e^{b_ref − b_j} then lie in [e^{-30}, e^{30}], far from float32's (and tf32's) overflow and
+# underflow, so each product keeps its relative accuracy. Stronger decay takes the exact
+# element-by-element loop.
+DENSE_SPAN = tl.constexpr(30.0)
+
+
+@triton.jit
+def _span(gb, first, nv, ck, K: tl.constexpr, stride, BC: tl.constexpr):
+    """How far the log-gates fall across the sub-chunk starting at row ``first`` (its valid
+    rows), the most over the channels ``ck``: a scalar ≥ 0."""
+    last = tl.minimum(first + BC, nv) - 1
+    fall = _row(gb, first, nv, ck, K, stride) - _row(gb, last, nv, ck, K, stride)  # [BK]
+    return tl.max(tl.abs(fall), axis=0)
+
+
 @autotune(["H", "K", "C", "BC", "BK", "F32"], ((8, 3), (4, 3), (2, 3), (4, 1)))
 @triton.jit
 def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexpr,
@@ -182,8 +199,10 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
                   PREC: tl.constexpr, F32: tl.constexpr):
     """Rows of one sub-chunk of ``A = scale · [q_t · (k_j ⊙ e^{b_t − b_j})]_{j<=t}``.
 
-    Grid (chunks · C/BC, heads). Earlier sub-chunks: one matmul against the reference ``b`` at
-    the first row of this sub-chunk; its own diagonal block: element by element.
+    Grid (chunks · C/BC, heads). One matmul against the reference ``b`` at the first row of this
+    sub-chunk gives the earlier sub-chunks and, while the gates fall by at most ``DENSE_SPAN``
+    across it, its own diagonal block too (then masked to j <= t); stronger decay takes the
+    diagonal block element by element.
     """
     NS: tl.constexpr = C // BC
     i_c, i_s, i_h = tl.program_id(0) // NS, tl.program_id(0) % NS, tl.program_id(1)
@@ -195,24 +214,30 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
     rows_i = first + ri
     valid_i = rows_i < nv
     before = (rows < first) & valid & (first + rows * 0 < nv)  # none if this block is empty
+    upto = (rows < first + BC) & valid  # keys up to this sub-chunk's end (the dense form)
     acc = tl.zeros([BC, C], dtype=tl.float32)
     for kb in range(0, K, BK):
         ck = kb + tl.arange(0, BK)
         qi = _tile(qb, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
         bi = _tile(gb, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
         bref = _row(gb, first, nv, ck, K, H * K)  # [BK]
-        ka = _tile(kb_, rows, before, ck, K, H * K)  # [C, BK]
-        ba = _tile(gb, rows, before, ck, K, H * K)  # [C, BK]
         qr = qi * tl.exp(tl.where(valid_i[:, None], bi - bref[None, :], 0.0))
-        kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
-        acc += _mm(qr, tl.trans(kr), q, PREC, F32)
-        for j in range(0, BC):
-            kj = _row(kb_, first + j, nv, ck, K, H * K)  # [BK]
-            bj = _row(gb, first + j, nv, ck, K, H * K)  # [BK]
-            keep = ((ri >= j) & valid_i & (first + j + ri * 0 < nv))[:, None]
-            e = tl.exp(tl.where(keep, bi - bj[None, :], 0.0))
-            col = tl.sum(tl.where(keep, qi * kj[None, :] * e, 0.0), axis=1)  # [BC]
-            acc += tl.where(rows[None, :] == first + j, col[:, None], 0.0)
+        if _span(gb, first, nv, ck, K, H * K, BC) <= DENSE_SPAN:  # diagonal block by the matmul too
+            ka = _tile(kb_, rows, upto, ck, K, H * K)  # [C, BK]
+            kr = ka * tl.exp(tl.where(upto[:, None], bref[None, :] - _tile(gb, rows, upto, ck, K, H * K), 0.0))
+            acc += tl.where(rows[None, :] <= rows_i[:, None], _mm(qr, tl.trans(kr), q, PREC, F32), 0.0)
+        else:  # strong decay inside the sub-chunk: its diagonal block element by element
+            ka = _tile(kb_, rows, before, ck, K, H * K)  # [C, BK]
+            ba = _tile(gb, rows, before, ck, K, H * K)  # [C, BK]
+            kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
+            acc += _mm(qr, tl.trans(kr), q, PREC, F32)
+            for j in range(0, BC):
+                kj = _row(kb_, first + j, nv, ck, K, H * K)  # [BK]
+                bj = _row(gb, first + j, nv, ck, K, H * K)  # [BK]
+                keep = ((ri >= j) & valid_i & (first + j + ri * 0 < nv))[:, None]
+                e = tl.exp(tl.where(keep, bi - bj[None, :], 0.0))
+                col = tl.sum(tl.where(keep, qi * kj[None, :] * e, 0.0), axis=1)  # [BC]
+                acc += tl.where(rows[None, :] == first + j, col[:, None], 0.0)
     tl.store(A + t0 * (H * C) + i_h * C + rows_i[:, None] * (H * C) + rows[None, :], acc * scale,
              mask=valid_i[:, None])
 
@@ -373,7 +398,8 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
 
     ``dq_t = Σ_{j<=t} dA_tj k_j ⊙ e^{b_t − b_j}``, ``dk_j = Σ_{t>=j} dA_tj q_t ⊙ e^{b_t − b_j}``:
     earlier (later) sub-chunks by one matmul against a reference ``b`` at this sub-chunk's first
-    (last) row, the diagonal block element by element.
+    (last) row; the diagonal block joins those matmuls while the gates fall by at most
+    ``DENSE_SPAN`` across the sub-chunk, else it is summed element by element.
     """
     NS: tl.constexpr = C // BC
     i_c, i_s = tl.program_id(0) // NS, tl.program_id(0) % NS
@@ -389,38 +415,53 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
     rows_i = first + ri
     valid_i = rows_i < nv
     bi = _tile(gb, rows_i, valid_i, ck, K, H * K)  # [BC, BK]
-    # dq from earlier sub-chunks, reference at the first row of this one
-    before = (rows < first) & valid & (first + rows * 0 < nv)  # none if this block is empty
-    bref = _row(gb, first, nv, ck, K, H * K)  # [BK]
-    ka = _tile(kb_, rows, before, ck, K, H * K)  # [C, BK]
-    ba = _tile(gb, rows, before, ck, K, H * K)  # [C, BK]
-    kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
-    dAi = _tile(dAb, rows_i, valid_i, rows, first, H * C)  # [BC, C]
-    dqi = _mm(dAi, kr, q, PREC, F32)
+    bref = _row(gb, first, nv, ck, K, H * K)  # [BK]: dq's reference, this sub-chunk's first row
+    rref = _row(gb, last, nv, ck, K, H * K)  # [BK]: dk's reference, its last row
+    span = _span(gb, first, nv, ck, K, H * K, BC)
+    if span <= DENSE_SPAN:  # the diagonal block by the same matmuls (masked to j <= t)
+        upto = (rows < first + BC) & valid
+        ka = _tile(kb_, rows, upto, ck, K, H * K)  # [C, BK]
+        kr = ka * tl.exp(tl.where(upto[:, None], bref[None, :] - _tile(gb, rows, upto, ck, K, H * K), 0.0))
+        dAi = _tile(dAb, rows_i, valid_i, rows, first + BC, H * C)  # [BC, C]
+        dAi = tl.where(rows[None, :] <= rows_i[:, None], dAi, 0.0)
+        dqi = _mm(dAi, kr, q, PREC, F32)
+        from_i = (rows >= first) & valid
+        qa = _tile(qb, rows, from_i, ck, K, H * K)  # [C, BK]
+        qr = qa * tl.exp(tl.where(from_i[:, None], _tile(gb, rows, from_i, ck, K, H * K) - rref[None, :], 0.0))
+        dAc = _tile(dAb + first, rows, from_i, ri, BC, H * C)  # [C, BC]
+        dAc = tl.where(rows[:, None] >= rows_i[None, :], dAc, 0.0)
+        dki = _mm(tl.trans(dAc), qr, q, PREC, F32)
+    else:  # strong decay inside the sub-chunk: off-diagonal blocks by matmuls, the diagonal below
+        # dq from earlier sub-chunks, reference at the first row of this one
+        before = (rows < first) & valid & (first + rows * 0 < nv)  # none if this block is empty
+        ka = _tile(kb_, rows, before, ck, K, H * K)  # [C, BK]
+        ba = _tile(gb, rows, before, ck, K, H * K)  # [C, BK]
+        kr = ka * tl.exp(tl.where(before[:, None], bref[None, :] - ba, 0.0))
+        dAi = _tile(dAb, rows_i, valid_i, rows, first, H * C)  # [BC, C]
+        dqi = _mm(dAi, kr, q, PREC, F32)
+        # dk from later sub-chunks, reference at the last row of this one
+        after = (rows >= first + BC) & valid
+        qa = _tile(qb, rows, after, ck, K, H * K)  # [C, BK]
+        ba2 = _tile(gb, rows, after, ck, K, H * K)  # [C, BK]
+        qr = qa * tl.exp(tl.where(after[:, None], ba2 - rref[None, :], 0.0))
+        dAc = _tile(dAb + first, rows, after, ri, BC, H * C)  # [C, BC]
+        dki = _mm(tl.trans(dAc), qr, q, PREC, F32)
     dqi *= tl.exp(tl.where(valid_i[:, None], bi - bref[None, :], 0.0))
-    # dk from later sub-chunks, reference at the last row of this one
-    after = (rows >= first + BC) & valid
-    rref = _row(gb, last, nv, ck, K, H * K)  # [BK]
-    qa = _tile(qb, rows, after, ck, K, H * K)  # [C, BK]
-    ba2 = _tile(gb, rows, after, ck, K, H * K)  # [C, BK]
-    qr = qa * tl.exp(tl.where(after[:, None], ba2 - rref[None, :], 0.0))
-    dAc = _tile(dAb + first, rows, after, ri, BC, H * C)  # [C, BC]
-    dki = _mm(tl.trans(dAc), qr, q, PREC, F32)
     dki *= tl.exp(tl.where(valid_i[:, None], rref[None, :] - bi, 0.0))
-    # the diagonal block, element by element
-    for j in range(0, BC):
-        kj = _row(kb_, first + j, nv, ck, K, H * K)  # [BK]
-        qj = _row(qb, first + j, nv, ck, K, H * K)  # [BK]
-        bj = _row(gb, first + j, nv, ck, K, H * K)  # [BK]
-        ok_j = first + j + ri * 0 < nv  # [BC] (row j of this block exists)
-        dcol = tl.load(dAb + rows_i * (H * C) + first + j, mask=valid_i & (ri >= j),
-                       other=0.0)  # [BC] dA[t, j] for rows t of this sub-chunk
-        drow = tl.load(dAb + (first + j) * (H * C) + first + ri,
-                       mask=(ri <= j) & ok_j, other=0.0)  # [BC] dA[j, s], columns s of the block
-        low = ((ri >= j) & valid_i & ok_j)[:, None]
-        up = ((ri <= j) & valid_i & ok_j)[:, None]
-        dqi += dcol[:, None] * kj[None, :] * tl.exp(tl.where(low, bi - bj[None, :], 0.0))
-        dki += drow[:, None] * qj[None, :] * tl.exp(tl.where(up, bj[None, :] - bi, 0.0))
+    if span > DENSE_SPAN:  # the diagonal block, element by element
+        for j in range(0, BC):
+            kj = _row(kb_, first + j, nv, ck, K, H * K)  # [BK]
+            qj = _row(qb, first + j, nv, ck, K, H * K)  # [BK]
+            bj = _row(gb, first + j, nv, ck, K, H * K)  # [BK]
+            ok_j = first + j + ri * 0 < nv  # [BC] (row j of this block exists)
+            dcol = tl.load(dAb + rows_i * (H * C) + first + j, mask=valid_i & (ri >= j),
+                           other=0.0)  # [BC] dA[t, j] for rows t of this sub-chunk
+            drow = tl.load(dAb + (first + j) * (H * C) + first + ri,
+                           mask=(ri <= j) & ok_j, other=0.0)  # [BC] dA[j, s], columns s of the block
+            low = ((ri >= j) & valid_i & ok_j)[:, None]
+            up = ((ri <= j) & valid_i & ok_j)[:, None]
+            dqi += dcol[:, None] * kj[None, :] * tl.exp(tl.where(low, bi - bj[None, :], 0.0))
+            dki += drow[:, None] * qj[None, :] * tl.exp(tl.where(up, bj[None, :] - bi, 0.0))
     mask = valid_i[:, None] & (ck[None, :] < K)
     loc = rows_i[:, None] * (H * K) + ck[None, :]
     tl.store(dq + off + loc, dqi, mask=mask)
