@@ -14,8 +14,9 @@ from ..tuning import autotune
 
 from ._tl_fwd import STATE_PASS_SHAPES
 from ._tl_common import (
-    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile, load_tile_raw,
-    load_vec, masked_exp, pass_chunk, pass_program, raw_dot, state_tile, store_tile, store_vec,
+    DENSE_SPAN, chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile,
+    load_tile_raw, load_vec, masked_exp, pass_chunk, pass_program, raw_dot, state_tile, store_tile,
+    store_vec, sub_span,
 )
 
 
@@ -279,33 +280,45 @@ def intra_bwd_channel_kernel(
         dp_ca = load_tile(dA, t0, rc, vc, h, H, BT, BC, i_s * BC) * load_vec(beta, t0, rc, vc, h, H)[:, None]
         back = dot(tl.trans(dm_ca), qc, PREC) + dot(tl.trans(dp_ca), kc, PREC)  # [BC, BK]
         dk_c += back * masked_exp(ref_c - ga, valid[:, None])
-    cols = tl.arange(0, BK)  # the diagonal block, exact, column by column
-    for j in range(0, BC):
-        kj = load_row(k, t0, i_s * BC + j, nt, h, H, K, BK)  # [BK], zero past the chunk
-        gj = load_row(G, t0, i_s * BC + j, nt, h, H, K, BK)
-        jm = (cols < K) & ((i_s * BC + j + cols * 0) < nt)  # [BK]
-        e = masked_exp(ga - gj[None, :], valid[:, None] & (ci[:, None] >= j) & jm[None, :])  # [BC, BK]
-        col = (t0 * H + h) * BT + i_s * BC + j
-        dm_col = tl.load(dM + col + rows * (H * BT), mask=valid, other=0.0)  # [BC]: dM[:, j]
-        dp_col = tl.load(dA + col + rows * (H * BT), mask=valid, other=0.0) * ba
-        dq_m += dm_col[:, None] * kj[None, :] * e
-        dk_r += dp_col[:, None] * kj[None, :] * e
-        if DIAG == 0:
-            col_j = tl.sum((dm_col[:, None] * qa + dp_col[:, None] * ka) * e, 0)  # [BK]
-            dk_c += tl.where(ci[:, None] == j, col_j[None, :], 0.0)
-    if DIAG == 1:  # row i adds to every column j ≤ i of the block: no cross-row sums
-        for i in range(0, BC):
-            r = i_s * BC + i  # local row
-            qi = load_row(q, t0, r, nt, h, H, K, BK)  # [BK], zero past the chunk
-            ki = load_row(k, t0, r, nt, h, H, K, BK)
-            gi = load_row(G, t0, r, nt, h, H, K, BK)
-            im = (cols < K) & ((r + cols * 0) < nt)  # [BK]: row i exists
-            live = (ci <= i) & ((r + ci * 0) < nt)  # [BC]: columns j ≤ i
-            row = (t0 + r) * H * BT + h * BT + i_s * BC + ci  # dM[i, j], dA[i, j] for the block's j
-            dm_row = tl.load(dM + row, mask=live, other=0.0)  # [BC]
-            b_i = tl.load(beta + (t0 + r) * H + h + ci * 0, mask=live, other=0.0).to(tl.float32)  # β_i
-            dp_row = tl.load(dA + row, mask=live, other=0.0) * b_i
-            e2 = masked_exp(gi[None, :] - ga, live[:, None] & im[None, :] & valid[:, None])  # [BC, BK]
-            dk_c += (dm_row[:, None] * qi[None, :] + dp_row[:, None] * ki[None, :]) * e2
+    if sub_span(G, t0, i_s * BC, nt, h, H, K, BC, BK) <= DENSE_SPAN:  # the diagonal block by matmuls
+        kd = ka * masked_exp(ref - ga, valid[:, None])  # [BC, BK], factors in [1, e^DENSE_SPAN]
+        both = valid[:, None] & valid[None, :]
+        dm_aa = tl.where((ci[:, None] >= ci[None, :]) & both,
+                         load_tile(dM, t0, rows, valid, h, H, BT, BC, i_s * BC), 0.0)  # [BC, BC]
+        dp_aa = tl.where((ci[:, None] > ci[None, :]) & both,
+                         load_tile(dA, t0, rows, valid, h, H, BT, BC, i_s * BC), 0.0) * ba[:, None]
+        dq_m += dot(dm_aa, kd, PREC) * ea
+        dk_r += dot(dp_aa, kd, PREC) * ea
+        back = dot(tl.trans(dm_aa), qa * ea, PREC) + dot(tl.trans(dp_aa), ka * ea, PREC)  # [BC, BK]
+        dk_c += back * masked_exp(ref - ga, valid[:, None])
+    else:  # strong decay inside the sub-chunk: exact, column by column
+        cols = tl.arange(0, BK)
+        for j in range(0, BC):
+            kj = load_row(k, t0, i_s * BC + j, nt, h, H, K, BK)  # [BK], zero past the chunk
+            gj = load_row(G, t0, i_s * BC + j, nt, h, H, K, BK)
+            jm = (cols < K) & ((i_s * BC + j + cols * 0) < nt)  # [BK]
+            e = masked_exp(ga - gj[None, :], valid[:, None] & (ci[:, None] >= j) & jm[None, :])  # [BC, BK]
+            col = (t0 * H + h) * BT + i_s * BC + j
+            dm_col = tl.load(dM + col + rows * (H * BT), mask=valid, other=0.0)  # [BC]: dM[:, j]
+            dp_col = tl.load(dA + col + rows * (H * BT), mask=valid, other=0.0) * ba
+            dq_m += dm_col[:, None] * kj[None, :] * e
+            dk_r += dp_col[:, None] * kj[None, :] * e
+            if DIAG == 0:
+                col_j = tl.sum((dm_col[:, None] * qa + dp_col[:, None] * ka) * e, 0)  # [BK]
+                dk_c += tl.where(ci[:, None] == j, col_j[None, :], 0.0)
+        if DIAG == 1:  # row i adds to every column j ≤ i of the block: no cross-row sums
+            for i in range(0, BC):
+                r = i_s * BC + i  # local row
+                qi = load_row(q, t0, r, nt, h, H, K, BK)  # [BK], zero past the chunk
+                ki = load_row(k, t0, r, nt, h, H, K, BK)
+                gi = load_row(G, t0, r, nt, h, H, K, BK)
+                im = (cols < K) & ((r + cols * 0) < nt)  # [BK]: row i exists
+                live = (ci <= i) & ((r + ci * 0) < nt)  # [BC]: columns j ≤ i
+                row = (t0 + r) * H * BT + h * BT + i_s * BC + ci  # dM[i, j], dA[i, j] for the block's j
+                dm_row = tl.load(dM + row, mask=live, other=0.0)  # [BC]
+                b_i = tl.load(beta + (t0 + r) * H + h + ci * 0, mask=live, other=0.0).to(tl.float32)  # β_i
+                dp_row = tl.load(dA + row, mask=live, other=0.0) * b_i
+                e2 = masked_exp(gi[None, :] - ga, live[:, None] & im[None, :] & valid[:, None])  # [BC, BK]
+                dk_c += (dm_row[:, None] * qi[None, :] + dp_row[:, None] * ki[None, :]) * e2
     finish_rows(dq, dk, dq_out, dk_out, dbeta, dG, t0, rows, valid, h, H, K, qa, ka, dq_m, dk_r, dk_c, db,
                 2, BK)

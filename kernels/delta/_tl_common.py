@@ -137,6 +137,23 @@ def gate_col(G, row, h, H, K, GATE: tl.constexpr, BK: tl.constexpr):
         return tl.zeros([1, 1], dtype=tl.float32)
 
 
+# Largest fall of the in-chunk log-gates across one sub-chunk (nats, any channel) at which the
+# per-channel kernels form the sub-chunk's diagonal block by a matmul against the gate at its
+# first row, like the blocks left of it: the factors e^{G_i − ref} and e^{ref − G_j} then lie in
+# [e^{-30}, e^{30}], far from float32's (and tf32's) overflow and underflow, so every product
+# keeps its relative accuracy. Stronger decay takes the exact column-by-column loop.
+DENSE_SPAN = tl.constexpr(30.0)
+
+
+@triton.jit
+def sub_span(G, t0, r0, nt, h, H, K, BC: tl.constexpr, BK: tl.constexpr):
+    """How far the per-channel gates fall across the sub-chunk of rows r0 .. r0 + BC − 1 (its
+    valid rows), the most over the channels: a scalar ≥ 0."""
+    last = tl.minimum(r0 + BC, nt) - 1
+    fall = load_row(G, t0, r0, nt, h, H, K, BK) - load_row(G, t0, last, nt, h, H, K, BK)  # [BK]
+    return tl.max(tl.abs(fall), axis=0)
+
+
 @triton.jit
 def masked_exp(x, mask):
     """exp(x) where mask holds, 0 elsewhere (the exponent is never evaluated off the mask)."""

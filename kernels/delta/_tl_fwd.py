@@ -11,8 +11,9 @@ import triton.language as tl
 from ..tuning import autotune
 
 from ._tl_common import (
-    chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile, load_tile_raw,
-    load_vec, masked_exp, pass_chunk, pass_program, raw_dot, state_tile, store_tile,
+    DENSE_SPAN, chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile,
+    load_tile_raw, load_vec, masked_exp, pass_chunk, pass_program, raw_dot, state_tile, store_tile,
+    sub_span,
 )
 
 
@@ -51,8 +52,9 @@ def intra_channel_kernel(
     """Per-channel gate, one sub-chunk of BC rows per program.
 
     Blocks left of the diagonal use the gate at the sub-chunk's first row as reference, so both
-    factors exp(G_i − ref) and exp(ref − G_j) are ≤ 1; the diagonal block is exact, column by
-    column.
+    factors exp(G_i − ref) and exp(ref − G_j) are ≤ 1; the diagonal block too while the gates
+    fall by at most ``DENSE_SPAN`` across the sub-chunk (then exp(ref − G_j) ≤ e^DENSE_SPAN),
+    else ``intra_channel_exact_kernel`` writes it (as one kernel, both forms spilled registers).
     """
     i_s, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
@@ -72,24 +74,53 @@ def intra_channel_kernel(
         kb = load_tile(k, t0, rb, vb, h, H, K, BK, 0) * masked_exp(ref - gb, vb[:, None])  # [BC, BK]
         store_tile(M, dot(qs, tl.trans(kb), PREC), t0, rows, valid, h, H, BT, BC, b * BC)
         store_tile(P, dot(ks, tl.trans(kb), PREC), t0, rows, valid, h, H, BT, BC, b * BC)
-    m_d = tl.zeros([BC, BC], dtype=tl.float32)
-    p_d = tl.zeros([BC, BC], dtype=tl.float32)
-    cols = tl.arange(0, BK)
-    for j in range(0, BC):
-        kj = load_row(k, t0, i_s * BC + j, nt, h, H, K, BK)  # [BK], zero past the chunk
-        gj = load_row(G, t0, i_s * BC + j, nt, h, H, K, BK)
-        jm = (cols < K) & ((i_s * BC + j + cols * 0) < nt)  # [BK]: column j exists
-        e = masked_exp(ga - gj[None, :], valid[:, None] & (ci[:, None] >= j) & jm[None, :])  # [BC, BK]
-        m_col = tl.sum(qa * kj[None, :] * e, 1)  # [BC]
-        p_col = tl.sum(ka * kj[None, :] * e, 1)
-        m_d = tl.where(ci[None, :] == j, m_col[:, None], m_d)
-        p_d = tl.where((ci[None, :] == j) & (ci[:, None] > j), p_col[:, None], p_d)
-    store_tile(M, m_d, t0, rows, valid, h, H, BT, BC, i_s * BC)
-    store_tile(P, p_d, t0, rows, valid, h, H, BT, BC, i_s * BC)
+    # the diagonal block by a matmul, stored unless the gates fall too far across the sub-chunk
+    # (a mask, not a branch: with both forms in one kernel sm_90 builds spilled)
+    span = sub_span(G, t0, i_s * BC, nt, h, H, K, BC, BK)
+    mine = valid & (span + ci * 0.0 <= DENSE_SPAN)  # [BC] (a block mask: scalar & block is not portable)
+    kd = ka * masked_exp(ref - ga, mine[:, None])  # [BC, BK], factors in [1, e^DENSE_SPAN]
+    both = valid[:, None] & valid[None, :]
+    m_d = tl.where((ci[:, None] >= ci[None, :]) & both, dot(qs, tl.trans(kd), PREC), 0.0)
+    store_tile(M, m_d, t0, rows, mine, h, H, BT, BC, i_s * BC)
+    p_d = tl.where((ci[:, None] > ci[None, :]) & both, dot(ks, tl.trans(kd), PREC), 0.0)
+    store_tile(P, p_d, t0, rows, mine, h, H, BT, BC, i_s * BC)
     zero = tl.zeros([BC, BC], dtype=tl.float32)
     for c in range(i_s + 1, BT // BC):  # right of the diagonal
         store_tile(M, zero, t0, rows, valid, h, H, BT, BC, c * BC)
         store_tile(P, zero, t0, rows, valid, h, H, BT, BC, c * BC)
+
+
+@autotune(["H", "K", "BK"], ((4, 1), (8, 1)))
+@triton.jit
+def intra_channel_exact_kernel(
+    q, k, G, M, P, chunk_seq, cu, chunk_off, H, K,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+):
+    """The diagonal blocks of M, P that ``intra_channel_kernel`` leaves (gates falling by more
+    than ``DENSE_SPAN`` across the sub-chunk), exact, column by column; other programs exit."""
+    i_s, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
+    if sub_span(G, t0, i_s * BC, nt, h, H, K, BC, BK) > DENSE_SPAN:
+        ci = tl.arange(0, BC)
+        rows = i_s * BC + ci  # local: token t0 + row
+        valid = rows < nt
+        qa = load_tile(q, t0, rows, valid, h, H, K, BK, 0)  # [BC, BK]
+        ka = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
+        ga = load_tile(G, t0, rows, valid, h, H, K, BK, 0)
+        m_d = tl.zeros([BC, BC], dtype=tl.float32)
+        p_d = tl.zeros([BC, BC], dtype=tl.float32)
+        cols = tl.arange(0, BK)
+        for j in range(0, BC):
+            kj = load_row(k, t0, i_s * BC + j, nt, h, H, K, BK)  # [BK], zero past the chunk
+            gj = load_row(G, t0, i_s * BC + j, nt, h, H, K, BK)
+            jm = (cols < K) & ((i_s * BC + j + cols * 0) < nt)  # [BK]: column j exists
+            e = masked_exp(ga - gj[None, :], valid[:, None] & (ci[:, None] >= j) & jm[None, :])  # [BC, BK]
+            m_col = tl.sum(qa * kj[None, :] * e, 1)  # [BC]
+            p_col = tl.sum(ka * kj[None, :] * e, 1)
+            m_d = tl.where(ci[None, :] == j, m_col[:, None], m_d)
+            p_d = tl.where((ci[None, :] == j) & (ci[:, None] > j), p_col[:, None], p_d)
+        store_tile(M, m_d, t0, rows, valid, h, H, BT, BC, i_s * BC)
+        store_tile(P, p_d, t0, rows, valid, h, H, BT, BC, i_s * BC)
 
 
 @triton.jit

@@ -102,9 +102,9 @@ def intra(q: Tensor, k: Tensor, gc: Tensor, plan: Plan) -> tuple[Tensor, Tensor]
     p = torch.empty_like(m)
     args = (q, k, gc, m, p, plan.chunk_seq, plan.cu, plan.chunk_off, plan.heads, plan.dk)
     if plan.gate == 2:
-        fwd.intra_channel_kernel[(BT // BC, plan.n_chunks, plan.heads)](
-            *args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec,
-        )
+        grid = (BT // BC, plan.n_chunks, plan.heads)
+        fwd.intra_channel_kernel[grid](*args, BT=BT, BC=BC, BK=plan.bk, PREC=plan.prec)
+        fwd.intra_channel_exact_kernel[grid](*args, BT=BT, BC=BC, BK=plan.bk)  # strong decay only
     else:
         fwd.intra_dense_kernel[(plan.n_chunks, plan.heads)](
             *args, GATE=plan.gate, BT=BT, BK=plan.bk, PREC=plan.prec,
