@@ -130,13 +130,11 @@ def _ln_grad(g, x_hat, rstd, m, V):
     return tl.where(m, rstd[:, None] * (g - mean_g[:, None] - x_hat * mean_gx[:, None]), 0.0)
 
 
-@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "PREC"], ((4, 3), (8, 3)))
 @triton.jit
-def _keys_kernel(k, w1, w2, h_out, a_out, y_part, C, K, HD, V,
-                 BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
-                 ACT: tl.constexpr, PREC: tl.constexpr):
-    """Hidden block j of (batch, head) i: h, a = act(h), and the share a W2[j, :] of y0."""
-    i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
+def _keys_block(k, w1, w2, h_out, a_out, y_part, i, j, rc, rk, rv, ch, mc, mk, mv, mh, C, K, HD, V,
+                ACT: tl.constexpr, PREC: tl.constexpr):
+    """Hidden block j of (batch, head) i (the index ranges and masks of ``_hidden_block``): h,
+    a = act(h), and the share a W2[j, :] of y0."""
     nj = tl.num_programs(1)
     kt = tl.load(k + i * C * K + rc[:, None] * K + rk[None, :], mask=mc[:, None] & mk[None, :], other=0.0)
     w1t = tl.load(w1 + i * K * HD + rk[:, None] * HD + ch[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
@@ -151,6 +149,18 @@ def _keys_kernel(k, w1, w2, h_out, a_out, y_part, C, K, HD, V,
     part = tl.dot(a, w2t, input_precision=PREC)  # [BC, BV]
     tl.store(y_part + (i * nj + j) * C * V + rc[:, None] * V + rv[None, :], part,
              mask=mc[:, None] & mv[None, :])
+
+
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "PREC"], ((4, 3), (8, 3)))
+@triton.jit
+def _keys_kernel(k, w1, w2, h_out, a_out, y_part, C, K, HD, V,
+                 BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                 ACT: tl.constexpr, PREC: tl.constexpr):
+    """Hidden block j of (batch, head) i: h, a = act(h), and the share a W2[j, :] of y0 (the
+    first chunk's; later chunks' run in the update kernel of the chunk before, NEXT)."""
+    i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
+    _keys_block(k, w1, w2, h_out, a_out, y_part, i, j, rc, rk, rv, ch, mc, mk, mv, mh, C, K, HD, V,
+                ACT, PREC)
 
 
 # One program per (batch, head) holds ~10 [C, V] fp32 tiles: with 4 warps the sm_90 builds
@@ -193,16 +203,22 @@ def _bias_kernel(y_part, k, v, delta, y0_out, dz_out, NJ, C, V, eps, bp,
     tl.store(dz_out + i * C * V + tile, r, mask=m)
 
 
-@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "SUB", "ACT", "MOM", "PREC"],
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "SUB", "ACT", "MOM", "NEXT", "PREC"],
           ((4, 3), (8, 3), (16, 1), (8, 1)))
 @triton.jit
 def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
-                   d1_out, w1n, w2n, z1n, z2n, C, K, HD, V,
+                   d1_out, w1n, w2n, z1n, z2n, k_next, h_next, a_next, y_part, C, K, HD, V,
                    BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
-                   SUB: tl.constexpr, ACT: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):
+                   SUB: tl.constexpr, ACT: tl.constexpr, MOM: tl.constexpr, NEXT: tl.constexpr,
+                   PREC: tl.constexpr):
     """Hidden block j of (batch, head) i: d1 and the chunk-end W1[:, j], W2[j, :] (and Z).
     The key and value dimensions go SUB at a time (contraction of ``dz W2^T``, rows of the new
-    W1, columns of the new W2), one layer stored before the next is formed."""
+    W1, columns of the new W2), one layer stored before the next is formed. With NEXT, then the
+    next chunk's keys forward through the new block (``_keys_kernel``'s work for keys
+    ``k_next``: h, a and the share of y0), reading the block back from its own stores (warm in
+    cache): one launch per chunk fewer. (Forming h, y0 of the next chunk from the new tiles as
+    they are made kept two more [C, BH] tiles live through the update: sm_90 builds spilled
+    400 B per thread instead of 88 B.)"""
     i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
     rs = tl.arange(0, SUB)
     off = i * C * HD + rc[:, None] * HD + ch[None, :]
@@ -245,3 +261,7 @@ def _update_kernel(k, h_in, a_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
             new2 += ev * z2t
             tl.store(z2n + p2, mv_ * z2t + tl.dot(aT, dzs * zlv[:, None], input_precision=PREC), mask=m2)
         tl.store(w2n + p2, new2, mask=m2)
+    if NEXT:  # the new block as the keys kernel would read it, from this program's own stores
+        tl.debug_barrier()
+        _keys_block(k_next, w1n, w2n, h_next, a_next, y_part, i, j, rc, rk, rv, ch, mc, mk, mv, mh,
+                    C, K, HD, V, ACT, PREC)

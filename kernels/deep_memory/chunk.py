@@ -13,7 +13,8 @@ products ``dO W_0^T`` (into dX and dgam) and ``(gam X)^T dO`` (dW_0), the same f
 used to be batched GEMMs and elementwise passes in torch: ~16 GB of the backward's traffic at
 titans-pytorch's benchmark shape (``benchmarks/traffic.py``), now ~6 GB more in the kernel. The chunk loop
 (per chunk: the keys' forward/backward and the state update) is three Triton kernels per chunk
-each way (``step.py``) for depth-1 and depth-2 memories with linear retention (any attentional
+each way (``step.py``; two forward at depth 2, where the update kernel carries the next chunk's
+keys forward) for depth-1 and depth-2 memories with linear retention (any attentional
 bias) in float32; there the loop and every layer's read-out are one autograd Function
 (``fused.py``) and the read-out's backward leaves ``dW_0``, ``dZ_0`` to the loop's backward
 kernels (``DENSE=False``). Other configurations take the PyTorch loop.

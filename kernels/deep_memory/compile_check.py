@@ -66,8 +66,9 @@ def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512
 def record_fused_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512,
                           depth: int = 2) -> list[Launch]:
     """The fused dual form (``fused.py``: the read-out's backward without the state gradient,
-    DENSE=False, and the loop's backward forming it, FOLD=1) for one chunk of one head at the
-    Titans setting, forward and backward, kernels recorded (values not computed)."""
+    DENSE=False, the loop's backward forming it, FOLD=1, and the update kernel carrying the next
+    chunk's keys forward, NEXT=True) for two chunks of one head at the Titans setting, forward
+    and backward, kernels recorded (values not computed)."""
     from . import chunk, step
     from .config import DeepMemoryConfig
 
@@ -80,12 +81,18 @@ def record_fused_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 51
         # float32 accumulation copies
         dtype = torch.float32 if prec == "ieee" else torch.bfloat16
         leaf = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)  # noqa: E731
-        q, k, v = leaf(1, C, 1, D), leaf(1, C, 1, D), leaf(1, C, 1, D)
+        q, k, v = leaf(1, 2 * C, 1, D), leaf(1, 2 * C, 1, D), leaf(1, 2 * C, 1, D)
         w = (leaf(1, D, HD), leaf(1, HD, D)) if depth == 2 else (leaf(1, D, D),)
-        eta, mu = leaf(1, C, 1), leaf(1, C, 1)
+        eta, mu = leaf(1, 2 * C, 1), leaf(1, 2 * C, 1)
         o, _ = chunk.triton_deep_memory(q, k, v, eta.sigmoid(), w, cfg, mu=mu.sigmoid())
         o.sum().backward()
-    return [x for x in log if x.kwargs.get("FOLD") == 1 or x.kwargs.get("DENSE") is False]
+    picked = [x for x in log if x.kwargs.get("FOLD") == 1 or x.kwargs.get("DENSE") is False
+              or x.kwargs.get("NEXT") is True]
+    distinct: dict[tuple, Launch] = {}  # both chunks launch the same: compile each once
+    for x in picked:
+        args = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in x.args)
+        distinct.setdefault((x.fn, args, tuple(sorted((k, str(v)) for k, v in x.kwargs.items()))), x)
+    return list(distinct.values())
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Phase 1 of a depth-2 (or depth-1: ``_step_linear.py``) deep memory: the chunk loop as one
-autograd Function, three Triton kernels per chunk forward and three backward.
+autograd Function, two Triton kernels per chunk forward (three for the first) and three
+backward.
 
 Each step is phase 1 of ``chunk_torch._dual_form`` for one chunk of every (batch, head) at once:
 the keys go forward through the MLP at the chunk's starting weights, the attentional bias is
@@ -9,11 +10,14 @@ backward); here, for depth 2:
 
 forward (``_step_fwd.py``)
 1. ``_keys_kernel``, grid (N, hidden blocks): ``h = k W1[:, j]``, ``a = act(h)``; stores ``h``
-   and ``a`` and this block's share ``a W2[j, :]`` of the output ``y0``;
+   and ``a`` and this block's share ``a W2[j, :]`` of the output ``y0`` (the first chunk only:
+   later chunks' run at the end of 3. of the chunk before, ``NEXT``);
 2. ``_bias_kernel``, grid (N,): ``y0`` = the sum of the shares, LayerNorm, residual, the bias
    gradient ``r`` and its LayerNorm backward ``dz``;
 3. ``_update_kernel``, grid (N, hidden blocks): ``d1 = act'(h) * (dz W2[j, :]^T)`` and the new
-   ``W1[:, j], W2[j, :]`` (and momenta) with the decayed outer-product sums of the chunk;
+   ``W1[:, j], W2[j, :]`` (and momenta) with the decayed outer-product sums of the chunk; then
+   (``NEXT``) 1. for the next chunk through the block it just wrote (the same program owns
+   ``W1[:, j], W2[j, :]``, so no other program's result is needed);
 
 backward (``_step_bwd.py``)
 4. ``_bwd_hidden_kernel`` (N, hidden blocks): through the state update (decay, momentum, the
@@ -31,7 +35,7 @@ buffers allocated once for all chunks (the chunk-start states: per part W1, W2, 
 ``[n + 1, N, d_in, d_out]`` buffer, which the read-out then takes in place), and the backward
 walks the chunks in reverse carrying the state's gradient; the read-out's gradient on each
 chunk-start state is added inside ``_bwd_hidden_kernel``, and every per-chunk view is made up
-front. Per chunk that leaves the six kernel launches, at depth 1 and 2 alike (depth 2's
+front. Per chunk that leaves five kernel launches at depth 2 (six at depth 1; depth 2's
 per-hidden-block partials of dk are summed once for all chunks after the loop), and no
 per-chunk autograd nodes, copies, stacks or gradient accumulation
 (``benchmarks/count_launches.py`` counts them).
@@ -179,9 +183,20 @@ def _forward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], new: list[T
         BVU=t["BVU"], MOM=f["MOM"], PREC=sh.prec)
 
 
+def _forward_keys(k: Tensor, state: list[Tensor], out: tuple, y_part: Tensor, sh: _Shape) -> None:
+    """The first chunk's keys forward (``h, a`` into ``out``, the shares of y0 into ``y_part``);
+    every later chunk's runs inside the previous chunk's update kernel."""
+    w1, w2 = state[:2]
+    h, a = out[:2]
+    _keys_kernel[sh.hidden_grid](k, w1, w2, h, a, y_part, sh.C, sh.K, sh.HD, sh.V, **sh.tiles,
+                                 ACT=sh.flags["ACT"], PREC=sh.prec)
+
+
 def _forward_chunk(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor], coef: tuple,
-                   out: tuple, y_part: Tensor, sh: _Shape) -> None:
-    """One chunk: ``h, a, d1, y0, dz`` into ``out`` and the chunk-end state into ``new``."""
+                   out: tuple, y_part: Tensor, sh: _Shape, following: tuple | None = None) -> None:
+    """One chunk, its keys already forward (:func:`_forward_keys`): ``d1, y0, dz`` into ``out``
+    and the chunk-end state into ``new``; with ``following = (k, out)`` of the next chunk, also
+    that chunk's keys forward through the new state."""
     if sh.depth == 1:
         return _forward_chunk_linear(k, v, state, new, coef, out, y_part, sh)
     t, f = sh.tiles, sh.flags
@@ -189,14 +204,14 @@ def _forward_chunk(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor],
     w1n, w2n, z1n, z2n = _with_momentum(new, sh)
     gam, e, mom, dl, zl, delta = coef
     h, a, d1, y0, dz = out
-    _keys_kernel[sh.hidden_grid](k, w1, w2, h, a, y_part, sh.C, sh.K, sh.HD, sh.V, **t,
-                                 ACT=f["ACT"], PREC=sh.prec)
+    k_next, h_next, a_next = (following[0], *following[1][:2]) if following else (k, h, a)  # unused without
     _bias_kernel[bias_grid(sh.N, sh.C)](y_part, k, v, delta, y0, dz, sh.NJ, sh.C, sh.V, NORM_EPS,
                                         sh.bp, BV=t["BV"], NORM=f["NORM"], RES=f["RES"],
                                         BIAS=f["BIAS"])
     _update_kernel[sh.hidden_grid](k, h, a, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, d1, w1n, w2n,
-                                   z1n, z2n, sh.C, sh.K, sh.HD, sh.V, **t, SUB=sh.sub,
-                                   ACT=f["ACT"], MOM=f["MOM"], PREC=sh.prec)
+                                   z1n, z2n, k_next, h_next, a_next, y_part, sh.C, sh.K, sh.HD,
+                                   sh.V, **t, SUB=sh.sub, ACT=f["ACT"], MOM=f["MOM"],
+                                   NEXT=following is not None, PREC=sh.prec)
 
 
 @dataclass
@@ -340,8 +355,11 @@ def loop_forward(k: Tensor, v: Tensor, s0: Tensor, coefs: tuple[Tensor, ...], sh
     ks, vs = k.unbind(0), v.unbind(0)
     per_coef, per_act = _per_chunk(*coefs), _per_chunk(h, a, d1, y0, dz)
     rows = _per_chunk(*states)  # [n + 1] tuples of state parts
+    if sh.depth == 2 and n:
+        _forward_keys(ks[0], rows[0], per_act[0], y_part, sh)
     for i in range(n):
-        _forward_chunk(ks[i], vs[i], rows[i], rows[i + 1], per_coef[i], per_act[i], y_part, sh)
+        following = (ks[i + 1], per_act[i + 1]) if i + 1 < n else None
+        _forward_chunk(ks[i], vs[i], rows[i], rows[i + 1], per_coef[i], per_act[i], y_part, sh, following)
     return LoopTape(k, v, coefs, (h, a, d1, y0, dz), states, sh)
 
 

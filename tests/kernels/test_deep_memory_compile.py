@@ -38,12 +38,12 @@ def test_readout_kernels_compile_for_h100() -> None:
     assert {line.split()[3] for line in linear} == {
         "_linear_keys_kernel", "_bias_kernel", "_linear_update_kernel", "_linear_bwd_update_kernel",
         "_bwd_bias_kernel", "_linear_bwd_keys_kernel"}
-    # 2 precisions × (depth 2: both read-outs' backward, 3 launch shapes each, and the hidden
-    # kernel, 5; depth 1: the read-out's backward, 3 shapes, + the linear update's backward),
-    # FOLD / no DENSE
-    assert len(fused) == 30
+    # 2 precisions × (depth 2: both read-outs' backward, 3 launch shapes each, the hidden
+    # kernel, 5, and the update kernel carrying the next chunk's keys, 4; depth 1: the
+    # read-out's backward, 3 shapes, + the linear update's backward), FOLD / no DENSE / NEXT
+    assert len(fused) == 38
     assert {line.split()[5] for line in fused} == {"_readout_bwd_kernel", "_bwd_hidden_kernel",
-                                                   "_linear_bwd_update_kernel"}
+                                                   "_update_kernel", "_linear_bwd_update_kernel"}
     # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel) × 4
     # launch shapes
     assert len(biases) == 64

@@ -143,11 +143,16 @@ def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: 
     monkeypatch.setattr(dm_chunk, "fused_dual_form", recording)
     monkeypatch.setattr(dm_chunk, "readout_backward", readout_backward)
     monkeypatch.setattr(dm_step, "_keys_kernel", Counted(dm_step._keys_kernel))
+    monkeypatch.setattr(dm_step, "_update_kernel", Counted(dm_step._update_kernel))
     monkeypatch.setattr(dm_step, "_bwd_keys_kernel", Counted(dm_step._bwd_keys_kernel))
     args, kw, cfg = _titans_like(37, 16)
 
     got = train_once(triton_deep_memory, args, kw, cfg)
-    assert len(calls) == 1 and len(launches) == 6  # one loop; three chunks forward and backward
+    # one loop; three chunks forward and backward, the later chunks' keys forward inside the
+    # update kernel of the chunk before
+    names = [getattr(k.fn, "__name__", "") for k in launches]
+    assert len(calls) == 1 and (names.count("_keys_kernel"), names.count("_update_kernel"),
+                                names.count("_bwd_keys_kernel")) == (1, 3, 3)
     assert dense == [False, False]  # both layers' read-outs leave the state gradient to the loop
     ref = train_once(chunk_torch.chunk_deep_memory, args, kw, cfg)
     for a, b in zip(got, ref):
