@@ -81,17 +81,21 @@ def _readout_grad(x_w, x_z, p, m, X, DO, G, E, i, rc, mc, r_in, m_in, r_out, m_o
     return xw, xz
 
 
-@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "SUB", "ACT", "MOM", "FOLD", "PREC"],
-          ((4, 3), (8, 3), (16, 1), (8, 1), (16, 2)))
+# LATER: the buffers the later chunk's keys backward adds into (g_w1n, g_w2n, lk_part) or reads
+# before this chunk overwrites them (ga_part, gh_part) are restored after each autotune trial
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "SUB", "ACT", "MOM", "FOLD", "LATER", "PREC"],
+          ((4, 3), (8, 3), (16, 1), (8, 1), (16, 2)),
+          restore=["g_w1n", "g_w2n", "lk_part", "ga_part", "gh_part"])
 @triton.jit
 def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl, zl,
                        g_a, g_d1, g_w1n, g_w2n, g_z1n, g_z2n, x_w1, x_w2, x_z1, x_z2,
                        f_x1, f_do1, f_x2, f_do2, f_g, f_e,
                        g_w1, g_w2, g_z1, g_z2, ga_part, gh_part, t_buf, gk_part, gdz_part,
-                       gdl_part, gzl_part, scal_part, C, K, HD, V,
+                       gdl_part, gzl_part, scal_part, lk, lh, la, lw1, lw2, g_y0, lk_part,
+                       C, K, HD, V,
                        BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                        SUB: tl.constexpr, ACT: tl.constexpr, MOM: tl.constexpr,
-                       FOLD: tl.constexpr, PREC: tl.constexpr):
+                       FOLD: tl.constexpr, LATER: tl.constexpr, PREC: tl.constexpr):
     """Backward, hidden block j of (batch, head) i: the state update and d1 = act'(h) (dz W2^T).
 
     Writes the final dZ1, dZ2, the state-direct parts of dW1, dW2 (plus t^T dz), and the
@@ -106,8 +110,17 @@ def _bwd_hidden_kernel(k, h_in, a_in, d1_in, dz, w1, w2, z1, z2, gam, e, mom, dl
     partials, (4) the chunk-start state's gradients; and the key and value dimensions (K, V:
     contractions and outputs alike) SUB at a time, so no ``[C, K]``, ``[C, V]`` or
     ``[K, BH]`` tile is whole in registers (all at once, the sm_90 build spilled 5.4 KB of
-    registers per thread; phases alone, 3.7 KB)."""
+    registers per thread; phases alone, 3.7 KB).
+
+    With LATER, first the later chunk's keys backward (``_bwd_keys_block``: its keys ``lk``,
+    activations ``lh, la``, start weights ``lw1, lw2``, ``g_y0`` from the bias kernel, its dk
+    partials ``lk_part``): it completes that chunk's start-state gradient, which is this
+    chunk's ``g_w1n, g_w2n``, in this program's own block (one launch per chunk fewer)."""
     i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
+    if LATER:
+        _bwd_keys_block(lk, lh, la, lw1, lw2, g_y0, ga_part, gh_part, g_w1n, g_w2n, lk_part, i, j,
+                        rc, ch, mc, mh, C, K, HD, V, BK, BV, SUB, ACT, PREC)
+        tl.debug_barrier()  # its stores are this chunk's loads (other threads of the program)
     nj = tl.num_programs(1)
     rs = tl.arange(0, SUB)
     off = i * C * HD + rc[:, None] * HD + ch[None, :]  # [BC, BH] rows of h, a, d1
@@ -274,37 +287,52 @@ def _bwd_bias_kernel(gdz_part, g_dz, y0_in, k, v, delta, g_y0, g_v, gk_res, g_de
     tl.store(g_y0 + i * C * V + tile, g, mask=m)
 
 
-@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "ACT", "PREC"], ((4, 3), (8, 3)),
-          restore=["g_w1", "g_w2", "gk_part", "gh_part"])
 @triton.jit
-def _bwd_keys_kernel(k, h_in, a_in, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, gk_part,
-                     C, K, HD, V,
-                     BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
-                     ACT: tl.constexpr, PREC: tl.constexpr):
-    """Backward, hidden block j of (batch, head) i: through y0 = a W2, a = act(h), h = k W1."""
-    i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
+def _bwd_keys_block(k, h_in, a_in, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, gk_part, i, j, rc,
+                    ch, mc, mh, C, K, HD, V, BK: tl.constexpr, BV: tl.constexpr,
+                    SUB: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr):
+    """Backward, hidden block j of (batch, head) i (the ranges and masks of ``_hidden_block``):
+    through y0 = a W2, a = act(h), h = k W1; adds into dW1[:, j], dW2[j, :] and the block's dk
+    partial. The value and key dimensions go SUB at a time (the contractions for da and dk, the
+    rows of dW1 and columns of dW2), so no [C, V], [C, K] or [K, BH] tile is whole."""
     nj = tl.num_programs(1)
+    rs = tl.arange(0, SUB)
     off = i * C * HD + rc[:, None] * HD + ch[None, :]
     mch = mc[:, None] & mh[None, :]
-    p1 = i * K * HD + rk[:, None] * HD + ch[None, :]
-    m1 = mk[:, None] & mh[None, :]
-    p2 = i * HD * V + ch[:, None] * V + rv[None, :]
-    m2 = mh[:, None] & mv[None, :]
-    gy = tl.load(g_y0 + i * C * V + rc[:, None] * V + rv[None, :], mask=mc[:, None] & mv[None, :], other=0.0)
-    w2T = tl.load(w2 + i * HD * V + ch[None, :] * V + rv[:, None], mask=mv[:, None] & mh[None, :], other=0.0)
-    ga = tl.load(ga_part + off, mask=mch, other=0.0) + tl.dot(gy, w2T, input_precision=PREC)
+    ga = tl.load(ga_part + off, mask=mch, other=0.0)  # [BC, BH]
     aT = tl.load(a_in + i * C * HD + rc[None, :] * HD + ch[:, None], mask=mh[:, None] & mc[None, :], other=0.0)
-    gw2 = tl.load(g_w2 + p2, mask=m2, other=0.0) + tl.dot(aT, gy, input_precision=PREC)
-    tl.store(g_w2 + p2, gw2, mask=m2)
+    for v0 in range(0, BV, SUB):  # da += dy0 W2[j, vv]^T; dW2[j, vv] += a^T dy0
+        vv = v0 + rs
+        gy = tl.load(g_y0 + i * C * V + rc[:, None] * V + vv[None, :], mask=mc[:, None] & (vv < V)[None, :], other=0.0)
+        w2T = tl.load(w2 + i * HD * V + ch[None, :] * V + vv[:, None], mask=(vv < V)[:, None] & mh[None, :], other=0.0)
+        ga += tl.dot(gy, w2T, input_precision=PREC)
+        p2, m2 = _w2_tile(i, ch, vv, HD, V)  # [BH, SUB]
+        tl.store(g_w2 + p2, tl.load(g_w2 + p2, mask=m2, other=0.0) + tl.dot(aT, gy, input_precision=PREC), mask=m2)
     h = tl.load(h_in + off, mask=mch, other=0.0)
     gh = tl.load(gh_part + off, mask=mch, other=0.0) + ga * _act_grad(h, ACT)
     tl.store(gh_part + off, gh, mask=mch)
     tl.debug_barrier()
     gh = tl.load(gh_part + off, mask=mch, other=0.0)  # through memory: built from a dot result
-    kT = tl.load(k + i * C * K + rc[None, :] * K + rk[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
-    gw1 = tl.load(g_w1 + p1, mask=m1, other=0.0) + tl.dot(kT, gh, input_precision=PREC)
-    tl.store(g_w1 + p1, gw1, mask=m1)
-    w1T = tl.load(w1 + i * K * HD + ch[:, None] + rk[None, :] * HD, mask=mh[:, None] & mk[None, :], other=0.0)
-    pk = gk_part + (i * nj + j) * C * K + rc[:, None] * K + rk[None, :]
-    mck = mc[:, None] & mk[None, :]
-    tl.store(pk, tl.load(pk, mask=mck, other=0.0) + tl.dot(gh, w1T, input_precision=PREC), mask=mck)
+    for k0 in range(0, BK, SUB):  # dW1[kk, j] += k[:, kk]^T dh; dk[:, kk] += dh W1[kk, j]^T
+        kk = k0 + rs
+        kT = tl.load(k + i * C * K + rc[None, :] * K + kk[:, None], mask=(kk < K)[:, None] & mc[None, :], other=0.0)
+        p1, m1 = _w1_tile(i, kk, ch, K, HD)  # [SUB, BH]
+        tl.store(g_w1 + p1, tl.load(g_w1 + p1, mask=m1, other=0.0) + tl.dot(kT, gh, input_precision=PREC), mask=m1)
+        w1T = tl.load(w1 + i * K * HD + ch[:, None] + kk[None, :] * HD, mask=mh[:, None] & (kk < K)[None, :], other=0.0)
+        pk = gk_part + (i * nj + j) * C * K + rc[:, None] * K + kk[None, :]
+        mck = mc[:, None] & (kk < K)[None, :]
+        tl.store(pk, tl.load(pk, mask=mck, other=0.0) + tl.dot(gh, w1T, input_precision=PREC), mask=mck)
+
+
+@autotune(["C", "K", "HD", "V", "BC", "BK", "BH", "BV", "SUB", "ACT", "PREC"], ((4, 3), (8, 3)),
+          restore=["g_w1", "g_w2", "gk_part", "gh_part"])
+@triton.jit
+def _bwd_keys_kernel(k, h_in, a_in, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, gk_part,
+                     C, K, HD, V,
+                     BC: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                     SUB: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr):
+    """Backward, hidden block j of (batch, head) i: through y0 = a W2, a = act(h), h = k W1
+    (the first chunk's; later chunks' run in ``_bwd_hidden_kernel`` of the chunk before, LATER)."""
+    i, j, rc, rk, rv, ch, mc, mk, mv, mh = _hidden_block(C, K, HD, V, BC, BK, BH, BV)
+    _bwd_keys_block(k, h_in, a_in, w1, w2, g_y0, ga_part, gh_part, g_w1, g_w2, gk_part, i, j, rc,
+                    ch, mc, mh, C, K, HD, V, BK, BV, SUB, ACT, PREC)

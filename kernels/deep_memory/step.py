@@ -1,6 +1,6 @@
 """Phase 1 of a depth-2 (or depth-1: ``_step_linear.py``) deep memory: the chunk loop as one
-autograd Function, two Triton kernels per chunk forward (three for the first) and three
-backward.
+autograd Function, two Triton kernels per chunk forward and two backward (plus one keys kernel
+for the first chunk each way).
 
 Each step is phase 1 of ``chunk_torch._dual_form`` for one chunk of every (batch, head) at once:
 the keys go forward through the MLP at the chunk's starting weights, the attentional bias is
@@ -20,11 +20,14 @@ forward (``_step_fwd.py``)
    ``W1[:, j], W2[j, :]``, so no other program's result is needed);
 
 backward (``_step_bwd.py``)
-4. ``_bwd_hidden_kernel`` (N, hidden blocks): through the state update (decay, momentum, the
-   outer products) and through ``d1``;
+4. ``_bwd_hidden_kernel`` (N, hidden blocks): first (``LATER``) 6. of the chunk after this
+   one, which completes that chunk's start-state gradient (this chunk's end-state gradient) in
+   the program's own block; then through the state update (decay, momentum, the outer
+   products) and through ``d1``;
 5. ``_bwd_bias_kernel`` (N,): from the gradient of ``dz`` back to ``y0`` (LayerNorm's backward
    differentiated once more), and to ``v`` and (residual) ``k``;
-6. ``_bwd_keys_kernel`` (N, hidden blocks): through ``y0 = a W2``, ``a = act(h)``, ``h = k W1``.
+6. ``_bwd_keys_kernel`` (N, hidden blocks): through ``y0 = a W2``, ``a = act(h)``, ``h = k W1``
+   (the first chunk only; the others' run in 4. of the chunk before).
 
 The loop is ``loop_forward`` / ``loop_backward`` over a ``LoopTape``; the Triton backend runs
 them inside ``fused.py``'s Function together with the read-outs (the read-out's gradient on the
@@ -35,7 +38,7 @@ buffers allocated once for all chunks (the chunk-start states: per part W1, W2, 
 ``[n + 1, N, d_in, d_out]`` buffer, which the read-out then takes in place), and the backward
 walks the chunks in reverse carrying the state's gradient; the read-out's gradient on each
 chunk-start state is added inside ``_bwd_hidden_kernel``, and every per-chunk view is made up
-front. Per chunk that leaves five kernel launches at depth 2 (six at depth 1; depth 2's
+front. Per chunk that leaves four kernel launches at depth 2 (six at depth 1; depth 2's
 per-hidden-block partials of dk are summed once for all chunks after the loop), and no
 per-chunk autograd nodes, copies, stacks or gradient accumulation
 (``benchmarks/count_launches.py`` counts them).
@@ -264,13 +267,18 @@ def _backward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], coef: tupl
 
 def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts: tuple,
                     grads: tuple, g_new: list[Tensor], g_extra: list[Tensor] | Fold,
-                    g_state: list[Tensor], outs: tuple, buf: _Scratch, sh: _Shape) -> None:
+                    g_state: list[Tensor], outs: tuple, buf: _Scratch, sh: _Shape,
+                    later: tuple | None = None) -> None:
     """One chunk in reverse: from the gradients of its outputs (``grads``: da, dd1, ddz), of its
     end state (``g_new``) and of its start state from elsewhere (``g_extra``: the read-out's),
     or its read-out factors (:class:`Fold`), the whole gradient of its start state (``g_state``) and those of k, v and the coefficient
     rows (``outs``: dk, dv, the huber threshold's gradient, and the per-block partials of
     dγ/de/dm, ddl, dzl; at depth 2 dk as per-hidden-block partials, followed by the residual's
-    share of dk, both summed by the caller after the last chunk)."""
+    share of dk, both summed by the caller after the last chunk).
+
+    Depth 2 leaves the keys' backward of the chunk to the next call (``later``: that chunk's k,
+    h, a, W1, W2 and dk partials, :func:`_keys_args`), whose hidden kernel runs it first, or to
+    :func:`_backward_keys` after the first chunk; ``g_new`` then still lacks it."""
     if sh.depth == 1:
         return _backward_chunk_linear(k, v, state, coef, acts, grads, g_new, g_extra, g_state, outs,
                                       buf, sh)
@@ -283,16 +291,30 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     h, a, d1, y0, dz = acts
     g_a, g_d1, g_dz = grads
     gk_part, g_v, g_delta, scal_part, gdl_part, gzl_part, gk_res = outs
+    lk, lh, la, lw1, lw2, lk_part = later or (k, h, a, w1, w2, gk_part)  # unread without LATER
     _bwd_hidden_kernel[sh.hidden_grid](
         k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
         g_z2n, *x_parts, *factors, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
-        buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.HD, sh.V, **t,
-        SUB=sh.sub, ACT=f["ACT"], MOM=f["MOM"], FOLD=fold, PREC=sh.prec)
+        buf.gdz, gdl_part, gzl_part, scal_part, lk, lh, la, lw1, lw2, buf.g_y0, lk_part,
+        sh.C, sh.K, sh.HD, sh.V, **t, SUB=sh.sub, ACT=f["ACT"], MOM=f["MOM"], FOLD=fold,
+        LATER=later is not None, PREC=sh.prec)
     _bwd_bias_kernel[bias_grid(sh.N, sh.C)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res,
                                             g_delta, sh.NJ, sh.C, sh.V, NORM_EPS, sh.bp, BV=t["BV"],
                                             NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
-    _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, buf.g_y0, buf.ga, buf.gh, g_w1, g_w2, gk_part,
-                                     sh.C, sh.K, sh.HD, sh.V, **t, ACT=f["ACT"], PREC=sh.prec)
+
+
+def _keys_args(k: Tensor, state: list[Tensor], acts: tuple, outs: tuple) -> tuple[Tensor, ...]:
+    """What a depth-2 chunk's keys backward takes besides the shared buffers: its k, h, a, W1,
+    W2 and dk partials (``later`` of :func:`_backward_chunk`)."""
+    return (k, acts[0], acts[1], state[0], state[1], outs[0])
+
+
+def _backward_keys(later: tuple, g_state: list[Tensor], buf: _Scratch, sh: _Shape) -> None:
+    """The first chunk's keys backward (depth 2), adding into its start state's gradient."""
+    k, h, a, w1, w2, gk_part = later
+    _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, buf.g_y0, buf.ga, buf.gh, g_state[0],
+                                     g_state[1], gk_part, sh.C, sh.K, sh.HD, sh.V, **sh.tiles,
+                                     SUB=sh.sub, ACT=sh.flags["ACT"], PREC=sh.prec)
 
 
 def _dk_partials(g_k: Tensor, g_v: Tensor, sh: _Shape) -> tuple[Tensor, Tensor]:
@@ -383,10 +405,15 @@ def loop_backward(tape: LoopTape, g_outs: list[Tensor], extra: list, g_final: li
     acts, g_acts, rows = _per_chunk(*tape.acts), _per_chunk(*g_outs), _per_chunk(*tape.states)
     gk_part, gk_res = _dk_partials(g_k, g_v, sh)
     outs = _per_chunk(gk_part, g_v, g_delta, scal, gdl, gzl, *([gk_res] if sh.depth == 2 else []))
+    later = None  # depth 2: the chunk whose keys backward runs in the next hidden kernel
     for i in reversed(range(n)):
         _backward_chunk(ks[i], vs[i], rows[i], coefs[i], acts[i], g_acts[i], ends, extra[i],
-                        starts, outs[i], buf, sh)
+                        starts, outs[i], buf, sh, later)
         g_end, g_start, ends, starts = g_start, g_end, starts, ends
+        if sh.depth == 2:
+            later = _keys_args(ks[i], rows[i], acts[i], outs[i])
+    if later is not None:
+        _backward_keys(later, ends, buf, sh)
     if sh.depth == 2:  # dk: one sum over the hidden blocks (and the residual) for all chunks
         torch.sum(gk_part, 2, out=g_k)
         if sh.flags["RES"]:

@@ -39,9 +39,10 @@ def test_readout_kernels_compile_for_h100() -> None:
         "_linear_keys_kernel", "_bias_kernel", "_linear_update_kernel", "_linear_bwd_update_kernel",
         "_bwd_bias_kernel", "_linear_bwd_keys_kernel"}
     # 2 precisions × (depth 2: both read-outs' backward, 3 launch shapes each, the hidden
-    # kernel, 5, and the update kernel carrying the next chunk's keys, 4; depth 1: the
-    # read-out's backward, 3 shapes, + the linear update's backward), FOLD / no DENSE / NEXT
-    assert len(fused) == 38
+    # kernel alone and carrying the later chunk's keys backward, 5 each, and the update kernel
+    # carrying the next chunk's keys forward, 4; depth 1: the read-out's backward, 3 shapes, +
+    # the linear update's backward), FOLD / no DENSE / NEXT / LATER
+    assert len(fused) == 48
     assert {line.split()[5] for line in fused} == {"_readout_bwd_kernel", "_bwd_hidden_kernel",
                                                    "_update_kernel", "_linear_bwd_update_kernel"}
     # 2 precisions × the dot, lp, huber and robust biases × (forward, backward bias kernel) × 4

@@ -144,15 +144,17 @@ def test_training_through_the_fused_step_matches_the_chunk_backend(monkeypatch: 
     monkeypatch.setattr(dm_chunk, "readout_backward", readout_backward)
     monkeypatch.setattr(dm_step, "_keys_kernel", Counted(dm_step._keys_kernel))
     monkeypatch.setattr(dm_step, "_update_kernel", Counted(dm_step._update_kernel))
+    monkeypatch.setattr(dm_step, "_bwd_hidden_kernel", Counted(dm_step._bwd_hidden_kernel))
     monkeypatch.setattr(dm_step, "_bwd_keys_kernel", Counted(dm_step._bwd_keys_kernel))
     args, kw, cfg = _titans_like(37, 16)
 
     got = train_once(triton_deep_memory, args, kw, cfg)
-    # one loop; three chunks forward and backward, the later chunks' keys forward inside the
-    # update kernel of the chunk before
+    # one loop; three chunks forward and backward, the keys' forward of the later chunks inside
+    # the update kernel of the chunk before, the keys' backward of the later chunks inside the
+    # backward hidden kernel of the chunk before (in backward order: after)
     names = [getattr(k.fn, "__name__", "") for k in launches]
-    assert len(calls) == 1 and (names.count("_keys_kernel"), names.count("_update_kernel"),
-                                names.count("_bwd_keys_kernel")) == (1, 3, 3)
+    assert len(calls) == 1 and [names.count(n) for n in (
+        "_keys_kernel", "_update_kernel", "_bwd_hidden_kernel", "_bwd_keys_kernel")] == [1, 3, 3, 1]
     assert dense == [False, False]  # both layers' read-outs leave the state gradient to the loop
     ref = train_once(chunk_torch.chunk_deep_memory, args, kw, cfg)
     for a, b in zip(got, ref):
