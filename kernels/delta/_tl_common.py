@@ -137,6 +137,20 @@ def gate_col(G, row, h, H, K, GATE: tl.constexpr, BK: tl.constexpr):
         return tl.zeros([1, 1], dtype=tl.float32)
 
 
+@triton.jit
+def sub_chunk_tiles(q, k, G, t0, nt, i_s, h, H, K, BC: tl.constexpr, BK: tl.constexpr):
+    """A per-channel sub-chunk program's rows: their local indices in the sub-chunk ``ci``, in
+    the chunk ``rows`` (token t0 + row), their mask, and the float32 tiles of q, k and the
+    in-chunk gate G over them, [BC, BK] each."""
+    ci = tl.arange(0, BC)
+    rows = i_s * BC + ci
+    valid = rows < nt
+    qa = load_tile(q, t0, rows, valid, h, H, K, BK, 0)
+    ka = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
+    ga = load_tile(G, t0, rows, valid, h, H, K, BK, 0)
+    return ci, rows, valid, qa, ka, ga
+
+
 # Largest fall of the in-chunk log-gates across one sub-chunk (nats, any channel) at which the
 # per-channel kernels form the sub-chunk's diagonal block by a matmul against the gate at its
 # first row, like the blocks left of it: the factors e^{G_i − ref} and e^{ref − G_j} then lie in

@@ -13,7 +13,7 @@ from ..tuning import autotune
 from ._tl_common import (
     DENSE_SPAN, chunk_bounds, dot, gate_col, gate_row, gate_tile, load_row, load_state, load_tile,
     load_tile_raw, load_vec, masked_exp, pass_chunk, pass_program, raw_dot, state_tile, store_tile,
-    sub_span,
+    sub_chunk_tiles, sub_span,
 )
 
 
@@ -58,12 +58,7 @@ def intra_channel_kernel(
     """
     i_s, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
-    ci = tl.arange(0, BC)
-    rows = i_s * BC + ci  # local: token t0 + row
-    valid = rows < nt
-    qa = load_tile(q, t0, rows, valid, h, H, K, BK, 0)  # [BC, BK]
-    ka = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
-    ga = load_tile(G, t0, rows, valid, h, H, K, BK, 0)
+    ci, rows, valid, qa, ka, ga = sub_chunk_tiles(q, k, G, t0, nt, i_s, h, H, K, BC, BK)  # [BC, BK] tiles
     ref = gate_row(G, t0 + tl.minimum(i_s * BC, nt - 1), h, H, K, 2, BK)  # [1, BK]
     ea = masked_exp(ga - ref, valid[:, None])  # [BC, BK]
     qs, ks = qa * ea, ka * ea
@@ -101,12 +96,7 @@ def intra_channel_exact_kernel(
     i_s, i_c, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, nt = chunk_bounds(i_c, chunk_seq, cu, chunk_off, BT)
     if sub_span(G, t0, i_s * BC, nt, h, H, K, BC, BK) > DENSE_SPAN:
-        ci = tl.arange(0, BC)
-        rows = i_s * BC + ci  # local: token t0 + row
-        valid = rows < nt
-        qa = load_tile(q, t0, rows, valid, h, H, K, BK, 0)  # [BC, BK]
-        ka = load_tile(k, t0, rows, valid, h, H, K, BK, 0)
-        ga = load_tile(G, t0, rows, valid, h, H, K, BK, 0)
+        ci, rows, valid, qa, ka, ga = sub_chunk_tiles(q, k, G, t0, nt, i_s, h, H, K, BC, BK)  # [BC, BK] tiles
         m_d = tl.zeros([BC, BC], dtype=tl.float32)
         p_d = tl.zeros([BC, BC], dtype=tl.float32)
         cols = tl.arange(0, BK)
