@@ -49,12 +49,14 @@ Transposed operands are loaded transposed. The math is in README.md ("Chunk step
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import triton
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from triton.runtime.autotuner import Autotuner
 
 from ._step_bwd import _bwd_bias_kernel, _bwd_hidden_kernel, _bwd_keys_kernel
 from ._step_fwd import _bias_kernel, _keys_kernel, _update_kernel, bias_grid
@@ -89,6 +91,7 @@ class _Shape:
     flags: dict  # ACT, NORM, RES, BIAS, MOM
     prec: str  # tl.dot input precision
     bp: float  # the bias's parameter: p (lp), the radius (robust), else unused
+    chosen: dict = field(default_factory=dict, compare=False)  # of _launch: configs this call tuned
 
     @property
     def hidden_grid(self) -> tuple[int, int]:
@@ -117,6 +120,25 @@ def _shape(k: Tensor, v: Tensor, w1: Tensor, cfg: DeepMemoryConfig, mom_on: bool
     bp = {"lp": cfg.p, "robust": cfg.robust_radius}.get(cfg.bias) or 0.0
     nj = triton.cdiv(HD, tiles["BH"]) if cfg.depth == 2 else 1
     return _Shape(cfg.depth, N, C, K, HD, V, nj, tiles, flags, prec, float(bp))
+
+
+def _launch(sh: _Shape, kernel: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
+    """``kernel[grid](*args, **kwargs)``. An autotuned kernel goes through its autotuner on its
+    first launch with these keyword arguments in this call (which tunes on a new key); the
+    later ones (every chunk after the first: the same shapes, dtypes and flags) launch the
+    configuration it chose directly: the autotuner's key computation costs ~30 µs of host time
+    per launch at 50 arguments (the CI machine's CPU), a loop that launches four kernels per
+    chunk is host-bound, and the choice cannot change within a call."""
+    if not isinstance(kernel, Autotuner):
+        kernel[grid](*args, **kwargs)
+        return
+    key = (kernel, tuple(kwargs.items()))
+    config = sh.chosen.get(key)
+    if config is None:
+        kernel[grid](*args, **kwargs)
+        sh.chosen[key] = kernel.best_config
+    else:
+        kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
 
 
 def _part_shapes(sh: _Shape) -> list[tuple[int, int, int]]:
@@ -177,13 +199,13 @@ def _forward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], new: list[T
     wn, zn = _with_momentum(new, sh)
     gam, e, mom, dl, zl, delta = coef
     y0, dz = out[3:]
-    _linear_keys_kernel[(sh.N,)](k, w, y_part, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"], BV=t["BV"],
-                                 PREC=sh.prec)
-    _bias_kernel[bias_grid(sh.N, sh.C)](y_part, k, v, delta, y0, dz, 1, sh.C, sh.V, NORM_EPS, sh.bp,
-                                        BV=t["BV"], NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
-    _linear_update_kernel[(sh.N, triton.cdiv(sh.V, t["BVU"]))](
-        k, dz, w, z, gam, e, mom, dl, zl, wn, zn, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"],
-        BVU=t["BVU"], MOM=f["MOM"], PREC=sh.prec)
+    _launch(sh, _linear_keys_kernel, (sh.N,), k, w, y_part, sh.C, sh.K, sh.V, BC=t["BC"],
+            BK=t["BK"], BV=t["BV"], PREC=sh.prec)
+    _launch(sh, _bias_kernel, bias_grid(sh.N, sh.C), y_part, k, v, delta, y0, dz, 1, sh.C, sh.V,
+            NORM_EPS, sh.bp, BV=t["BV"], NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
+    _launch(sh, _linear_update_kernel, (sh.N, triton.cdiv(sh.V, t["BVU"])),
+            k, dz, w, z, gam, e, mom, dl, zl, wn, zn, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"],
+            BVU=t["BVU"], MOM=f["MOM"], PREC=sh.prec)
 
 
 def _forward_keys(k: Tensor, state: list[Tensor], out: tuple, y_part: Tensor, sh: _Shape) -> None:
@@ -191,8 +213,8 @@ def _forward_keys(k: Tensor, state: list[Tensor], out: tuple, y_part: Tensor, sh
     every later chunk's runs inside the previous chunk's update kernel."""
     w1, w2 = state[:2]
     h, a = out[:2]
-    _keys_kernel[sh.hidden_grid](k, w1, w2, h, a, y_part, sh.C, sh.K, sh.HD, sh.V, **sh.tiles,
-                                 ACT=sh.flags["ACT"], PREC=sh.prec)
+    _launch(sh, _keys_kernel, sh.hidden_grid, k, w1, w2, h, a, y_part, sh.C, sh.K, sh.HD, sh.V,
+            **sh.tiles, ACT=sh.flags["ACT"], PREC=sh.prec)
 
 
 def _forward_chunk(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor], coef: tuple,
@@ -207,14 +229,13 @@ def _forward_chunk(k: Tensor, v: Tensor, state: list[Tensor], new: list[Tensor],
     w1n, w2n, z1n, z2n = _with_momentum(new, sh)
     gam, e, mom, dl, zl, delta = coef
     h, a, d1, y0, dz = out
-    k_next, h_next, a_next = (following[0], *following[1][:2]) if following else (k, h, a)  # unused without
-    _bias_kernel[bias_grid(sh.N, sh.C)](y_part, k, v, delta, y0, dz, sh.NJ, sh.C, sh.V, NORM_EPS,
-                                        sh.bp, BV=t["BV"], NORM=f["NORM"], RES=f["RES"],
-                                        BIAS=f["BIAS"])
-    _update_kernel[sh.hidden_grid](k, h, a, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, d1, w1n, w2n,
-                                   z1n, z2n, k_next, h_next, a_next, y_part, sh.C, sh.K, sh.HD,
-                                   sh.V, **t, SUB=sh.sub, ACT=f["ACT"], MOM=f["MOM"],
-                                   NEXT=following is not None, PREC=sh.prec)
+    # the next chunk's keys and activations (placeholders, unread, without one)
+    k_next, h_next, a_next = (following[0], *following[1][:2]) if following else (k, h, a)
+    _launch(sh, _bias_kernel, bias_grid(sh.N, sh.C), y_part, k, v, delta, y0, dz, sh.NJ, sh.C,
+            sh.V, NORM_EPS, sh.bp, BV=t["BV"], NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
+    _launch(sh, _update_kernel, sh.hidden_grid, k, h, a, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, d1,
+            w1n, w2n, z1n, z2n, k_next, h_next, a_next, y_part, sh.C, sh.K, sh.HD, sh.V, **t,
+            SUB=sh.sub, ACT=f["ACT"], MOM=f["MOM"], NEXT=following is not None, PREC=sh.prec)
 
 
 @dataclass
@@ -252,17 +273,18 @@ def _backward_chunk_linear(k: Tensor, v: Tensor, state: list[Tensor], coef: tupl
     y0, dz = acts[3:]
     (g_dz,) = grads
     g_k, g_v, g_delta, scal_part, gdl_part, gzl_part = outs
-    _linear_bwd_update_kernel[(sh.N,)](
-        k, dz, w, z, gam, e, mom, dl, zl, g_wn, g_zn, x_w, x_z, *factors, g_w, g_z, buf.gk, buf.gdz,
-        gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"], BVU=t["BVU"],
-        MOM=f["MOM"], FOLD=fold, PREC=sh.prec, num_warps=8, num_stages=1)  # one stage: 4 dots a value block (sm_90 fit)
+    _launch(sh, _linear_bwd_update_kernel, (sh.N,),
+            k, dz, w, z, gam, e, mom, dl, zl, g_wn, g_zn, x_w, x_z, *factors, g_w, g_z, buf.gk,
+            buf.gdz, gdl_part, gzl_part, scal_part, sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"],
+            BVU=t["BVU"], MOM=f["MOM"], FOLD=fold, PREC=sh.prec,
+            num_warps=8, num_stages=1)  # one stage: 4 dots a value block (sm_90 fit)
     gk_res = buf.gk_res if f["RES"] else g_v  # written only with the residual
-    _bwd_bias_kernel[bias_grid(sh.N, sh.C)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res,
-                                            g_delta, 1, sh.C, sh.V, NORM_EPS, sh.bp, BV=t["BV"],
-                                            NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
-    _linear_bwd_keys_kernel[(sh.N,)](k, w, buf.g_y0, g_w, buf.gk, buf.gk_res, g_k, sh.C, sh.K, sh.V,
-                                     BC=t["BC"], BK=t["BK"], BVU=t["BVU"], RES=f["RES"],
-                                     PREC=sh.prec, num_warps=8, num_stages=1)
+    _launch(sh, _bwd_bias_kernel, bias_grid(sh.N, sh.C), buf.gdz, g_dz, y0, k, v, delta, buf.g_y0,
+            g_v, gk_res, g_delta, 1, sh.C, sh.V, NORM_EPS, sh.bp, BV=t["BV"], NORM=f["NORM"],
+            RES=f["RES"], BIAS=f["BIAS"])
+    _launch(sh, _linear_bwd_keys_kernel, (sh.N,), k, w, buf.g_y0, g_w, buf.gk, buf.gk_res, g_k,
+            sh.C, sh.K, sh.V, BC=t["BC"], BK=t["BK"], BVU=t["BVU"], RES=f["RES"], PREC=sh.prec,
+            num_warps=8, num_stages=1)
 
 
 def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts: tuple,
@@ -292,15 +314,15 @@ def _backward_chunk(k: Tensor, v: Tensor, state: list[Tensor], coef: tuple, acts
     g_a, g_d1, g_dz = grads
     gk_part, g_v, g_delta, scal_part, gdl_part, gzl_part, gk_res = outs
     lk, lh, la, lw1, lw2, lk_part = later or (k, h, a, w1, w2, gk_part)  # unread without LATER
-    _bwd_hidden_kernel[sh.hidden_grid](
-        k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
-        g_z2n, *x_parts, *factors, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
-        buf.gdz, gdl_part, gzl_part, scal_part, lk, lh, la, lw1, lw2, buf.g_y0, lk_part,
-        sh.C, sh.K, sh.HD, sh.V, **t, SUB=sh.sub, ACT=f["ACT"], MOM=f["MOM"], FOLD=fold,
-        LATER=later is not None, PREC=sh.prec)
-    _bwd_bias_kernel[bias_grid(sh.N, sh.C)](buf.gdz, g_dz, y0, k, v, delta, buf.g_y0, g_v, gk_res,
-                                            g_delta, sh.NJ, sh.C, sh.V, NORM_EPS, sh.bp, BV=t["BV"],
-                                            NORM=f["NORM"], RES=f["RES"], BIAS=f["BIAS"])
+    _launch(sh, _bwd_hidden_kernel, sh.hidden_grid,
+            k, h, a, d1, dz, w1, w2, z1, z2, gam, e, mom, dl, zl, g_a, g_d1, g_w1n, g_w2n, g_z1n,
+            g_z2n, *x_parts, *factors, g_w1, g_w2, g_z1, g_z2, buf.ga, buf.gh, buf.t, gk_part,
+            buf.gdz, gdl_part, gzl_part, scal_part, lk, lh, la, lw1, lw2, buf.g_y0, lk_part,
+            sh.C, sh.K, sh.HD, sh.V, **t, SUB=sh.sub, ACT=f["ACT"], MOM=f["MOM"], FOLD=fold,
+            LATER=later is not None, PREC=sh.prec)
+    _launch(sh, _bwd_bias_kernel, bias_grid(sh.N, sh.C), buf.gdz, g_dz, y0, k, v, delta, buf.g_y0,
+            g_v, gk_res, g_delta, sh.NJ, sh.C, sh.V, NORM_EPS, sh.bp, BV=t["BV"], NORM=f["NORM"],
+            RES=f["RES"], BIAS=f["BIAS"])
 
 
 def _keys_args(k: Tensor, state: list[Tensor], acts: tuple, outs: tuple) -> tuple[Tensor, ...]:
@@ -312,9 +334,9 @@ def _keys_args(k: Tensor, state: list[Tensor], acts: tuple, outs: tuple) -> tupl
 def _backward_keys(later: tuple, g_state: list[Tensor], buf: _Scratch, sh: _Shape) -> None:
     """The first chunk's keys backward (depth 2), adding into its start state's gradient."""
     k, h, a, w1, w2, gk_part = later
-    _bwd_keys_kernel[sh.hidden_grid](k, h, a, w1, w2, buf.g_y0, buf.ga, buf.gh, g_state[0],
-                                     g_state[1], gk_part, sh.C, sh.K, sh.HD, sh.V, **sh.tiles,
-                                     SUB=sh.sub, ACT=sh.flags["ACT"], PREC=sh.prec)
+    _launch(sh, _bwd_keys_kernel, sh.hidden_grid, k, h, a, w1, w2, buf.g_y0, buf.ga, buf.gh,
+            g_state[0], g_state[1], gk_part, sh.C, sh.K, sh.HD, sh.V, **sh.tiles, SUB=sh.sub,
+            ACT=sh.flags["ACT"], PREC=sh.prec)
 
 
 def _dk_partials(g_k: Tensor, g_v: Tensor, sh: _Shape) -> tuple[Tensor, Tensor]:

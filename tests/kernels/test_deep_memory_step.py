@@ -413,3 +413,29 @@ def test_bias_kernels_in_row_blocks(br: int) -> None:
     finally:
         for t, (configs, cache) in zip(tuners, saved):
             t.configs, t.cache = configs, cache
+
+
+def test_loop_launches_tuned_kernels_past_the_autotuner_after_the_first_chunk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within one call, an autotuned step kernel goes through its autotuner once per set of
+    flags (the first chunk, and the last with NEXT off); the other chunks launch the chosen
+    configuration directly (``step._launch``), with the same results as the autotuner's path."""
+    from triton.runtime.autotuner import Autotuner
+
+    args, kw, cfg = _titans_like(70, 16)  # five chunks
+    ref = train_once(triton_deep_memory, args, kw, cfg)
+    through = []
+    plain_run = Autotuner.run
+
+    def counted(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        through.append(self.fn.__name__)
+        return plain_run(self, *a, **k)
+
+    monkeypatch.setattr(Autotuner, "run", counted)
+    got = train_once(triton_deep_memory, args, kw, cfg)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    # forward: the bias kernel once, the update kernel with and without NEXT; backward: the
+    # hidden kernel without and with LATER, the bias kernel once (the keys kernels run once)
+    assert through.count("_update_kernel") == 2 and through.count("_bias_kernel") == 1
+    assert through.count("_bwd_hidden_kernel") == 2 and through.count("_bwd_bias_kernel") == 1
