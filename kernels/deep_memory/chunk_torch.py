@@ -141,8 +141,13 @@ def chunk_ends(T: int, C: int, n_chunks: int) -> list[int]:
 def chunk_end_table(co: dict[str, Tensor], ends: list[int]) -> dict[str, Tensor]:
     """The coefficients' row at each chunk's last real token ``ends[n]``, for all chunks at once
     (one gather per coefficient): ``[B, H, n]`` (gam, e, mom) or ``[B, H, n, C]`` (dmat, zmat)."""
-    chunk = torch.arange(len(ends), device=co["gam"].device)
-    last = torch.tensor(ends, device=co["gam"].device)
+    dev = co["gam"].device
+    chunk = torch.arange(len(ends), device=dev)
+    if ends and all(e == ends[0] for e in ends[:-1]):  # full chunks, then maybe a partial one
+        last = torch.full((len(ends),), ends[0], device=dev)  # device ops: no host copy, no sync
+        last[-1:].fill_(ends[-1])  # fill_, not item assignment (a copy from a host scalar tensor)
+    else:
+        last = torch.tensor(ends, device=dev)
     return {name: t[:, :, chunk, last] for name, t in co.items()}
 
 

@@ -47,28 +47,40 @@ class Plan:
     store: torch.dtype  # of S_0, Ṽ and their gradients: the input's dtype
 
 
-def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None) -> Plan:
-    """Build the chunk table (one host sync on cu_seqlens) and pick block sizes."""
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
-    if dk > 256:
-        raise ValueError(f"chunk_delta_rule supports K <= 256; got K={dk}")
+def chunk_table(b: int, t: int, cu_seqlens: Tensor | None, dev: torch.device
+                ) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """``(cu, chunk_off, chunk_seq, n_seq, n_chunks)`` (int32 tensors on ``dev``). A batch of
+    b sequences of length t is laid out by device ops alone: a tensor made from host lists is a
+    copy that synchronises the CUDA stream, which would stall every call on the work queued
+    before it. With ``cu_seqlens`` the lengths are read on the host (one sync, as fla's)."""
     if cu_seqlens is None:
-        lens = [t] * b
-    else:
-        bounds = cu_seqlens.tolist()
-        lens = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+        nt = -(-t // BT)
+        cu = torch.arange(b + 1, device=dev, dtype=torch.int32) * t  # [B + 1]
+        chunk_off = torch.arange(b + 1, device=dev, dtype=torch.int32) * nt
+        chunk_seq = torch.arange(b * nt, device=dev, dtype=torch.int32) // nt  # [NC]
+        return cu, chunk_off, chunk_seq, b, b * nt
+    bounds = cu_seqlens.tolist()
+    lens = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     counts = [-(-n // BT) for n in lens]
-    dev = q.device
     cu = torch.tensor([0] + lens, device=dev, dtype=torch.int64).cumsum(0).to(torch.int32)
     chunk_off = torch.tensor([0] + counts, device=dev, dtype=torch.int64).cumsum(0).to(torch.int32)
     seq_of = [i for i, c in enumerate(counts) for _ in range(c)]
     chunk_seq = torch.tensor(seq_of, device=dev, dtype=torch.int32)
+    return cu, chunk_off, chunk_seq, len(lens), sum(counts)
+
+
+def make_plan(q: Tensor, v: Tensor, g: Tensor | None, cu_seqlens: Tensor | None) -> Plan:
+    """Build the chunk table (:func:`chunk_table`) and pick block sizes."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    if dk > 256:
+        raise ValueError(f"chunk_delta_rule supports K <= 256; got K={dk}")
+    cu, chunk_off, chunk_seq, n_seq, n_chunks = chunk_table(b, t, cu_seqlens, q.device)
     bk = max(16, triton.next_power_of_2(dk))
     bv = min(64, max(16, triton.next_power_of_2(dv)))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     return Plan(
-        cu, chunk_off, chunk_seq, len(lens), sum(counts), h, dk, dv, bk, bv, min(bv, 32),
+        cu, chunk_off, chunk_seq, n_seq, n_chunks, h, dk, dv, bk, bv, min(bv, 32),
         gate_mode(g), prec, q.dtype,
     )
 

@@ -389,3 +389,33 @@ def test_scale_default_is_inverse_sqrt_k() -> None:
     o1, _ = chunk_delta_rule_torch(x["q"], x["k"], x["v"], x["beta"])
     o2, _ = chunk_delta_rule_torch(x["q"], x["k"], x["v"], x["beta"], scale=1 / math.sqrt(16))
     torch.testing.assert_close(o1, o2)
+
+
+def test_dense_batches_build_their_chunk_tables_on_the_device() -> None:
+    """A batch without ``cu_seqlens`` gets its chunk tables (delta rule, GLA, deep memory's
+    chunk-end rows) from device ops: a tensor made from host data (``lift_fresh``) is, on CUDA,
+    a copy that synchronises the stream and stalls each call on the work queued before it. The
+    tables equal the ones built from the lengths, as ``cu_seqlens`` would give them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from mirasdsl.kernels.deep_memory.chunk_torch import chunk_end_table, chunk_ends
+    from mirasdsl.kernels.delta.chunk import chunk_table
+
+    class HostData(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.made = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            self.made += func.overloadpacket.__name__ == "lift_fresh"
+            return func(*args, **(kwargs or {}))
+
+    co = {"gam": torch.randn(2, 3, 4, 16)}
+    with HostData() as mode:
+        dense = chunk_table(3, 150, None, torch.device("cpu"))
+        rows = chunk_end_table(co, chunk_ends(50, 16, 4))
+    assert mode.made == 0
+    packed = chunk_table(3, 150, torch.tensor([0, 150, 300, 450]), torch.device("cpu"))
+    for a, b in zip(dense, packed):
+        assert (a == b).all() if isinstance(a, torch.Tensor) else a == b
+    assert torch.equal(rows["gam"], co["gam"][:, :, torch.arange(4), torch.tensor([15, 15, 15, 1])])
