@@ -195,11 +195,12 @@ def raw_dot(a, b, PREC: tl.constexpr):
     """Matmul of two tiles as stored (``load_tile_raw``, states loaded without a cast), float32
     accumulation. For bf16/fp16 tensors the products are exact, so this equals ``dot`` on the
     tiles cast to float32 (tf32 rounds a half value exactly) at half the operand registers and
-    twice the tensor-core rate; float32 tensors (PREC 'ieee') run as ``dot``."""
-    if PREC == "ieee":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    twice the tensor-core rate; float32 tensors (PREC 'ieee') run as ``dot``. A float32 tile
+    beside a half one (Ṽ, kept in float32 with a scalar gate, beside dO) makes both float32 at
+    PREC."""
+    if PREC == "ieee" or a.dtype != b.dtype:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
     else:
-        tl.static_assert(a.dtype == b.dtype, "raw_dot: both tiles in the same half dtype")
         return tl.dot(a, b)
 
 

@@ -44,7 +44,7 @@ class Plan:
     bv_loop: int  # value block of the main backward kernel's loop (the state passes tune theirs)
     gate: int
     prec: str
-    store: torch.dtype  # of S_0, Ṽ and their gradients: the input's dtype
+    store: torch.dtype  # of S_0, Ṽ and their gradients: the input's dtype (Ṽ: float32, scalar gate)
 
 
 def chunk_table(b: int, t: int, cu_seqlens: Tensor | None, dev: torch.device
@@ -145,9 +145,13 @@ def solve_wu(
 def state_forward(
     k: Tensor, gc: Tensor, w: Tensor, u: Tensor, h0: Tensor | None, want_ht: bool, plan: Plan
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Chunk-start states [NC, H, K, V], pseudo-values Ṽ [TT, H, V] and the final state."""
+    """Chunk-start states [NC, H, K, V], pseudo-values Ṽ [TT, H, V] and the final state.
+
+    Ṽ (and so dṼ) is kept in float32 with a scalar gate: in the input's half dtype, bf16 runs
+    with gates near 1 put the gate's gradient over the issue's 5e-3 (up to 6.0e-3 at T = 70,
+    K = V = 32; 4.2e-3 in float32), for 6-8% more bytes (RESULTS.md, 2026-11-25)."""
     hs = k.new_empty(plan.n_chunks, plan.heads, plan.dk, plan.dv, dtype=plan.store)
-    vn = torch.empty_like(u, dtype=plan.store)
+    vn = torch.empty_like(u, dtype=torch.float32 if plan.gate == 1 else plan.store)
     ht = k.new_empty(plan.n_seq, plan.heads, plan.dk, plan.dv, dtype=torch.float32) if want_ht else None
     fwd.state_fwd_kernel[value_grid(plan, plan.n_seq * plan.heads)](
         k, gc, w, u, vn, hs, h0 if h0 is not None else hs, ht if want_ht else hs, plan.cu,
