@@ -75,7 +75,10 @@ def intra_channel_kernel(
     mine = valid & (span + ci * 0.0 <= DENSE_SPAN)  # [BC] (a block mask: scalar & block is not portable)
     kd = ka * masked_exp(ref - ga, mine[:, None])  # [BC, BK], factors in [1, e^DENSE_SPAN]
     both = valid[:, None] & valid[None, :]
-    m_d = tl.where((ci[:, None] >= ci[None, :]) & both, dot(qs, tl.trans(kd), PREC), 0.0)
+    # M's j = i exactly (e^0): through the matmul's rounded factors its q·k would not cancel in
+    # the gates' gradient as it does in exact arithmetic
+    m_d = tl.where((ci[:, None] > ci[None, :]) & both, dot(qs, tl.trans(kd), PREC), 0.0)
+    m_d += tl.where(ci[:, None] == ci[None, :], tl.sum(qa * ka, 1)[:, None], 0.0)
     store_tile(M, m_d, t0, rows, mine, h, H, BT, BC, i_s * BC)
     p_d = tl.where((ci[:, None] > ci[None, :]) & both, dot(ks, tl.trans(kd), PREC), 0.0)
     store_tile(P, p_d, t0, rows, mine, h, H, BT, BC, i_s * BC)

@@ -228,7 +228,11 @@ def _intra_kernel(q, k, gc, A, chunk_seq, chunk_start, cu, scale, H: tl.constexp
         if _span(gb, first, nv, ck, K, H * K, BC) <= DENSE_SPAN:  # diagonal block by the matmul too
             ka = _tile(kb_, rows, upto, ck, K, H * K)  # [C, BK]
             kr = ka * tl.exp(tl.where(upto[:, None], bref[None, :] - _tile(gb, rows, upto, ck, K, H * K), 0.0))
-            acc += tl.where(rows[None, :] <= rows_i[:, None], _mm(qr, tl.trans(kr), q, PREC, True), 0.0)
+            acc += tl.where(rows[None, :] < rows_i[:, None], _mm(qr, tl.trans(kr), q, PREC, True), 0.0)
+            # j = t exactly (e^0): through the matmul's rounded factors its q·k term would not
+            # cancel in the gates' gradient as it does in exact arithmetic
+            diag = tl.sum(qi * _tile(kb_, rows_i, valid_i, ck, K, H * K), axis=1)  # [BC]
+            acc += tl.where(rows[None, :] == rows_i[:, None], diag[:, None], 0.0)
         else:  # strong decay inside the sub-chunk: its diagonal block element by element
             ka = _tile(kb_, rows, before, ck, K, H * K)  # [C, BK]
             ba = _tile(gb, rows, before, ck, K, H * K)  # [C, BK]
@@ -426,13 +430,13 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
         ka = _tile(kb_, rows, upto, ck, K, H * K)  # [C, BK]
         kr = ka * tl.exp(tl.where(upto[:, None], bref[None, :] - _tile(gb, rows, upto, ck, K, H * K), 0.0))
         dAi = _tile(dAb, rows_i, valid_i, rows, first + BC, H * C)  # [BC, C]
-        dAi = tl.where(rows[None, :] <= rows_i[:, None], dAi, 0.0)
+        dAi = tl.where(rows[None, :] < rows_i[:, None], dAi, 0.0)  # j = t: exactly, below
         dqi = _mm(dAi, kr, q, PREC, True)
         from_i = (rows >= first) & valid
         qa = _tile(qb, rows, from_i, ck, K, H * K)  # [C, BK]
         qr = qa * tl.exp(tl.where(from_i[:, None], _tile(gb, rows, from_i, ck, K, H * K) - rref[None, :], 0.0))
         dAc = _tile(dAb + first, rows, from_i, ri, BC, H * C)  # [C, BC]
-        dAc = tl.where(rows[:, None] >= rows_i[None, :], dAc, 0.0)
+        dAc = tl.where(rows[:, None] > rows_i[None, :], dAc, 0.0)
         dki = _mm(tl.trans(dAc), qr, q, PREC, True)
     else:  # strong decay inside the sub-chunk: off-diagonal blocks by matmuls, the diagonal below
         # dq from earlier sub-chunks, reference at the first row of this one
@@ -451,6 +455,10 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
         dki = _mm(tl.trans(dAc), qr, q, PREC, F32)
     dqi *= tl.exp(tl.where(valid_i[:, None], bi - bref[None, :], 0.0))
     dki *= tl.exp(tl.where(valid_i[:, None], rref[None, :] - bi, 0.0))
+    if span <= DENSE_SPAN:  # j = t exactly: dq_t += dA_tt k_t, dk_t += dA_tt q_t
+        dA_tt = tl.load(dAb + rows_i * (H * C) + rows_i, mask=valid_i, other=0.0)[:, None]  # [BC, 1]
+        dqi += dA_tt * _tile(kb_, rows_i, valid_i, ck, K, H * K)
+        dki += dA_tt * _tile(qb, rows_i, valid_i, ck, K, H * K)
     if span > DENSE_SPAN:  # the diagonal block, element by element
         for j in range(0, BC):
             kj = _row(kb_, first + j, nv, ck, K, H * K)  # [BK]
