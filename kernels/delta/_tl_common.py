@@ -196,8 +196,8 @@ def raw_dot(a, b, PREC: tl.constexpr):
     accumulation. For bf16/fp16 tensors the products are exact, so this equals ``dot`` on the
     tiles cast to float32 (tf32 rounds a half value exactly) at half the operand registers and
     twice the tensor-core rate; float32 tensors (PREC 'ieee') run as ``dot``. A float32 tile
-    beside a half one (Ṽ, kept in float32 with a scalar gate, beside dO) makes both float32 at
-    PREC."""
+    beside a half one (S_0 or Ṽ, kept in float32 with a scalar gate, beside dO) makes both
+    float32 at PREC."""
     if PREC == "ieee" or a.dtype != b.dtype:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
     else:

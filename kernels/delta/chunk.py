@@ -44,7 +44,7 @@ class Plan:
     bv_loop: int  # value block of the main backward kernel's loop (the state passes tune theirs)
     gate: int
     prec: str
-    store: torch.dtype  # of S_0, Ṽ and their gradients: the input's dtype (Ṽ: float32, scalar gate)
+    store: torch.dtype  # of S_0, Ṽ and their gradients: the input's dtype (S_0, Ṽ, dṼ float32 with a scalar gate)
 
 
 def chunk_table(b: int, t: int, cu_seqlens: Tensor | None, dev: torch.device
@@ -147,11 +147,13 @@ def state_forward(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Chunk-start states [NC, H, K, V], pseudo-values Ṽ [TT, H, V] and the final state.
 
-    Ṽ (and so dṼ) is kept in float32 with a scalar gate: in the input's half dtype, bf16 runs
-    with gates near 1 put the gate's gradient over the issue's 5e-3 (up to 6.0e-3 at T = 70,
-    K = V = 32; 4.2e-3 in float32), for 6-8% more bytes (RESULTS.md, 2026-11-25)."""
-    hs = k.new_empty(plan.n_chunks, plan.heads, plan.dk, plan.dv, dtype=plan.store)
-    vn = torch.empty_like(u, dtype=torch.float32 if plan.gate == 1 else plan.store)
+    With a scalar gate S_0 and Ṽ (so also dṼ; not dS) are kept in float32: in the input's half
+    dtype, bf16 runs put the gate's gradient over the issue's 5e-3 (gates near 1: up to 6.0e-3
+    at T = 70, K = V = 32; near 0: 5.3e-3 at T = 37, K = 20, V = 12; now ≤ 3.9e-3; either alone
+    in float32 is not enough), for ~20% more bytes at shape S (RESULTS.md, 2026-11-25)."""
+    keep = torch.float32 if plan.gate == 1 else plan.store
+    hs = k.new_empty(plan.n_chunks, plan.heads, plan.dk, plan.dv, dtype=keep)
+    vn = torch.empty_like(u, dtype=keep)
     ht = k.new_empty(plan.n_seq, plan.heads, plan.dk, plan.dv, dtype=torch.float32) if want_ht else None
     fwd.state_fwd_kernel[value_grid(plan, plan.n_seq * plan.heads)](
         k, gc, w, u, vn, hs, h0 if h0 is not None else hs, ht if want_ht else hs, plan.cu,
@@ -188,7 +190,7 @@ def backward_packed(
     x, m, p, hs, vn = kept
     _, w, _ = solve_wu(k, v, beta, gc, None, x, plan)
     f32 = dict(device=q.device, dtype=torch.float32)
-    dhs = torch.empty_like(hs)
+    dhs = torch.empty_like(hs, dtype=plan.store)  # dS in the input's dtype even with a scalar gate
     dvn = torch.empty_like(vn)
     dh0 = torch.empty(plan.n_seq, plan.heads, plan.dk, plan.dv, **f32)
     bwd.state_bwd_kernel[value_grid(plan, plan.n_seq * plan.heads)](
