@@ -276,7 +276,8 @@ def intra_bwd_channel_kernel(
         back = dot(tl.trans(dm_ca), qc, PREC) + dot(tl.trans(dp_ca), kc, PREC)  # [BC, BK]
         dk_c += back * masked_exp(ref_c - ga, valid[:, None])
     if sub_span(G, t0, i_s * BC, nt, h, H, K, BC, BK) <= DENSE_SPAN:  # the diagonal block by matmuls
-        kd = ka * masked_exp(ref - ga, valid[:, None])  # [BC, BK], factors in [1, e^DENSE_SPAN]
+        to_ref = masked_exp(ref - ga, valid[:, None])  # [BC, BK], in [1, e^DENSE_SPAN]
+        kd = ka * to_ref
         both = valid[:, None] & valid[None, :]
         dm_t = load_tile(dM, t0, rows, valid, h, H, BT, BC, i_s * BC)  # [BC, BC]
         dm_aa = tl.where((ci[:, None] > ci[None, :]) & both, dm_t, 0.0)  # j = i: exactly, below
@@ -285,7 +286,7 @@ def intra_bwd_channel_kernel(
         dq_m += dot(dm_aa, kd, PREC) * ea
         dk_r += dot(dp_aa, kd, PREC) * ea
         back = dot(tl.trans(dm_aa), qa * ea, PREC) + dot(tl.trans(dp_aa), ka * ea, PREC)  # [BC, BK]
-        dk_c += back * masked_exp(ref - ga, valid[:, None])
+        dk_c += back * to_ref
         dm_ii = tl.sum(tl.where(ci[:, None] == ci[None, :], dm_t, 0.0), 1)[:, None]  # [BC, 1]
         dq_m += dm_ii * ka  # M's j = i term, exact (as the gates' gradient needs it to cancel)
         dk_c += dm_ii * qa

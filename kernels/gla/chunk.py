@@ -459,7 +459,7 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, chunk_seq, chunk_start, cu, H: tl.co
         dA_tt = tl.load(dAb + rows_i * (H * C) + rows_i, mask=valid_i, other=0.0)[:, None]  # [BC, 1]
         dqi += dA_tt * _tile(kb_, rows_i, valid_i, ck, K, H * K)
         dki += dA_tt * _tile(qb, rows_i, valid_i, ck, K, H * K)
-    if span > DENSE_SPAN:  # the diagonal block, element by element
+    else:  # the diagonal block, element by element
         for j in range(0, BC):
             kj = _row(kb_, first + j, nv, ck, K, H * K)  # [BK]
             qj = _row(qb, first + j, nv, ck, K, H * K)  # [BK]
