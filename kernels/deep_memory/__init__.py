@@ -12,10 +12,11 @@ from .chunk_torch import chunk_deep_memory
 from .config import DeepMemoryConfig
 from .memory import DeepMemoryState, Weights, accum_dtype, start_state
 from .naive import recurrent_deep_memory
+from .steps import step_deep_memory
 
 __all__ = [
     "DeepMemoryConfig", "DeepMemoryState", "deep_memory", "recurrent_deep_memory",
-    "chunk_deep_memory",
+    "chunk_deep_memory", "step_deep_memory",
 ]
 
 
@@ -34,17 +35,20 @@ def deep_memory(
     (or from row i of ``initial_state``, whose tensors are then [N, H, d_in, d_out]) and the final
     state has N rows.
     """
-    fn = _backend_fn(resolve(backend, q.device))
+    fn = _backend_fn(resolve(backend, q.device), cfg)
     if cu_seqlens is not None:
         return _varlen(fn, q, k, v, eta, init_weights, cfg, (g, mu, lam, delta), initial_state,
                        output_final_state, cu_seqlens)
     return fn(q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state)
 
 
-def _backend_fn(choice: str):
-    """The implementation behind a backend name."""
+def _backend_fn(choice: str, cfg: DeepMemoryConfig):
+    """The implementation behind a backend name; steps of several tokens (``cfg.step > 1``) run
+    the step-parallel form on the chunk and Triton backends (library matmuls, ``steps.py``)."""
     if choice == "naive":
         return recurrent_deep_memory
+    if cfg.step > 1:
+        return step_deep_memory
     if choice == "chunk":
         return chunk_deep_memory
     from .chunk import triton_deep_memory  # imports triton only when asked for

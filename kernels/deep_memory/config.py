@@ -38,6 +38,13 @@ class DeepMemoryConfig:
         momentum: ``gd_momentum`` update (needs ``mu``) instead of ``gd``.
         chunk_size: tokens per chunk whose gradients share the chunk's starting weights;
             1 is the token-exact recurrence.
+        step: tokens per update step (titans-pytorch's ``chunk_size``): the gradients of a
+            step's tokens (each weighted by its ``eta``) are summed into one step of the
+            recurrence, with the momentum and retention of the step's last token, and token t
+            reads with the weights after every step that ends at or before t. 1 (default) steps
+            every token. Must divide ``chunk_size``; steps of more than one token run the
+            step-parallel form (``steps.py``), titans-pytorch's ``NeuralMemory`` with
+            ``chunk_size=step, batch_size=chunk_size``.
     """
 
     depth: int = 2
@@ -55,6 +62,7 @@ class DeepMemoryConfig:
     l1: float | None = None
     momentum: bool = False
     chunk_size: int = 16
+    step: int = 1
 
     def __post_init__(self) -> None:
         self._check_names()
@@ -88,6 +96,16 @@ class DeepMemoryConfig:
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(
                 f"DeepMemoryConfig.chunk_size must be an integer >= 1, got {self.chunk_size!r}"
+            )
+        if not isinstance(self.step, int) or self.step < 1 or self.chunk_size % self.step:
+            raise ValueError(
+                f"DeepMemoryConfig.step must be an integer >= 1 dividing chunk_size={self.chunk_size}, "
+                f"got {self.step!r}"
+            )
+        if self.step > 1 and self.retention_global == "elastic_net":
+            raise ValueError(
+                "DeepMemoryConfig.step > 1 does not combine with retention_global='elastic_net' "
+                "(its threshold acts after every token); use step=1"
             )
 
     def _check_bias_fields(self) -> None:
