@@ -196,13 +196,17 @@ def titans_memory(s: Shape, chunk: int) -> Prepared:
     return Prepared(fn=call, leaves=[x, *mem.parameters()], floor_bytes=0)
 
 
-def ours_deep_memory(s: Shape, chunk: int) -> Prepared:
+def ours_deep_memory(s: Shape, chunk: int, steps: bool = False) -> Prepared:
     """Our deep memory at titans' setting: depth-2 MLP (hidden 4 D, GELU), LayerNorm and
-    residual on the output, L2 bias, momentum, per-token decay, chunk-wise GD."""
+    residual on the output, L2 bias, momentum, per-token decay. ``steps=False``: chunk-wise GD
+    (the Titans paper's: gradients at each chunk's start, a step per token); ``steps=True``:
+    titans-pytorch's own update (every gradient at the call's start, one step per ``chunk``
+    tokens: ``chunk_size=T, step=chunk``, the step-parallel form)."""
     f = load("mirasdsl.kernels.deep_memory", "deep_memory")
     Config = load("mirasdsl.kernels.deep_memory.config", "DeepMemoryConfig")
     cfg = Config(depth=2, hidden=4 * s.D, activation="gelu", residual=True, norm=True,
-                 bias="l2", momentum=True, chunk_size=chunk)
+                 bias="l2", momentum=True, chunk_size=s.T if steps else chunk,
+                 step=chunk if steps else 1)
     x = make_inputs(s, "deep_memory")
     gen = _gen(1)
     with torch.no_grad():

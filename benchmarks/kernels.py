@@ -7,7 +7,8 @@ Families (ours | peer): gated linear attention with a scalar gate (| fla chunk_s
 with a per-channel gate (| fla chunk_gla); the delta rule plain (| fla chunk_delta_rule),
 scalar-gated (| fla chunk_gated_delta_rule) and per-channel-gated (| fla chunk_kda); softmax
 attention causal (| PyTorch SDPA, FlashAttention), sliding window and ALiBi (| SDPA with a
-mask / bias); deep memory, depth-2 MLP, chunk 64 and 16 (| titans-pytorch NeuralMemory); and an
+mask / bias); deep memory, depth-2 MLP, chunk 64 and 16, with titans-pytorch's update (steps of a chunk, the
+step-parallel form) and with the chunk-wise update (| titans-pytorch NeuralMemory); and an
 end-to-end model from a spec. Shapes S (B=8, T=4096, H=16, D=128) and L (B=2, T=16384). A peer
 or a family of ours that is missing, refuses, fails or runs out of memory is reported as such.
 Writes ``kernels.json`` and ``kernels.md`` under ``--out`` after every case and prints the table.
@@ -43,11 +44,15 @@ class Pair:
     note: str = ""
 
 
-def memory_pair(chunk: int) -> Pair:
-    """Deep memory at titans-pytorch's measured size, one chunk size."""
-    return Pair(f"deep_memory_c{chunk}", lambda s: cases.ours_deep_memory(s, chunk),
+def memory_pair(chunk: int, steps: bool = False) -> Pair:
+    """Deep memory at titans-pytorch's measured size, one chunk size; ``steps``: ours computes
+    titans-pytorch's own update (``step=chunk``, reference at the call's start), else the
+    chunk-wise update of the Titans paper (a different, sequential recurrence)."""
+    what = "same update as titans-pytorch (step form)" if steps else "chunk-wise GD (gradients at each chunk's start)"
+    return Pair(f"deep_memory_{'steps_' if steps else ''}c{chunk}",
+                lambda s: cases.ours_deep_memory(s, chunk, steps),
                 "titans_pytorch.NeuralMemory", lambda s: cases.titans_memory(s, chunk),
-                (MEMORY_SHAPE,), f"depth-2 MLP, chunk {chunk}; titans includes projections")
+                (MEMORY_SHAPE,), f"depth-2 MLP, chunk {chunk}, {what}; titans includes projections")
 
 
 PAIRS = (
@@ -69,6 +74,8 @@ PAIRS = (
          note=f"window {SWA_WINDOW}"),
     Pair("attention_alibi", lambda s: cases.ours_attention(s, alibi=True), "torch.sdpa+bias",
          lambda s: cases.torch_sdpa(s, alibi=True), note="ALiBi"),
+    memory_pair(64, steps=True),
+    memory_pair(16, steps=True),
     memory_pair(64),
     memory_pair(16),
 )

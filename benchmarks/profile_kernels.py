@@ -27,6 +27,8 @@ def _make(family: str) -> cases.Prepared:
     s = cases.SHAPES["S"]
     if family.startswith("deep_memory_c"):
         return cases.ours_deep_memory(cases.MEMORY_SHAPE, int(family.removeprefix("deep_memory_c")))
+    if family.startswith("deep_memory_steps_c"):
+        return cases.ours_deep_memory(cases.MEMORY_SHAPE, int(family.removeprefix("deep_memory_steps_c")), steps=True)
     if family in ("simple_gla", "gla"):
         return cases.ours_gla(s, family)
     return cases.ours_delta(s, family)

@@ -46,8 +46,10 @@ from harness import Unavailable  # noqa: E402
 import interpret_peers  # noqa: E402
 
 IMPLS = ("ours", "fla", "titans")
-FAMILIES = ("simple_gla", "gla", "delta", "gated_delta", "kda", "deep_memory_c64", "deep_memory_c16")
-DEEP_CHUNKS = {"deep_memory_c64": 64, "deep_memory_c16": 16}
+FAMILIES = ("simple_gla", "gla", "delta", "gated_delta", "kda", "deep_memory_c64", "deep_memory_c16",
+            "deep_memory_steps_c64", "deep_memory_steps_c16")
+DEEP_CHUNKS = {"deep_memory_c64": 64, "deep_memory_c16": 16,
+               "deep_memory_steps_c64": 64, "deep_memory_steps_c16": 16}
 _SKIP = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
          "alias", "lift_fresh", "_unsafe_view", "_reshape_alias"}
 _WRITE_ONLY = {"zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_ones", "full",
@@ -233,7 +235,7 @@ def prepare(kind: str, shape: cases.Shape, impl: str = "ours"
         return prep.fn, _nbytes(prep.leaves), out
     if kind.startswith("deep_memory"):
         os.environ["MIRAS_KERNELS"] = "triton"  # the dispatcher's choice (interpreted here)
-        prep = cases.ours_deep_memory(shape, DEEP_CHUNKS[kind])
+        prep = cases.ours_deep_memory(shape, DEEP_CHUNKS[kind], steps="steps" in kind)
         return prep.fn, _nbytes(prep.leaves), out
     x = cases.make_inputs(shape, kind)
     return call_for(kind, x), _nbytes(x.values()), out

@@ -16,7 +16,7 @@ sequential loop (README.md, "Steps of several tokens"):
    group's weights, one batched matmul per layer.
 
 Every part is a library matmul or an elementwise op (cuBLAS on CUDA): the per-step weights are
-materialised ([B, H, N + 1, d_in, d_out] per layer, N = R / S), which costs less than the
+materialised ([B, H, N, d_in, d_out] per layer, N = R / S), which costs less than the
 quadratic dual form whenever ``d_in d_out < R S / 2`` (titans-pytorch's shape: 65,536 against
 131,072). Spans run one after another (a span's ``W_ref`` is the previous span's last state).
 """
@@ -29,8 +29,8 @@ from torch import Tensor
 from .chunk_torch import dual_coefficients, key_gradients
 from .config import DeepMemoryConfig
 from .memory import (
-    DeepMemoryState, Weights, accum_dtype, check_inputs, log_decay, mlp_output, per_token_delta,
-    read_weights, start_state,
+    DeepMemoryState, Weights, accum_dtype, activation, check_inputs, finish_output, log_decay,
+    mlp_output, per_token_delta, read_weights, start_state,
 )
 
 
@@ -56,33 +56,54 @@ def step_deep_memory(
     outs = []
     for r0 in range(0, T, cfg.chunk_size):
         span = slice(r0, min(r0 + cfg.chunk_size, T))
+        more = output_final_state or span.stop < T  # the momentum at the span's end is needed
         o, state = _span(qh[:, :, span], kh[:, :, span], vh[:, :, span], eh[:, :, span], la[:, :, span],
                          mh[:, :, span] if mh is not None else None,
-                         dh[:, :, span] if dh is not None else None, state, cfg)
+                         dh[:, :, span] if dh is not None else None, state, cfg, more)
         outs.append(o)
     o = torch.cat(outs, dim=2).transpose(1, 2)  # [B, T, H, V]
     return o.to(v.dtype), (state if output_final_state else None)
 
 
 def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tensor | None,
-          d: Tensor | None, state: DeepMemoryState, cfg: DeepMemoryConfig) -> tuple[Tensor, DeepMemoryState]:
+          d: Tensor | None, state: DeepMemoryState, cfg: DeepMemoryConfig,
+          momentum_out: bool = True) -> tuple[Tensor, DeepMemoryState]:
     """One span of R tokens (heads first: q, k [B, H, R, K], v [B, H, R, V], per-token
-    scalars [B, H, R]). Returns (o [B, H, R, V], the state after the span's last step)."""
+    scalars [B, H, R]). Returns (o [B, H, R, V], the state after the span's last step; its
+    momentum is None unless ``momentum_out``: forming it reads every step's gradient again)."""
     S, R = cfg.step, q.shape[2]
     N = -(-R // S)  # steps; the last one partial when S does not divide R
     ins, deltas = key_gradients(read_weights(state.weights, cfg), k, v, d, cfg)  # per layer [B, H, R, d]
     last = torch.arange(S - 1, N * S, S, device=q.device).clamp_max(R - 1)  # [N] each step's last token
     co = dual_coefficients(log_a[..., last], torch.ones_like(log_a[..., last]),
                            mu[..., last] if mu is not None else None)  # [B, H, N] and [B, H, N, N]
-    weights, momenta, reads = [], [], []
-    for i, (a, dz) in enumerate(zip(ins, deltas)):
+    z0s = state.momentum if cfg.momentum else (None,) * cfg.depth
+    sums, weights, momenta = [], [], []
+    for a, dz, w0, z0 in zip(ins, deltas, state.weights, z0s):
         g_steps = _step_gradients(a * eta.unsqueeze(-1), dz, S, N)  # [B, H, N, d_in, d_out]
-        w, z = _after_steps(state.weights[i], state.momentum[i] if cfg.momentum else None, g_steps, co)
-        weights.append(w[:, :, -1])
-        momenta.append(z)
-        reads.append(torch.cat([state.weights[i].unsqueeze(2), w], dim=2))  # [B, H, N + 1, d_in, d_out]
-    o = _read(q, read_weights(tuple(reads), cfg), S, N, cfg)  # [B, H, R, V]
-    return o, DeepMemoryState(tuple(weights), tuple(momenta) if cfg.momentum else None)
+        flat = g_steps.flatten(-2)  # [B, H, N, d_in * d_out]
+        sums.append((co["dmat"] @ flat).unflatten(-1, g_steps.shape[-2:]))  # [B, H, N, d_in, d_out]
+        weights.append(sums[-1][:, :, -1] + _start_part(w0, z0, co, -1))
+        if z0 is not None and momentum_out:  # Z_N = mom_N Z_0 + sum_m zmat_Nm G_m
+            zsum = (co["zmat"][:, :, -1:] @ flat).unflatten(-1, g_steps.shape[-2:])[:, :, 0]
+            momenta.append(zsum + co["mom"][:, :, -1, None, None] * z0)  # [B, H, d_in, d_out]
+    if cfg.linear_retention:
+        o = _read_linear(q, state, sums, co, S, N, cfg)
+    else:  # a nonlinear read map needs every step's whole state
+        full = tuple(w + _start_part(w0, z0, co, slice(None)) for w, w0, z0 in zip(sums, state.weights, z0s))
+        o = _read(q, read_weights(state.weights, cfg), read_weights(full, cfg), S, N, cfg)
+    return o, DeepMemoryState(tuple(weights), tuple(momenta) if cfg.momentum and momentum_out else None)
+
+
+def _start_part(w0: Tensor, z0: Tensor | None, co: dict[str, Tensor], n: int | slice) -> Tensor:
+    """``gam_n A_0 + e_n Z_0``, the start state's share of the state after step n (``n`` an
+    index: [B, H, d_in, d_out]; a slice: [B, H, n, d_in, d_out])."""
+    expand = (lambda c: c[..., None, None]) if isinstance(n, int) else (lambda c: c[..., None, None])
+    w0_ = w0 if isinstance(n, int) else w0.unsqueeze(2)
+    out = expand(co["gam"][:, :, n]) * w0_
+    if z0 is None:
+        return out
+    return out + expand(co["e"][:, :, n]) * (z0 if isinstance(n, int) else z0.unsqueeze(2))
 
 
 def _step_gradients(a: Tensor, dz: Tensor, S: int, N: int) -> Tensor:
@@ -94,25 +115,49 @@ def _step_gradients(a: Tensor, dz: Tensor, S: int, N: int) -> Tensor:
     return a.transpose(-1, -2) @ dz  # [B, H, N, d_in, d_out]
 
 
-def _after_steps(w0: Tensor, z0: Tensor | None, g_steps: Tensor,
-                 co: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-    """States after every step, ``A_n = gam_n A_0 + e_n Z_0 + sum_m dmat_nm G_m`` (w0, z0:
-    [B, H, d_in, d_out]; g_steps [B, H, N, d_in, d_out]) -> ([B, H, N, d_in, d_out], the last
-    momentum ``Z_N = mom_N Z_0 + sum_m zmat_Nm G_m`` or None)."""
-    flat = g_steps.flatten(-2)  # [B, H, N, d_in * d_out]
-    w = (co["dmat"] @ flat).unflatten(-1, g_steps.shape[-2:])  # [B, H, N, d_in, d_out]
-    w = w + co["gam"][..., None, None] * w0.unsqueeze(2)
-    if z0 is None:
-        return w, None
-    w = w + co["e"][..., None, None] * z0.unsqueeze(2)
-    z_last = (co["zmat"][:, :, -1:] @ flat).unflatten(-1, g_steps.shape[-2:])[:, :, 0]  # [B, H, d_in, d_out]
-    return w, z_last + co["mom"][:, :, -1, None, None] * z0
+def _groups(q: Tensor, S: int, N: int) -> Tensor:
+    """Token t reads with the state after step ``(t + 1) // S``: the queries shifted by one
+    token, in N + 1 groups of S. q [B, H, R, K] -> [B, H, N + 1, S, K]."""
+    return F.pad(q, (0, 0, 1, (N + 1) * S - q.shape[2] - 1)).unflatten(2, (N + 1, S))
 
 
-def _read(q: Tensor, weights: Weights, S: int, N: int, cfg: DeepMemoryConfig) -> Tensor:
-    """Token t reads with ``weights[:, :, (t + 1) // S]`` (weights per layer [B, H, N + 1, d_in,
-    d_out]): the queries shifted by one token, in N + 1 groups of S. q [B, H, R, K] -> [B, H, R, V]."""
-    R = q.shape[2]
-    x = F.pad(q, (0, 0, 1, (N + 1) * S - R - 1)).unflatten(2, (N + 1, S))  # [B, H, N + 1, S, K]
-    o = mlp_output(weights, x, cfg, per_row=False)  # [B, H, N + 1, S, V]
-    return o.flatten(2, 3)[:, :, 1:R + 1]  # [B, H, R, V]
+def _ungroup(o: Tensor, R: int) -> Tensor:
+    """[B, H, N + 1, S, V] -> [B, H, R, V], the inverse of :func:`_groups`."""
+    return o.flatten(2, 3)[:, :, 1:R + 1]
+
+
+def _read(q: Tensor, start: Weights, steps: Weights, S: int, N: int, cfg: DeepMemoryConfig) -> Tensor:
+    """Group 0 reads with ``start`` (per layer [B, H, d_in, d_out]), group j > 0 with
+    ``steps[:, :, j - 1]`` (per layer [B, H, N, d_in, d_out]). q [B, H, R, K] -> [B, H, R, V]."""
+    x = _groups(q, S, N)  # [B, H, N + 1, S, K]
+    first = mlp_output(start, x[:, :, 0], cfg, per_row=False)  # [B, H, S, V]
+    rest = mlp_output(steps, x[:, :, 1:], cfg, per_row=False)  # [B, H, N, S, V]
+    return _ungroup(torch.cat([first.unsqueeze(2), rest], dim=2), q.shape[2])
+
+
+def _read_linear(q: Tensor, state: DeepMemoryState, sums: list[Tensor], co: dict[str, Tensor],
+                 S: int, N: int, cfg: DeepMemoryConfig) -> Tensor:
+    """:func:`_read` for an identity read map, the start state's share kept apart: layer by
+    layer ``x W_j = gam_j (x W_0) + e_j (x Z_0) + x Σ_j`` (``Σ_j = sums[:, :, j - 1]``, the
+    gradients' share), so no ``[N, d_in, d_out]`` sum with the start state is formed; group 0
+    has ``gam = 1``, ``e = Σ = 0``. q [B, H, R, K] -> [B, H, R, V]."""
+    x = _groups(q, S, N)  # [B, H, N + 1, S, K]
+    one = co["gam"].new_ones(co["gam"].shape[:2] + (1,))  # [B, H, 1]
+    gam = torch.cat([one, co["gam"]], -1)[..., None, None]  # [B, H, N + 1, 1, 1]
+    e = torch.cat([one * 0, co["e"]], -1)[..., None, None] if cfg.momentum else None
+    h = x
+    for i, (w0, sm) in enumerate(zip(state.weights, sums)):
+        start = gam * _shared(h, w0)  # [B, H, N + 1, S, d_out]
+        if e is not None:
+            start = start + e * _shared(h, state.momentum[i])
+        moved = h[:, :, 1:] @ sm  # [B, H, N, S, d_out]
+        z = start + torch.cat([torch.zeros_like(moved[:, :, :1]), moved], dim=2)
+        h = activation(z, cfg.activation) if i < cfg.depth - 1 else z
+    return _ungroup(finish_output(h, x, cfg), q.shape[2])
+
+
+def _shared(h: Tensor, w: Tensor) -> Tensor:
+    """``h @ w`` for weights shared by every group: h [B, H, G, S, d_in], w [B, H, d_in, d_out]
+    -> [B, H, G, S, d_out], one matmul over the flattened groups (broadcasting ``w`` over G
+    would copy it G times)."""
+    return (h.flatten(2, 3) @ w).unflatten(2, h.shape[2:4])
