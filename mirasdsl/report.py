@@ -40,6 +40,8 @@ def tuple_text(m: TupleMixer) -> str:
     if m.retention.global_.kind != "none":
         ret += f"+{m.retention.global_.kind}"
     upd = m.update.kind + (f"(chunk {m.update.chunk})" if getattr(m.update, "chunk", None) else "")
+    if (getattr(m.update, "step", None) or 1) > 1:
+        upd = upd[:-1] + f", step {m.update.step})"
     return f"{mem} × {m.bias.kind} × {ret} × {upd}"
 
 
@@ -74,7 +76,11 @@ def groups(report: CostReport) -> "OrderedDict[str, dict[str, Any]]":
 
 def _kernel_text(node: Node, backend: str) -> str:
     if isinstance(node, MixerNode):
-        return f"{node.family} ({backend if node.family != 'softmax_attention' else 'sdpa'})"
+        if node.family == "softmax_attention":
+            return f"{node.family} (sdpa)"
+        if backend != "naive" and (getattr(node.mixer.update, "step", None) or 1) > 1:
+            return f"{node.family} (steps: torch matmuls)"  # kernels/deep_memory/steps.py on every device
+        return f"{node.family} ({backend})"
     if isinstance(node, ParallelMixerNode):
         return " ∥ ".join(_kernel_text(b, backend) for b in node.branches)
     return "torch"

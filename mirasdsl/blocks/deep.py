@@ -2,7 +2,8 @@
 
 Decoding a chunk-wise model token by token needs the chunk's starting weights (every gradient of
 a chunk is taken there) as well as the current ones: the state holds both, and the position in
-the chunk. Token-exact models (chunk 1) keep one copy.
+the chunk. Token-exact models (chunk 1) keep one copy. With steps of several tokens the state
+also holds the open step's gradient sum.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def memory_config(node: MixerNode) -> DeepMemoryConfig:
         q_norm=ret.q if ret.kind == "lq" else None, kl_scale=ret.scale if ret.kind == "kl" else None,
         l1=ret.l1 if ret.kind == "elastic_net" and ret.l1 > 0 else None,
         momentum=m.update.kind == "gd_momentum", chunk_size=getattr(m.update, "chunk", None) or 1,
+        step=getattr(m.update, "step", None) or 1,
     )
 
 
@@ -108,9 +110,23 @@ class DeepMemoryMixer(ProjectedMixer):
         log_a = dm.log_decay(g[:, None] if g is not None else None, lam[:, None] if lam is not None else None,
                              cfg, q.unsqueeze(1))[:, 0]  # [B, H]
         mu = s["mu"].float() if s["mu"] is not None else None
-        mem = dm.advance_state(state["mem"], grads, log_a, s["eta"].float(), mu, cfg)
+        mem = self._advance(state, grads, log_a, s["eta"].float(), mu)
         o = dm.mlp_output(dm.read_weights(mem.weights, cfg), q.float().unsqueeze(-2), cfg, per_row=False)
         state["mem"], state["in_chunk"] = mem, state["in_chunk"] + 1
         if state["in_chunk"] == cfg.chunk_size:
             state["w0"], state["in_chunk"] = mem, 0
         return o.transpose(1, 2).to(v.dtype)  # [B, 1, H, V]
+
+    def _advance(self, state: State, grads: tuple, log_a: Tensor, eta: Tensor, mu: Tensor | None):
+        """The memory after this token: a step per token, or (``step > 1``) the token's
+        eta-weighted gradient added to the open step's sum and a step when the step is whole."""
+        cfg = self.cfg
+        if cfg.step == 1:
+            return dm.advance_state(state["mem"], grads, log_a, eta, mu, cfg)
+        open_sum = tuple(s + eta[..., None, None] * g  # [B, H, d_in, d_out] each
+                         for s, g in zip(state.get("open_step") or [0.0] * len(grads), grads))
+        if (state["in_chunk"] + 1) % cfg.step:
+            state["open_step"] = open_sum
+            return state["mem"]
+        state["open_step"] = tuple(torch.zeros_like(s) for s in open_sum)  # held at a fixed size
+        return dm.advance_state(state["mem"], open_sum, log_a, torch.ones_like(eta), mu, cfg)

@@ -127,6 +127,8 @@ def _core_flops_deep(n: MixerNode, context: int) -> float:
       each token reading through its own weights ``Σ d_i o_i``.
     """
     m = n.mixer
+    if (getattr(m.update, "step", None) or 1) > 1:
+        return _core_flops_steps(n, context)
     c = min(m.update.chunk or 1, context)
     shapes = memory_weight_shapes(n)
     dense = sum(i * o for i, o in shapes)
@@ -145,6 +147,31 @@ def _core_flops_deep(n: MixerNode, context: int) -> float:
         if momentum:
             macs += c * c + c ** 3
     return 2.0 * n.heads * macs / c
+
+
+def _core_flops_steps(n: MixerNode, context: int) -> float:
+    """Per-token matmul FLOPs of deep memory with steps of S tokens, as
+    kernels/deep_memory/steps.py computes them. Per span of R = chunk tokens (N = ⌈R / S⌉ steps,
+    padded to N·S rows) and per head: gradients at the span's start weights (forward
+    ``R·Σ d_i o_i``, backward ``R·Σ_{i≥1} d_i o_i``); per-step gradients ``N·S·Σ d_i o_i``; the
+    step recurrence ``N²·Σ d_i o_i`` (+ ``N² + N³`` coefficient products with momentum); reads in
+    N + 1 groups of S (the queries shifted by one token): through the per-step sums ``N·S·Σ d_i
+    o_i`` and the start state's share ``(N + 1)·S·Σ d_i o_i`` (×2 with momentum), or through whole
+    per-step states ``(N + 1)·S·Σ d_i o_i`` for a nonlinear read map (lq, kl)."""
+    m = n.mixer
+    shapes = memory_weight_shapes(n)
+    dense = sum(i * o for i, o in shapes)
+    r, s = min(m.update.chunk, context), m.update.step
+    steps = -(-r // s)
+    momentum = m.update.kind == "gd_momentum"
+    macs = r * dense + r * sum(i * o for i, o in shapes[1:]) + steps * s * dense + steps * steps * dense
+    if m.retention.global_.kind in ("lq", "kl"):
+        macs += (steps + 1) * s * dense
+    else:
+        macs += steps * s * dense + (steps + 1) * s * dense * (2 if momentum else 1)
+    if momentum:
+        macs += steps * steps + steps ** 3
+    return 2.0 * n.heads * macs / r
 
 
 def attended_keys(context: int, window: int | None) -> float:
@@ -182,8 +209,10 @@ def state_bytes(n: MixerNode) -> int:
         return conv
     if n.family == DEEP:
         weights = n.heads * sum(i * o for i, o in memory_weight_shapes(n))
-        # current weights, + momentum, + the chunk's starting weights when chunk-wise
-        copies = 1 + (m.update.kind == "gd_momentum") + ((m.update.chunk or 1) > 1)
+        # current weights, + momentum, + the chunk's starting weights when chunk-wise, + the
+        # open step's gradient sum with steps of several tokens
+        copies = (1 + (m.update.kind == "gd_momentum") + ((m.update.chunk or 1) > 1)
+                  + ((getattr(m.update, "step", None) or 1) > 1))
         return 4 * weights * copies + conv
     if m.memory.kind == "vector":
         return 4 * n.heads * n.value_dim + conv
@@ -214,7 +243,10 @@ def activation_bytes(n: MixerNode, batch: int, seq_len: int, dtype_bytes: int) -
     if n.family in (GLA, DELTA):  # per-chunk states kept for the backward
         chunks = -(-seq_len // CHUNK)
         total += 4.0 * batch * chunks * h * n.state_dim * v
-    if n.family == DEEP:
+    if n.family == DEEP and (getattr(m.update, "step", None) or 1) > 1:  # per-step gradients and sums
+        steps = -(-seq_len // m.update.step)
+        total += 2 * 4.0 * batch * steps * h * sum(i * o for i, o in memory_weight_shapes(n))
+    elif n.family == DEEP:
         chunks = -(-seq_len // (m.update.chunk or 1))
         total += 4.0 * batch * min(chunks, seq_len) * h * sum(i * o for i, o in memory_weight_shapes(n))
     return total

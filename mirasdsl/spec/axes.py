@@ -210,6 +210,11 @@ class GdUpdate(Frozen):
     chunk: PosInt | None = None
     """Chunk-wise GD: every gradient inside a chunk of this many tokens is taken at the chunk's
     starting weights. Null is token-exact."""
+    step: PosInt | None = None
+    """Tokens per update step: their gradients are summed into one step, and a token reads
+    with the weights after the last whole step (titans-pytorch's ``chunk_size``; its default
+    takes every gradient of a sequence at its start: ``chunk`` = the sequence length). Needs
+    ``chunk``, a multiple of it. Null steps every token."""
 
 
 class MomentumUpdate(Frozen):
@@ -218,6 +223,8 @@ class MomentumUpdate(Frozen):
     kind: Literal["gd_momentum"] = "gd_momentum"
     chunk: PosInt | None = None
     """Chunk-wise training as for ``gd``; null is token-exact."""
+    step: PosInt | None = None
+    """Tokens per update step as for ``gd`` (momentum and decay then act once per step)."""
     momentum: Prob | Literal["data_dependent"] = "data_dependent"
     """A constant μ or ``data_dependent`` (μ_t from x_t)."""
 

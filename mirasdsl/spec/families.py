@@ -47,6 +47,8 @@ def _linear_key(m: "TupleMixer") -> tuple[str, str] | None:
         return None
     if m.update.kind == "gd" and m.update.chunk is not None and m.bias.kind == "l2":
         return None  # chunk-wise GD with L2 bias is a different model (TTT): deep memory
+    if (getattr(m.update, "step", None) or 1) > 1:
+        return None  # reads lag to the last whole step: not the token-by-token recurrence
     return (m.memory.kind, m.bias.kind)
 
 
@@ -86,4 +88,6 @@ def lower_tuple(m: "TupleMixer") -> Lowering:
         why.append("momentum")
     if m.update.kind == "gd" and m.update.chunk is not None and m.bias.kind == "l2":
         why.append(f"chunk-wise GD (chunk {m.update.chunk}) on an L2 bias")
+    if (getattr(m.update, "step", None) or 1) > 1:
+        why.append(f"steps of {m.update.step} tokens")
     return Lowering(DEEP, ", ".join(why) + " is not a linear recurrence: trained by the deep-memory rule")

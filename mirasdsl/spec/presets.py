@@ -106,6 +106,13 @@ _ALL = [
                                         "global": {"kind": "l2", "strength": "data_dependent"}},
             "update": {"kind": "gd_momentum", "chunk": 64, "momentum": "data_dependent"}, "step": "data_dependent",
             "features": {"short_conv": 4, "qk_norm": "l2", "feature_map": "silu", "output_gate": "sigmoid"}}),
+    Preset("titans-pytorch", "Titans memory as titans-pytorch's NeuralMemory trains it: every gradient of a "
+           "segment at its start, one step (momentum, decay) per 64 tokens",
+           "Behrouz et al. 2024 (Titans); lucidrains/titans-pytorch",
+           {"memory": {"kind": "mlp", "depth": 2, "expansion": 4.0, "residual": True, "norm": True},
+            "bias": "l2", "retention": {"local": {"kind": "gated", "granularity": "head"}},
+            "update": {"kind": "gd_momentum", "chunk": 4096, "step": 64, "momentum": "data_dependent"},
+            "step": "data_dependent", "features": {"output_gate": "sigmoid"}}),
     Preset("titans-mag", "Titans memory ∥ sliding-window attention, gated (MAG)", "Behrouz et al. 2024 (Titans)",
            {"branches": {"memory": {"memory": {"kind": "mlp", "depth": 2, "expansion": 4.0, "residual": True},
                                     "bias": "l2", "retention": {"local": {"kind": "gated", "granularity": "head"},

@@ -60,8 +60,20 @@ def _check_deep(m: "TupleMixer") -> None:
         raise fail("memory", "vector memory is a linear recurrence: use bias dot or l2, no global retention, gd token-exact")
 
 
+def _check_step(m: "TupleMixer") -> None:
+    step, chunk = getattr(m.update, "step", None), getattr(m.update, "chunk", None)
+    if step is None:
+        return
+    if chunk is None or chunk % step:
+        raise fail("update.step", f"step {step} needs a chunk that is a multiple of it (chunk is {chunk}); "
+                   "chunk: the tokens whose gradients share their starting weights, e.g. the sequence length")
+    if step > 1 and m.retention.global_.kind == "elastic_net":
+        raise fail("update.step", "elastic_net's soft threshold acts after every token: use step 1 (or null)")
+
+
 def check_tuple(m: "TupleMixer") -> None:
     """Refuse impossible axis combinations of one tuple, with the reason."""
+    _check_step(m)
     if m.memory.kind == "softmax":
         _check_softmax(m)
         return

@@ -60,8 +60,9 @@ def _recurrent_bytes(state) -> int:
                 total += _recurrent_bytes({key: value})
             elif key in ("S", "conv"):
                 total += value.numel() * value.element_size() // value.shape[0]
-            elif key in ("mem", "w0"):
-                tensors = list(value.weights) + list(value.momentum or []) * (key == "mem")
+            elif key in ("mem", "w0", "open_step"):  # open_step: a step's gradient sum (step > 1)
+                tensors = (list(value) if key == "open_step" else
+                           list(value.weights) + list(value.momentum or []) * (key == "mem"))
                 total += sum(t.numel() * t.element_size() // t.shape[0] for t in tensors)
     return total
 

@@ -87,6 +87,10 @@ def test_hostile_yaml(text, fragment):
     ("{memory: matrix, update: exact}", "softmax memory"),
     ("{memory: softmax, bias: l2, update: exact, features: {feature_map: elu1}}", "identity"),
     ("{memory: {mlp: {residual: true}}, bias: l2, value_dim: 32}", "value_dim"),
+    ("{memory: {mlp: {depth: 2}}, bias: l2, update: {gd_momentum: {chunk: 60, step: 16}}}", "multiple of it"),
+    ("{memory: {mlp: {depth: 2}}, bias: l2, update: {gd: {step: 4}}}", "needs a chunk"),
+    ("{memory: {mlp: {depth: 2}}, bias: l2, retention: {global: {elastic_net: {l1: 0.1}}}, "
+     "update: {gd: {chunk: 8, step: 4}}}", "elastic_net"),
 ])
 def test_impossible_combinations(mixer, fragment):
     text = BASE.replace("  gdn:\n", f"  gdn: {mixer}\n  unused_gdn:\n", 1).replace("unused_gdn:", "zz_unused:")

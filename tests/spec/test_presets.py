@@ -26,6 +26,7 @@ EXPECTED = {
     "ttt-linear": ("mlp", "l2", "none", "none", "gd", DEEP),
     "ttt-mlp": ("mlp", "l2", "none", "none", "gd", DEEP),
     "titans": ("mlp", "l2", "gated", "l2", "gd_momentum", DEEP),
+    "titans-pytorch": ("mlp", "l2", "gated", "none", "gd_momentum", DEEP),
     "moneta": ("mlp", "lp", "gated", "lq", "gd", DEEP),
     "yaad": ("mlp", "huber", "gated", "l2", "gd", DEEP),
     "memora": ("mlp", "l2", "gated", "kl", "gd", DEEP),
