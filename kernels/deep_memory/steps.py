@@ -80,7 +80,10 @@ def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tenso
     z0s = state.momentum if cfg.momentum else (None,) * cfg.depth
     sums, weights, momenta = [], [], []
     for a, dz, w0, z0 in zip(ins, deltas, state.weights, z0s):
-        g_steps = _step_gradients(a * eta.unsqueeze(-1), dz, S, N)  # [B, H, N, d_in, d_out]
+        if a.shape[-1] <= dz.shape[-1]:  # eta scales the narrower factor
+            g_steps = _step_gradients(a * eta.unsqueeze(-1), dz, S, N)  # [B, H, N, d_in, d_out]
+        else:
+            g_steps = _step_gradients(a, dz * eta.unsqueeze(-1), S, N)
         flat = g_steps.flatten(-2)  # [B, H, N, d_in * d_out]
         sums.append((co["dmat"] @ flat).unflatten(-1, g_steps.shape[-2:]))  # [B, H, N, d_in, d_out]
         weights.append(sums[-1][:, :, -1] + _start_part(w0, z0, co, -1))
@@ -110,9 +113,9 @@ def _step_gradients(a: Tensor, dz: Tensor, S: int, N: int) -> Tensor:
     """``G_n = sum_{t in step n} a_t dz_t^T``: a [B, H, R, d_in] (eta folded in), dz [B, H, R,
     d_out] -> [B, H, N, d_in, d_out]; a partial last step is zero-padded."""
     pad = N * S - a.shape[2]
-    a = F.pad(a, (0, 0, 0, pad)).unflatten(2, (N, S))  # [B, H, N, S, d_in]
-    dz = F.pad(dz, (0, 0, 0, pad)).unflatten(2, (N, S))  # [B, H, N, S, d_out]
-    return a.transpose(-1, -2) @ dz  # [B, H, N, d_in, d_out]
+    if pad:  # F.pad copies even when there is nothing to pad
+        a, dz = F.pad(a, (0, 0, 0, pad)), F.pad(dz, (0, 0, 0, pad))
+    return a.unflatten(2, (N, S)).transpose(-1, -2) @ dz.unflatten(2, (N, S))  # [B, H, N, d_in, d_out]
 
 
 def _groups(q: Tensor, S: int, N: int) -> Tensor:
@@ -137,23 +140,32 @@ def _read(q: Tensor, start: Weights, steps: Weights, S: int, N: int, cfg: DeepMe
 
 def _read_linear(q: Tensor, state: DeepMemoryState, sums: list[Tensor], co: dict[str, Tensor],
                  S: int, N: int, cfg: DeepMemoryConfig) -> Tensor:
-    """:func:`_read` for an identity read map, the start state's share kept apart: layer by
-    layer ``x W_j = gam_j (x W_0) + e_j (x Z_0) + x Σ_j`` (``Σ_j = sums[:, :, j - 1]``, the
-    gradients' share), so no ``[N, d_in, d_out]`` sum with the start state is formed; group 0
-    has ``gam = 1``, ``e = Σ = 0``. q [B, H, R, K] -> [B, H, R, V]."""
+    """:func:`_read` for an identity read map, the start state's share kept apart: group j > 0
+    reads layer by layer ``x W_j = gam_j (x W_0) + e_j (x Z_0) + x Σ_j`` (``Σ_j = sums[:, :, j -
+    1]``, the gradients' share), so no ``[N, d_in, d_out]`` sum with the start state is formed;
+    group 0 reads the start state. q [B, H, R, K] -> [B, H, R, V]."""
     x = _groups(q, S, N)  # [B, H, N + 1, S, K]
-    one = co["gam"].new_ones(co["gam"].shape[:2] + (1,))  # [B, H, 1]
-    gam = torch.cat([one, co["gam"]], -1)[..., None, None]  # [B, H, N + 1, 1, 1]
-    e = torch.cat([one * 0, co["e"]], -1)[..., None, None] if cfg.momentum else None
-    h = x
+    first = mlp_output(state.weights, x[:, :, 0], cfg, per_row=False)  # [B, H, S, V]
+    gam = co["gam"][..., None, None]  # [B, H, N, 1, 1]
+    e = co["e"][..., None, None] if cfg.momentum else None
+    h = x[:, :, 1:]  # [B, H, N, S, K]
     for i, (w0, sm) in enumerate(zip(state.weights, sums)):
-        start = gam * _shared(h, w0)  # [B, H, N + 1, S, d_out]
-        if e is not None:
-            start = start + e * _shared(h, state.momentum[i])
-        moved = h[:, :, 1:] @ sm  # [B, H, N, S, d_out]
-        z = start + torch.cat([torch.zeros_like(moved[:, :, :1]), moved], dim=2)
-        h = activation(z, cfg.activation) if i < cfg.depth - 1 else z
-    return _ungroup(finish_output(h, x, cfg), q.shape[2])
+        z = _start_share(h, w0, state.momentum[i] if e is not None else None, gam, e) + h @ sm
+        h = activation(z, cfg.activation) if i < cfg.depth - 1 else z  # [B, H, N, S, d_out]
+    rest = finish_output(h, x[:, :, 1:], cfg)  # [B, H, N, S, V]
+    return _ungroup(torch.cat([first.unsqueeze(2), rest], dim=2), q.shape[2])
+
+
+def _start_share(h: Tensor, w0: Tensor, z0: Tensor | None, gam: Tensor, e: Tensor | None) -> Tensor:
+    """``gam (h W_0) + e (h Z_0)`` per group (h [B, H, G, S, d_in]; w0, z0 [B, H, d_in, d_out];
+    gam, e [B, H, G, 1, 1]) -> [B, H, G, S, d_out]. The scales go on the narrower side: on the
+    inputs, W_0 and Z_0 stacked into one matmul over ``2 d_in``; or on the two outputs."""
+    if h.shape[-1] <= w0.shape[-1]:
+        if z0 is None:
+            return _shared(h * gam, w0)
+        return _shared(torch.cat([h * gam, h * e], -1), torch.cat([w0, z0], -2))
+    out = gam * _shared(h, w0)
+    return out if z0 is None else out + e * _shared(h, z0)
 
 
 def _shared(h: Tensor, w: Tensor) -> Tensor:
