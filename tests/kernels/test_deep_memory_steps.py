@@ -154,3 +154,22 @@ def test_leaves_helper_covers_every_input():  # guards the shared helper this fi
     cfg = C(depth=2, bias="huber", momentum=True, retention_global="l2", chunk_size=8, step=4)
     args, kw = make_inputs(cfg, 9, K=12, with_state=True)
     assert len(leaves(args, kw)) == 4 + 4 + 2 + 2  # q k v eta, g mu lam delta, state W (2), state Z (2)
+
+
+def test_packed_sequences_equal_separate_calls():
+    """cu_seqlens with steps: every packed sequence starts its spans and steps afresh."""
+    cfg = C(depth=2, bias="l2", momentum=True, chunk_size=8, step=4)
+    args, kw = make_inputs(cfg, 23, B=1, K=12)
+    bounds = [0, 6, 6, 17, 23]  # an empty sequence and partial steps included
+    with torch.no_grad():
+        o, st = deep_memory(*args, cfg, **kw, output_final_state=True, backend="chunk",
+                            cu_seqlens=torch.tensor(bounds))
+        for i, (t0, t1) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if t1 == t0:
+                continue
+            part = lambda x: x[:, t0:t1] if isinstance(x, torch.Tensor) else x  # noqa: E731
+            o_i, st_i = step_deep_memory(*(part(a) for a in args[:4]), args[4], cfg,
+                                         **{n: part(x) for n, x in kw.items()}, output_final_state=True)
+            assert torch.allclose(o[:, t0:t1], o_i, atol=1e-6)
+            for a, b in zip(st.weights + st.momentum, st_i.weights + st_i.momentum):
+                assert torch.allclose(a[i:i + 1], b, atol=1e-6)
