@@ -155,9 +155,10 @@ def _core_flops_steps(n: MixerNode, context: int) -> float:
     padded to N·S rows) and per head: gradients at the span's start weights (forward
     ``R·Σ d_i o_i``, backward ``R·Σ_{i≥1} d_i o_i``); per-step gradients ``N·S·Σ d_i o_i``; the
     step recurrence ``N²·Σ d_i o_i`` (+ ``N² + N³`` coefficient products with momentum); reads in
-    N + 1 groups of S (the queries shifted by one token): through the per-step sums ``N·S·Σ d_i
-    o_i`` and the start state's share ``(N + 1)·S·Σ d_i o_i`` (×2 with momentum), or through whole
-    per-step states ``(N + 1)·S·Σ d_i o_i`` for a nonlinear read map (lq, kl)."""
+    N + 1 groups of S (the queries shifted by one token): group 0 through the start state ``S·Σ
+    d_i o_i``, the others through the per-step sums ``N·S·Σ d_i o_i`` and the start state's share
+    ``N·S·Σ d_i o_i`` (×2 with momentum), or through whole per-step states ``(N + 1)·S·Σ d_i o_i``
+    for a nonlinear read map (lq, kl)."""
     m = n.mixer
     shapes = memory_weight_shapes(n)
     dense = sum(i * o for i, o in shapes)
@@ -167,8 +168,8 @@ def _core_flops_steps(n: MixerNode, context: int) -> float:
     macs = r * dense + r * sum(i * o for i, o in shapes[1:]) + steps * s * dense + steps * steps * dense
     if m.retention.global_.kind in ("lq", "kl"):
         macs += (steps + 1) * s * dense
-    else:
-        macs += steps * s * dense + (steps + 1) * s * dense * (2 if momentum else 1)
+    else:  # group 0 through W_0; groups 1..N: the sums and the start state's share
+        macs += s * dense + steps * s * dense + steps * s * dense * (2 if momentum else 1)
     if momentum:
         macs += steps * steps + steps ** 3
     return 2.0 * n.heads * macs / r
