@@ -12,8 +12,8 @@ sequential loop (README.md, "Steps of several tokens"):
    form at step granularity (:func:`chunk_torch.dual_coefficients`), one batched matmul
    ``[N, N] @ [N, d_in d_out]`` per layer;
 3. token t reads with the weights after step ``(t + 1) // S`` of its span (0 = the state the span
-   starts with): the queries, shifted by one token and cut into groups of S, read through their
-   group's weights, one batched matmul per layer.
+   starts with): tokens 0..S-2 read the start state, the others fall into N groups of S, each read
+   through its group's weights, one batched matmul per layer.
 
 Every part is a library matmul or an elementwise op (cuBLAS on CUDA): the per-step weights are
 materialised ([B, H, N, d_in, d_out] per layer, N = R / S), which costs less than the
@@ -101,12 +101,10 @@ def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tenso
 def _start_part(w0: Tensor, z0: Tensor | None, co: dict[str, Tensor], n: int | slice) -> Tensor:
     """``gam_n A_0 + e_n Z_0``, the start state's share of the state after step n (``n`` an
     index: [B, H, d_in, d_out]; a slice: [B, H, n, d_in, d_out])."""
-    expand = (lambda c: c[..., None, None]) if isinstance(n, int) else (lambda c: c[..., None, None])
-    w0_ = w0 if isinstance(n, int) else w0.unsqueeze(2)
-    out = expand(co["gam"][:, :, n]) * w0_
-    if z0 is None:
-        return out
-    return out + expand(co["e"][:, :, n]) * (z0 if isinstance(n, int) else z0.unsqueeze(2))
+    if not isinstance(n, int):
+        w0, z0 = w0.unsqueeze(2), (z0.unsqueeze(2) if z0 is not None else None)
+    out = co["gam"][:, :, n, None, None] * w0
+    return out if z0 is None else out + co["e"][:, :, n, None, None] * z0
 
 
 def _step_gradients(a: Tensor, dz: Tensor, S: int, N: int) -> Tensor:
@@ -118,24 +116,27 @@ def _step_gradients(a: Tensor, dz: Tensor, S: int, N: int) -> Tensor:
     return a.unflatten(2, (N, S)).transpose(-1, -2) @ dz.unflatten(2, (N, S))  # [B, H, N, d_in, d_out]
 
 
-def _groups(q: Tensor, S: int, N: int) -> Tensor:
-    """Token t reads with the state after step ``(t + 1) // S``: the queries shifted by one
-    token, in N + 1 groups of S. q [B, H, R, K] -> [B, H, N + 1, S, K]."""
-    return F.pad(q, (0, 0, 1, (N + 1) * S - q.shape[2] - 1)).unflatten(2, (N + 1, S))
+def _split(q: Tensor, S: int, N: int) -> tuple[Tensor, Tensor]:
+    """Token t reads with the state after step ``(t + 1) // S``: tokens 0..S-2 read the start
+    state (group 0, padded in front to S rows), tokens S-1.. fall into N groups of S
+    (zero-padded at the end). q [B, H, R, K] -> ([B, H, S, K], [B, H, N, S, K]), both contiguous."""
+    R = q.shape[2]
+    first = F.pad(q[:, :, :S - 1], (0, 0, 1, max(0, S - 1 - R)))  # [B, H, S, K]
+    rest = F.pad(q[:, :, S - 1:], (0, 0, 0, N * S - max(0, R - S + 1))).unflatten(2, (N, S))
+    return first, rest
 
 
-def _ungroup(o: Tensor, R: int) -> Tensor:
-    """[B, H, N + 1, S, V] -> [B, H, R, V], the inverse of :func:`_groups`."""
-    return o.flatten(2, 3)[:, :, 1:R + 1]
+def _join(first: Tensor, rest: Tensor, R: int) -> Tensor:
+    """The inverse of :func:`_split`: ([B, H, S, V], [B, H, N, S, V]) -> [B, H, R, V]."""
+    return torch.cat([first[:, :, 1:], rest.flatten(2, 3)], dim=2)[:, :, :R]
 
 
 def _read(q: Tensor, start: Weights, steps: Weights, S: int, N: int, cfg: DeepMemoryConfig) -> Tensor:
     """Group 0 reads with ``start`` (per layer [B, H, d_in, d_out]), group j > 0 with
     ``steps[:, :, j - 1]`` (per layer [B, H, N, d_in, d_out]). q [B, H, R, K] -> [B, H, R, V]."""
-    x = _groups(q, S, N)  # [B, H, N + 1, S, K]
-    first = mlp_output(start, x[:, :, 0], cfg, per_row=False)  # [B, H, S, V]
-    rest = mlp_output(steps, x[:, :, 1:], cfg, per_row=False)  # [B, H, N, S, V]
-    return _ungroup(torch.cat([first.unsqueeze(2), rest], dim=2), q.shape[2])
+    x0, xr = _split(q, S, N)  # [B, H, S, K], [B, H, N, S, K]
+    first = mlp_output(start, x0, cfg, per_row=False)  # [B, H, S, V]
+    return _join(first, mlp_output(steps, xr, cfg, per_row=False), q.shape[2])
 
 
 def _read_linear(q: Tensor, state: DeepMemoryState, sums: list[Tensor], co: dict[str, Tensor],
@@ -144,16 +145,15 @@ def _read_linear(q: Tensor, state: DeepMemoryState, sums: list[Tensor], co: dict
     reads layer by layer ``x W_j = gam_j (x W_0) + e_j (x Z_0) + x Σ_j`` (``Σ_j = sums[:, :, j -
     1]``, the gradients' share), so no ``[N, d_in, d_out]`` sum with the start state is formed;
     group 0 reads the start state. q [B, H, R, K] -> [B, H, R, V]."""
-    x = _groups(q, S, N)  # [B, H, N + 1, S, K]
-    first = mlp_output(state.weights, x[:, :, 0], cfg, per_row=False)  # [B, H, S, V]
+    x0, xr = _split(q, S, N)  # [B, H, S, K], [B, H, N, S, K]
+    first = mlp_output(state.weights, x0, cfg, per_row=False)  # [B, H, S, V]
     gam = co["gam"][..., None, None]  # [B, H, N, 1, 1]
     e = co["e"][..., None, None] if cfg.momentum else None
-    h = x[:, :, 1:]  # [B, H, N, S, K]
+    h = xr
     for i, (w0, sm) in enumerate(zip(state.weights, sums)):
         z = _start_share(h, w0, state.momentum[i] if e is not None else None, gam, e) + h @ sm
         h = activation(z, cfg.activation) if i < cfg.depth - 1 else z  # [B, H, N, S, d_out]
-    rest = finish_output(h, x[:, :, 1:], cfg)  # [B, H, N, S, V]
-    return _ungroup(torch.cat([first.unsqueeze(2), rest], dim=2), q.shape[2])
+    return _join(first, finish_output(h, xr, cfg), q.shape[2])
 
 
 def _start_share(h: Tensor, w0: Tensor, z0: Tensor | None, gam: Tensor, e: Tensor | None) -> Tensor:

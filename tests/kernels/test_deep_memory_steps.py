@@ -34,6 +34,8 @@ CASES = [
     (C(depth=2, bias="l2", norm=True, residual=True, momentum=True, chunk_size=16, step=4), 37, 12, False, CALM),
     (C(depth=2, bias="l2", retention_global="lq", q_norm=4.0, momentum=True, chunk_size=8, step=4), 37, 12, False, CALM),
     (C(depth=1, bias="l2", retention_global="kl", kl_scale=2.0, chunk_size=16, step=4), 37, 12, True, {}),
+    (C(depth=2, bias="l2", momentum=True, chunk_size=8, step=4), 3, 12, True, {}),  # shorter than a step
+    (C(depth=2, bias="l2", chunk_size=8, step=4), 4, 12, False, {}),  # exactly one step
 ]
 IDS = [f"case{i}-{c.bias}-{c.retention_global}-d{c.depth}-C{c.chunk_size}-S{c.step}{'-mom' if c.momentum else ''}"
        for i, (c, *_rest) in enumerate(CASES)]
