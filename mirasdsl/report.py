@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mirasdsl.cost import Cost, CostReport
 from mirasdsl.graph.nodes import MixerNode, Node, ParallelMixerNode
+from mirasdsl.spec.axes import update_step
 from mirasdsl.spec.model import Spec, TupleMixer
 
 
@@ -40,7 +41,7 @@ def tuple_text(m: TupleMixer) -> str:
     if m.retention.global_.kind != "none":
         ret += f"+{m.retention.global_.kind}"
     upd = m.update.kind + (f"(chunk {m.update.chunk})" if getattr(m.update, "chunk", None) else "")
-    if (getattr(m.update, "step", None) or 1) > 1:
+    if update_step(m.update) > 1:
         upd = upd[:-1] + f", step {m.update.step})"
     return f"{mem} × {m.bias.kind} × {ret} × {upd}"
 
@@ -78,7 +79,7 @@ def _kernel_text(node: Node, backend: str) -> str:
     if isinstance(node, MixerNode):
         if node.family == "softmax_attention":
             return f"{node.family} (sdpa)"
-        if backend != "naive" and (getattr(node.mixer.update, "step", None) or 1) > 1:
+        if backend != "naive" and update_step(node.mixer.update) > 1:
             return f"{node.family} (steps: torch matmuls)"  # kernels/deep_memory/steps.py on every device
         return f"{node.family} ({backend})"
     if isinstance(node, ParallelMixerNode):

@@ -17,6 +17,7 @@ from mirasdsl.cost.mixers import memory_weight_shapes
 from mirasdsl.graph.nodes import MixerNode
 from mirasdsl.kernels.deep_memory import DeepMemoryConfig, deep_memory
 from mirasdsl.kernels.deep_memory import memory as dm
+from mirasdsl.spec.axes import update_step
 
 
 def memory_config(node: MixerNode) -> DeepMemoryConfig:
@@ -35,7 +36,7 @@ def memory_config(node: MixerNode) -> DeepMemoryConfig:
         q_norm=ret.q if ret.kind == "lq" else None, kl_scale=ret.scale if ret.kind == "kl" else None,
         l1=ret.l1 if ret.kind == "elastic_net" and ret.l1 > 0 else None,
         momentum=m.update.kind == "gd_momentum", chunk_size=getattr(m.update, "chunk", None) or 1,
-        step=getattr(m.update, "step", None) or 1,
+        step=update_step(m.update),
     )
 
 

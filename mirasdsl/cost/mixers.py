@@ -11,6 +11,7 @@ Conventions (held against the built module and FlopCounterMode in tests/cost):
 from __future__ import annotations
 
 from mirasdsl.graph.nodes import MixerNode
+from mirasdsl.spec.axes import update_step
 from mirasdsl.spec.families import ATTENTION, DEEP, DELTA, GLA
 
 CHUNK = 64  # chunk size of the linear families' chunked kernels
@@ -127,7 +128,7 @@ def _core_flops_deep(n: MixerNode, context: int) -> float:
       each token reading through its own weights ``Σ d_i o_i``.
     """
     m = n.mixer
-    if (getattr(m.update, "step", None) or 1) > 1:
+    if update_step(m.update) > 1:
         return _core_flops_steps(n, context)
     c = min(m.update.chunk or 1, context)
     shapes = memory_weight_shapes(n)
@@ -213,7 +214,7 @@ def state_bytes(n: MixerNode) -> int:
         # current weights, + momentum, + the chunk's starting weights when chunk-wise, + the
         # open step's gradient sum with steps of several tokens
         copies = (1 + (m.update.kind == "gd_momentum") + ((m.update.chunk or 1) > 1)
-                  + ((getattr(m.update, "step", None) or 1) > 1))
+                  + (update_step(m.update) > 1))
         return 4 * weights * copies + conv
     if m.memory.kind == "vector":
         return 4 * n.heads * n.value_dim + conv
@@ -244,7 +245,7 @@ def activation_bytes(n: MixerNode, batch: int, seq_len: int, dtype_bytes: int) -
     if n.family in (GLA, DELTA):  # per-chunk states kept for the backward
         chunks = -(-seq_len // CHUNK)
         total += 4.0 * batch * chunks * h * n.state_dim * v
-    if n.family == DEEP and (getattr(m.update, "step", None) or 1) > 1:  # per-step gradients and sums
+    if n.family == DEEP and update_step(m.update) > 1:  # per-step gradients and sums
         steps = -(-seq_len // m.update.step)
         total += 2 * 4.0 * batch * steps * h * sum(i * o for i, o in memory_weight_shapes(n))
     elif n.family == DEEP:

@@ -241,6 +241,11 @@ class ExactUpdate(Frozen):
     kind: Literal["exact"] = "exact"
 
 
+def update_step(update: object) -> int:
+    """Tokens per update step of an update rule: its ``step``, 1 when unset or not a GD rule."""
+    return getattr(update, "step", None) or 1
+
+
 UPDATE_KINDS = ("gd", "gd_momentum", "implicit", "exact")
 Update = Annotated[
     Union[GdUpdate, MomentumUpdate, ImplicitUpdate, ExactUpdate], Field(discriminator="kind")

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from mirasdsl.spec.axes import update_step
+
 if TYPE_CHECKING:  # pragma: no cover
     from mirasdsl.spec.model import TupleMixer
 
@@ -47,7 +49,7 @@ def _linear_key(m: "TupleMixer") -> tuple[str, str] | None:
         return None
     if m.update.kind == "gd" and m.update.chunk is not None and m.bias.kind == "l2":
         return None  # chunk-wise GD with L2 bias is a different model (TTT): deep memory
-    if (getattr(m.update, "step", None) or 1) > 1:
+    if update_step(m.update) > 1:
         return None  # reads lag to the last whole step: not the token-by-token recurrence
     return (m.memory.kind, m.bias.kind)
 
@@ -88,6 +90,6 @@ def lower_tuple(m: "TupleMixer") -> Lowering:
         why.append("momentum")
     if m.update.kind == "gd" and m.update.chunk is not None and m.bias.kind == "l2":
         why.append(f"chunk-wise GD (chunk {m.update.chunk}) on an L2 bias")
-    if (getattr(m.update, "step", None) or 1) > 1:
+    if update_step(m.update) > 1:
         why.append(f"steps of {m.update.step} tokens")
     return Lowering(DEEP, ", ".join(why) + " is not a linear recurrence: trained by the deep-memory rule")
