@@ -4,6 +4,8 @@ TTT-Linear/MLP, Titans, Moneta, Yaad and Memora are points of :class:`DeepMemory
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -47,8 +49,8 @@ def _backend_fn(choice: str, cfg: DeepMemoryConfig):
     the step-parallel form on the chunk and Triton backends (library matmuls, ``steps.py``)."""
     if choice == "naive":
         return recurrent_deep_memory
-    if cfg.step > 1:
-        return step_deep_memory
+    if cfg.step > 1:  # the Triton backend reads through Triton kernels
+        return step_deep_memory if choice == "chunk" else functools.partial(step_deep_memory, triton_read=True)
     if choice == "chunk":
         return chunk_deep_memory
     from .chunk import triton_deep_memory  # imports triton only when asked for

@@ -22,6 +22,8 @@ quadratic dual form whenever ``d_in d_out < R S / 2`` (titans-pytorch's shape: 6
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -38,11 +40,12 @@ def step_deep_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, init_weights: Weights, cfg: DeepMemoryConfig,
     g: Tensor | None = None, mu: Tensor | None = None, lam: Tensor | None = None,
     delta: Tensor | None = None, initial_state: DeepMemoryState | None = None,
-    output_final_state: bool = False,
+    output_final_state: bool = False, triton_read: bool = False,
 ) -> tuple[Tensor, DeepMemoryState | None]:
     """Deep memory with steps of ``cfg.step`` tokens; same API and result as
     ``recurrent_deep_memory``. q, k: [B, T, H, K]; v: [B, T, H, V]; eta, g, mu, lam, delta:
-    [B, T, H]."""
+    [B, T, H]. ``triton_read``: the reads through ``_steps_read.py``'s kernels where they apply
+    (the Triton backend's choice)."""
     check_inputs(q, k, v, eta, init_weights, cfg, g, mu, lam, delta)
     B, T, H, _ = q.shape
     dt = accum_dtype(q)
@@ -53,13 +56,14 @@ def step_deep_memory(
     dl = per_token_delta(cfg, delta, q)
     dh = heads_first(dl) if dl is not None else None
     state = start_state(init_weights, cfg, B, initial_state, dt)
+    read = _read_choice(cfg, q, v, triton_read)
     outs = []
     for r0 in range(0, T, cfg.chunk_size):
         span = slice(r0, min(r0 + cfg.chunk_size, T))
         more = output_final_state or span.stop < T  # the momentum at the span's end is needed
         o, state = _span(qh[:, :, span], kh[:, :, span], vh[:, :, span], eh[:, :, span], la[:, :, span],
                          mh[:, :, span] if mh is not None else None,
-                         dh[:, :, span] if dh is not None else None, state, cfg, more)
+                         dh[:, :, span] if dh is not None else None, state, cfg, more, read)
         outs.append(o)
     o = torch.cat(outs, dim=2).transpose(1, 2)  # [B, T, H, V]
     return o.to(v.dtype), (state if output_final_state else None)
@@ -67,7 +71,7 @@ def step_deep_memory(
 
 def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tensor | None,
           d: Tensor | None, state: DeepMemoryState, cfg: DeepMemoryConfig,
-          momentum_out: bool = True) -> tuple[Tensor, DeepMemoryState]:
+          momentum_out: bool = True, read: Callable = None) -> tuple[Tensor, DeepMemoryState]:
     """One span of R tokens (heads first: q, k [B, H, R, K], v [B, H, R, V], per-token
     scalars [B, H, R]). Returns (o [B, H, R, V], the state after the span's last step; its
     momentum is None unless ``momentum_out``: forming it reads every step's gradient again)."""
@@ -91,11 +95,44 @@ def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tenso
             zsum = (co["zmat"][:, :, -1:] @ flat).unflatten(-1, g_steps.shape[-2:])[:, :, 0]
             momenta.append(zsum + co["mom"][:, :, -1, None, None] * z0)  # [B, H, d_in, d_out]
     if cfg.linear_retention:
-        o = _read_linear(q, state, sums, co, S, N, cfg)
+        o = (read or _read_linear)(q, state, sums, co, S, N, cfg)
     else:  # a nonlinear read map needs every step's whole state
         full = tuple(w + _start_part(w0, z0, co, slice(None)) for w, w0, z0 in zip(sums, state.weights, z0s))
         o = _read(q, read_weights(state.weights, cfg), read_weights(full, cfg), S, N, cfg)
     return o, DeepMemoryState(tuple(weights), tuple(momenta) if cfg.momentum and momentum_out else None)
+
+
+def _read_choice(cfg: DeepMemoryConfig, q: Tensor, v: Tensor, triton_read: bool) -> Callable:
+    """The read of an identity read map: the Triton kernels (``_steps_read.py``) when asked for
+    and the shapes fit, else :func:`_read_linear`."""
+    if not (triton_read and cfg.linear_retention):
+        return _read_linear
+    from . import _steps_read  # imports triton only when asked for
+    from .chunk import dot_precision
+
+    if not _steps_read.supported(cfg.depth, q.shape[-1], v.shape[-1], cfg.step):
+        return _read_linear
+    prec = dot_precision(q.dtype)
+    return lambda *args: _read_triton(*args, prec=prec)
+
+
+def _read_triton(q: Tensor, state: DeepMemoryState, sums: list[Tensor], co: dict[str, Tensor],
+                 S: int, N: int, cfg: DeepMemoryConfig, prec: str) -> Tensor:
+    """:func:`_read_linear` through ``_steps_read.FusedRead`` (depth 2): the queries in N + 1
+    groups of S, shifted by one token (group 0 reads the start state). -> [B, H, R, V]."""
+    from ._steps_read import FusedRead
+
+    B, H, R, _ = q.shape
+    x = F.pad(q, (0, 0, 1, (N + 1) * S - R - 1)).unflatten(2, (N + 1, S))  # [B, H, N + 1, S, K]
+    one = torch.ones_like(co["gam"][:, :, :1])  # [B, H, 1]
+    g_ext = torch.cat([one, co["gam"]], -1).flatten(0, 1)  # [B·H, N + 1]
+    e_ext = torch.cat([one * 0.0, co["e"]], -1).flatten(0, 1) if cfg.momentum else None
+    bh = lambda t: t.flatten(0, 1) if t is not None else None  # noqa: E731
+    w1, w2 = state.weights
+    z1, z2 = state.momentum if cfg.momentum else (None, None)
+    o = FusedRead.apply(bh(x), bh(w1), bh(z1), bh(w2), bh(z2), bh(sums[0]), bh(sums[1]), g_ext, e_ext,
+                        cfg.activation, cfg.norm, cfg.residual, prec)  # [B·H, N + 1, S, V]
+    return o.unflatten(0, (B, H)).flatten(2, 3)[:, :, 1:R + 1]
 
 
 def _start_part(w0: Tensor, z0: Tensor | None, co: dict[str, Tensor], n: int | slice) -> Tensor:

@@ -8,6 +8,7 @@ input, relative RMS error <= 1e-5 in float32 and <= 1e-10 in float64.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -175,3 +176,33 @@ def test_packed_sequences_equal_separate_calls():
             assert torch.allclose(o[:, t0:t1], o_i, atol=1e-6)
             for a, b in zip(st.weights + st.momentum, st_i.weights + st_i.momentum):
                 assert torch.allclose(a[i:i + 1], b, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", [
+    C(depth=2, bias="l2", momentum=True, norm=True, residual=True, chunk_size=16, step=4),
+    C(depth=2, bias="huber", activation="silu", retention_global="l2", chunk_size=12, step=6),
+    C(depth=2, bias="dot", activation="relu", norm=True, chunk_size=8, step=8),
+], ids=["mom-norm-res", "huber-silu-l2", "dot-relu-norm"])
+def test_triton_read_matches_torch_read(cfg):
+    """The Triton backend's reads (``_steps_read.py``, interpreter on the CPU) against the
+    PyTorch reads: output, final state and every gradient, float32 (T = 37: partial steps)."""
+    args, kw = make_inputs(cfg, 37, K=12, V=12 if cfg.residual else 10, hidden=20, with_state=True)
+    got = run(functools.partial(step_deep_memory, triton_read=True), cfg, args, kw)
+    assert_close(got, run(step_deep_memory, cfg, args, kw))
+
+
+def test_triton_backend_reads_through_the_kernels(monkeypatch):
+    """deep_memory(backend="triton") with steps runs FusedRead; shapes it does not take (depth 1)
+    fall back to the PyTorch reads."""
+    from mirasdsl.kernels.deep_memory import _steps_read
+
+    calls = []
+    real = _steps_read.FusedRead.apply
+    monkeypatch.setattr(_steps_read.FusedRead, "apply", lambda *a: calls.append(1) or real(*a))
+    cfg = C(depth=2, bias="l2", chunk_size=8, step=4)
+    args, kw = make_inputs(cfg, 9, K=12)
+    deep_memory(*args, cfg, **kw, backend="triton")
+    assert calls == [1, 1]  # one call per chunk
+    cfg1 = C(depth=1, bias="l2", chunk_size=8, step=4)
+    deep_memory(*make_inputs(cfg1, 9, K=12)[0], cfg1, backend="triton")
+    assert calls == [1, 1]
