@@ -18,6 +18,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..tuning import autotune
 from ._step_fwd import _act_fwd, _act_grad, _ln_grad
 
 ACTS = {"identity": 0, "gelu": 1, "silu": 2, "relu": 3}
@@ -79,6 +80,12 @@ def _norm(y, m, V, eps):
     return yc * rstd[:, None], rstd
 
 
+# launch shapes (warps, stages); the hidden tile BH is fixed (it orders the sums)
+READ_SHAPES = ((8, 1), (4, 1), (8, 2), (16, 1))
+READ_KEY = ["S", "K", "HD", "V", "BS", "BK", "BH", "BV", "ACT", "NORM", "RES", "MOM", "PREC"]
+
+
+@autotune(READ_KEY, READ_SHAPES)
 @triton.jit
 def _read_fwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, NG, N, S, K, HD, V, eps,
                      BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
@@ -103,6 +110,7 @@ def _read_fwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, NG, N, S, K, HD, V, e
     tl.store(o + row[:, None] * V + rv[None, :], y, mask=m)
 
 
+@autotune(READ_KEY, READ_SHAPES)
 @triton.jit
 def _read_bwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, do, dx, ds1, ds2, dgam, de, NG, N, S, K, HD,
                      V, eps, BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
@@ -162,7 +170,7 @@ def supported(depth: int, K: int, V: int, S: int) -> bool:
 
 def _blocks(S: int, K: int, V: int, HD: int) -> dict[str, int]:
     fit = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731  tl.dot's minimum is 16
-    return {"BS": fit(S), "BK": fit(K), "BV": fit(V), "BH": min(64, fit(HD))}
+    return {"BS": fit(S), "BK": fit(K), "BV": fit(V), "BH": min(32, fit(HD))}
 
 
 class FusedRead(torch.autograd.Function):

@@ -1,7 +1,7 @@
 """Compile the deep-memory Triton kernels for sm_90 (H100) without a GPU.
 
 Records the launches of the fused dual-form read-out (forward and backward) and of the
-three-kernel chunk step (``step.py``) at the shapes of the benchmark's Titans case — chunk 64
+three-kernel chunk step (``step.py``), and the step form's reads (``_steps_read.py``), at the shapes of the benchmark's Titans case — chunk 64
 and 16, head dim 128, hidden 512, momentum (so the first layer reads ``[ΓX, eX]`` of width 256)
 — and compiles each for sm_90, checking shared memory. Run it where TRITON_INTERPRET is unset:
 
@@ -95,6 +95,23 @@ def record_fused_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 51
     return list(distinct.values())
 
 
+def record_read_launches(S: int, prec: str = "ieee", D: int = 128, HD: int = 512) -> list[Launch]:
+    """The step form's Triton reads (``_steps_read.py``) at titans-pytorch's setting (steps of S,
+    LayerNorm, residual, momentum), forward and backward, kernels recorded (values not computed)."""
+    from . import _steps_read
+
+    with recording([(_steps_read, "_read_fwd_kernel"), (_steps_read, "_read_bwd_kernel")]) as log:
+        NG = 3
+        leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
+        x = leaf(1, NG, S, D)
+        w1, z1, w2, z2 = leaf(1, D, HD), leaf(1, D, HD), leaf(1, HD, D), leaf(1, HD, D)
+        s1, s2 = leaf(1, NG - 1, D, HD), leaf(1, NG - 1, HD, D)
+        gam, e = leaf(1, NG), leaf(1, NG)
+        o = _steps_read.FusedRead.apply(x, w1, z1, w2, z2, s1, s2, gam, e, "gelu", True, True, prec)
+        o.sum().backward()
+    return log
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="", help=KERNELS_HELP)
@@ -113,6 +130,8 @@ def main() -> None:
             emit(f"C={C} {prec} linear", record_step_launches(C, prec, depth=1), wanted)
         for C, depth in ((64, 2), (64, 1)):  # chunk 16 needs less shared memory
             emit(f"C={C} {prec} fused depth {depth}", record_fused_launches(C, prec, depth=depth), wanted)
+        for S in (64, 16):
+            emit(f"S={S} {prec} steps read", record_read_launches(S, prec), wanted)
         for bias in ("dot", "lp", "huber", "robust"):  # only the two bias kernels change with it
             launches = [x for x in record_step_launches(64, prec, bias=bias)
                         if getattr(x.fn, "fn", x.fn).__name__.endswith("bias_kernel")]
