@@ -1,7 +1,7 @@
 """Compile the deep-memory Triton kernels for sm_90 (H100) without a GPU.
 
 Records the launches of the fused dual-form read-out (forward and backward) and of the
-three-kernel chunk step (``step.py``), and the step form's reads (``_steps_read.py``), at the shapes of the benchmark's Titans case — chunk 64
+three-kernel chunk step (``step.py``), and the step form's keys and reads (``_steps_keys.py``, ``_steps_read.py``), at the shapes of the benchmark's Titans case — chunk 64
 and 16, head dim 128, hidden 512, momentum (so the first layer reads ``[ΓX, eX]`` of width 256)
 — and compiles each for sm_90, checking shared memory. Run it where TRITON_INTERPRET is unset:
 
@@ -112,6 +112,21 @@ def record_read_launches(S: int, prec: str = "ieee", D: int = 128, HD: int = 512
     return log
 
 
+def record_keys_launches(S: int, prec: str = "ieee", D: int = 128, HD: int = 512) -> list[Launch]:
+    """The step form's Triton keys (``_steps_keys.py``) at titans-pytorch's setting (steps of S,
+    LayerNorm, residual, l2 bias), forward and backward, kernels recorded (values not computed)."""
+    from . import _steps_keys
+
+    with recording([(_steps_keys, "_keys_fwd_kernel"), (_steps_keys, "_keys_bwd_kernel")]) as log:
+        R = 2 * S
+        leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
+        k, v, eta, d = leaf(1, R, D), leaf(1, R, D), leaf(1, R), torch.ones(1, R)
+        w1, w2 = leaf(1, D, HD), leaf(1, HD, D)
+        g1, g2 = _steps_keys.StepKeys.apply(k, v, eta, d, w1, w2, S, "gelu", True, True, "l2", 0.0, prec)
+        (g1.sum() + g2.sum()).backward()
+    return log
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="", help=KERNELS_HELP)
@@ -132,6 +147,7 @@ def main() -> None:
             emit(f"C={C} {prec} fused depth {depth}", record_fused_launches(C, prec, depth=depth), wanted)
         for S in (64, 16):
             emit(f"S={S} {prec} steps read", record_read_launches(S, prec), wanted)
+            emit(f"S={S} {prec} steps keys", record_keys_launches(S, prec), wanted)
         for bias in ("dot", "lp", "huber", "robust"):  # only the two bias kernels change with it
             launches = [x for x in record_step_launches(64, prec, bias=bias)
                         if getattr(x.fn, "fn", x.fn).__name__.endswith("bias_kernel")]

@@ -22,7 +22,7 @@ quadratic dual form whenever ``d_in d_out < R S / 2`` (titans-pytorch's shape: 6
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,14 +56,14 @@ def step_deep_memory(
     dl = per_token_delta(cfg, delta, q)
     dh = heads_first(dl) if dl is not None else None
     state = start_state(init_weights, cfg, B, initial_state, dt)
-    read = _read_choice(cfg, q, v, triton_read)
+    kern = _kernels(cfg, q, v, triton_read)
     outs = []
     for r0 in range(0, T, cfg.chunk_size):
         span = slice(r0, min(r0 + cfg.chunk_size, T))
         more = output_final_state or span.stop < T  # the momentum at the span's end is needed
         o, state = _span(qh[:, :, span], kh[:, :, span], vh[:, :, span], eh[:, :, span], la[:, :, span],
                          mh[:, :, span] if mh is not None else None,
-                         dh[:, :, span] if dh is not None else None, state, cfg, more, read)
+                         dh[:, :, span] if dh is not None else None, state, cfg, more, kern)
         outs.append(o)
     o = torch.cat(outs, dim=2).transpose(1, 2)  # [B, T, H, V]
     return o.to(v.dtype), (state if output_final_state else None)
@@ -71,23 +71,20 @@ def step_deep_memory(
 
 def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tensor | None,
           d: Tensor | None, state: DeepMemoryState, cfg: DeepMemoryConfig,
-          momentum_out: bool = True, read: Callable = None) -> tuple[Tensor, DeepMemoryState]:
+          momentum_out: bool = True, kern: "_Kernels | None" = None) -> tuple[Tensor, DeepMemoryState]:
     """One span of R tokens (heads first: q, k [B, H, R, K], v [B, H, R, V], per-token
     scalars [B, H, R]). Returns (o [B, H, R, V], the state after the span's last step; its
     momentum is None unless ``momentum_out``: forming it reads every step's gradient again)."""
     S, R = cfg.step, q.shape[2]
     N = -(-R // S)  # steps; the last one partial when S does not divide R
-    ins, deltas = key_gradients(read_weights(state.weights, cfg), k, v, d, cfg)  # per layer [B, H, R, d]
     last = torch.arange(S - 1, N * S, S, device=q.device).clamp_max(R - 1)  # [N] each step's last token
     co = dual_coefficients(log_a[..., last], torch.ones_like(log_a[..., last]),
                            mu[..., last] if mu is not None else None)  # [B, H, N] and [B, H, N, N]
     z0s = state.momentum if cfg.momentum else (None,) * cfg.depth
     sums, weights, momenta = [], [], []
-    for a, dz, w0, z0 in zip(ins, deltas, state.weights, z0s):
-        if a.shape[-1] <= dz.shape[-1]:  # eta scales the narrower factor
-            g_steps = _step_gradients(a * eta.unsqueeze(-1), dz, S, N)  # [B, H, N, d_in, d_out]
-        else:
-            g_steps = _step_gradients(a, dz * eta.unsqueeze(-1), S, N)
+    keys = kern.keys if kern is not None else _keys_torch
+    all_steps = keys(k, v, eta, d, read_weights(state.weights, cfg), cfg, N)  # per layer [B, H, N, d_in, d_out]
+    for g_steps, w0, z0 in zip(all_steps, state.weights, z0s):
         flat = g_steps.flatten(-2)  # [B, H, N, d_in * d_out]
         sums.append((co["dmat"] @ flat).unflatten(-1, g_steps.shape[-2:]))  # [B, H, N, d_in, d_out]
         weights.append(sums[-1][:, :, -1] + _start_part(w0, z0, co, -1))
@@ -95,25 +92,62 @@ def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tenso
             zsum = (co["zmat"][:, :, -1:] @ flat).unflatten(-1, g_steps.shape[-2:])[:, :, 0]
             momenta.append(zsum + co["mom"][:, :, -1, None, None] * z0)  # [B, H, d_in, d_out]
     if cfg.linear_retention:
-        o = (read or _read_linear)(q, state, sums, co, S, N, cfg)
+        o = (kern.read if kern is not None else _read_linear)(q, state, sums, co, S, N, cfg)
     else:  # a nonlinear read map needs every step's whole state
         full = tuple(w + _start_part(w0, z0, co, slice(None)) for w, w0, z0 in zip(sums, state.weights, z0s))
         o = _read(q, read_weights(state.weights, cfg), read_weights(full, cfg), S, N, cfg)
     return o, DeepMemoryState(tuple(weights), tuple(momenta) if cfg.momentum and momentum_out else None)
 
 
-def _read_choice(cfg: DeepMemoryConfig, q: Tensor, v: Tensor, triton_read: bool) -> Callable:
-    """The read of an identity read map: the Triton kernels (``_steps_read.py``) when asked for
-    and the shapes fit, else :func:`_read_linear`."""
-    if not (triton_read and cfg.linear_retention):
-        return _read_linear
-    from . import _steps_read  # imports triton only when asked for
+class _Kernels(NamedTuple):
+    """How a chunk computes its steps' gradients and its reads (``_keys_torch`` /
+    ``_read_linear``, or the Triton kernels of the Triton backend where the shapes fit)."""
+
+    keys: Callable
+    read: Callable
+
+
+def _kernels(cfg: DeepMemoryConfig, q: Tensor, v: Tensor, triton: bool) -> _Kernels:
+    """PyTorch, or (``triton``, depth 2, K, V and S at most 128) ``_steps_keys.py`` and, for an
+    identity read map, ``_steps_read.py``."""
+    if not triton:
+        return _Kernels(_keys_torch, _read_linear)
+    from . import _steps_keys, _steps_read  # import triton only when asked for
     from .chunk import dot_precision
 
     if not _steps_read.supported(cfg.depth, q.shape[-1], v.shape[-1], cfg.step):
-        return _read_linear
+        return _Kernels(_keys_torch, _read_linear)
     prec = dot_precision(q.dtype)
-    return lambda *args: _read_triton(*args, prec=prec)
+    read = (lambda *a: _read_triton(*a, prec=prec)) if cfg.linear_retention else _read_linear
+    return _Kernels(lambda *a: _keys_triton(*a, prec=prec), read)
+
+
+def _keys_torch(k: Tensor, v: Tensor, eta: Tensor, d: Tensor | None, w_ref: Weights,
+                cfg: DeepMemoryConfig, N: int) -> list[Tensor]:
+    """Every step's gradient sum per layer, ``G_n = Σ_{t in n} eta_t a_t δ_tᵀ`` [B, H, N, d_in,
+    d_out], from the keys' layer inputs a and errors δ at ``w_ref``."""
+    ins, deltas = key_gradients(w_ref, k, v, d, cfg)  # per layer [B, H, R, d]
+    out = []
+    for a, dz in zip(ins, deltas):
+        if a.shape[-1] <= dz.shape[-1]:  # eta scales the narrower factor
+            out.append(_step_gradients(a * eta.unsqueeze(-1), dz, cfg.step, N))
+        else:
+            out.append(_step_gradients(a, dz * eta.unsqueeze(-1), cfg.step, N))
+    return out
+
+
+def _keys_triton(k: Tensor, v: Tensor, eta: Tensor, d: Tensor | None, w_ref: Weights,
+                 cfg: DeepMemoryConfig, N: int, prec: str) -> list[Tensor]:
+    """:func:`_keys_torch` through ``_steps_keys.StepKeys`` (depth 2, no token-sized tensor)."""
+    from ._steps_keys import StepKeys
+
+    B, H = k.shape[:2]
+    bh = lambda t: t.flatten(0, 1)  # noqa: E731
+    dd = bh(d) if d is not None else torch.ones_like(bh(eta))
+    bp = cfg.p if cfg.bias == "lp" else (cfg.robust_radius if cfg.bias == "robust" else 0.0)
+    g1, g2 = StepKeys.apply(bh(k), bh(v), bh(eta), dd, bh(w_ref[0]), bh(w_ref[1]), cfg.step, cfg.activation,
+                            cfg.norm, cfg.residual, cfg.bias, float(bp), prec)
+    return [g1.unflatten(0, (B, H)), g2.unflatten(0, (B, H))]
 
 
 def _read_triton(q: Tensor, state: DeepMemoryState, sums: list[Tensor], co: dict[str, Tensor],

@@ -18,8 +18,9 @@ def test_readout_kernels_compile_for_h100() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if "shared" in line]
     reads = [line for line in lines if "steps read:" in line]
+    keys = [line for line in lines if "steps keys:" in line]
     readout = [line for line in lines if "step:" not in line and "bias=" not in line
-               and "linear:" not in line and "fused" not in line and "steps read:" not in line]
+               and "linear:" not in line and "fused" not in line and "steps " not in line]
     fused = [line for line in lines if "fused" in line]
     linear = [line for line in lines if "linear:" in line]
     step = [line for line in lines if "step:" in line]
@@ -29,6 +30,9 @@ def test_readout_kernels_compile_for_h100() -> None:
     # the step form's reads: 2 precisions × steps of 64, 16 × (forward, backward) × 4 launch shapes
     assert len(reads) == 32
     assert {line.split()[4] for line in reads} == {"_read_fwd_kernel", "_read_bwd_kernel"}
+    # its keys: 2 precisions × steps of 64, 16 × (forward, backward) × 3 launch shapes
+    assert len(keys) == 24
+    assert {line.split()[4] for line in keys} == {"_keys_fwd_kernel", "_keys_bwd_kernel"}
     assert {line.split()[5] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
     # 2 precisions × chunk 64, 16 × 6 autotuned kernels: 2 launch shapes for the keys' kernels,
     # 4 for the update and the bias kernels (row blocks), 5 for the backward hidden kernel

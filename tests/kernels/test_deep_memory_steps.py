@@ -206,3 +206,24 @@ def test_triton_backend_reads_through_the_kernels(monkeypatch):
     cfg1 = C(depth=1, bias="l2", chunk_size=8, step=4)
     deep_memory(*make_inputs(cfg1, 9, K=12)[0], cfg1, backend="triton")
     assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("cfg", [
+    C(depth=2, bias="lp", p=3.0, momentum=True, chunk_size=16, step=4),
+    C(depth=2, bias="robust", robust_radius=0.5, norm=True, chunk_size=16, step=8),
+    C(depth=2, bias="huber", activation="silu", residual=True, chunk_size=12, step=6),
+    C(depth=2, bias="l2", retention_global="kl", kl_scale=2.0, chunk_size=16, step=4),
+], ids=["lp-mom", "robust-norm", "huber-silu-res", "kl"])
+def test_triton_keys_match_torch_keys(cfg, monkeypatch):
+    """The Triton backend's keys (``_steps_keys.py``: each step's gradient sums and, backward,
+    their second derivatives; interpreter on the CPU) against the PyTorch keys, every bias, with
+    the PyTorch or Triton reads: output, final state, every gradient (the huber threshold's too)."""
+    from mirasdsl.kernels.deep_memory import _steps_keys
+
+    calls = []
+    real = _steps_keys.StepKeys.apply
+    monkeypatch.setattr(_steps_keys.StepKeys, "apply", lambda *a: calls.append(1) or real(*a))
+    args, kw = make_inputs(cfg, 37, K=12, V=12 if cfg.residual else 10, hidden=20, with_state=True)
+    got = run(functools.partial(step_deep_memory, triton_read=True), cfg, args, kw)
+    assert calls, "the Triton keys did not run"
+    assert_close(got, run(step_deep_memory, cfg, args, kw))

@@ -1,0 +1,222 @@
+"""Triton keys of the step form (``steps.py``) for a depth-2 memory: per step, the gradients of
+its tokens at the chunk's start weights, summed, without a token-sized tensor in memory.
+
+One program per (batch · head, step n) of S tokens: ``z1 = k W1``, ``a = act(z1)``, ``z2 = a W2``,
+``y = N(z2) (+ k)``, ``r = ∂ℓ/∂y``, ``δ2 = N'ᵀ r``, ``δ1 = (δ2 W2ᵀ) act'(z1)`` (``memory.py``'s
+definitions; the ``[S, hidden]`` tiles in registers, hidden tile by tile), and the step's sums
+``G1_n = Σ_t eta_t k_t δ1_tᵀ`` ``[K, HD]``, ``G2_n = Σ_t eta_t a_t δ2_tᵀ`` ``[HD, V]``, the only
+outputs. The backward takes ``dG1_n, dG2_n`` and recomputes the forward; with ``P = δ dGᵀ`` and
+``Q = a dG`` per layer (its input a, its error δ), the gradients of the errors' own computation
+follow the chain backwards (second derivatives of the activation, of LayerNorm and of the bias):
+
+    dk += eta P1 (+ gy if residual) + gz1 W1ᵀ,  deta = <k, P1> + <a, P2>,
+    gδ1 = eta Q1, gt1 = gδ1 act'(z1), gδ2 = eta Q2 + gt1 W2,
+    gr = N'ᵀ gδ2, gz2 = ∂<gδ2, N'ᵀ r>/∂z2 + N'ᵀ gy,  (gy, dv) = bias VJP of gr,
+    ga = eta P2 + gz2 W2ᵀ, gz1 = gδ1 t1 act''(z1) + ga act'(z1),
+    dW2 += gt1ᵀ δ2 + aᵀ gz2, dW1 += kᵀ gz1   (atomic adds over the steps).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..tuning import autotune
+from ._step_bwd import _bias_vjp
+from ._step_fwd import DOT, _act_fwd, _act_grad, _act_grad2, _ln_grad, _output_error
+
+BIASES = {"dot": 0, "l2": 1, "lp": 2, "huber": 3, "robust": 4}
+KEYS_SHAPES = ((8, 1), (4, 1), (16, 1))
+KEYS_KEY = ["S", "K", "HD", "V", "BS", "BK", "BH", "BV", "ACT", "NORM", "RES", "BIAS", "PREC"]
+
+
+@triton.jit
+def _tiles(w1, w2, i, rk, ch, rv, mk, mh, mv, K, HD, V):
+    """W1[:, ch] ``[BK, BH]`` and W2[ch, :] ``[BH, BV]`` of batch·head i."""
+    t1 = tl.load(w1 + i * K * HD + rk[:, None] * HD + ch[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
+    t2 = tl.load(w2 + i * HD * V + ch[:, None] * V + rv[None, :], mask=mh[:, None] & mv[None, :], other=0.0)
+    return t1, t2
+
+
+@triton.jit
+def _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V, eps, bp,
+            BS: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, ACT: tl.constexpr,
+            NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr, PREC: tl.constexpr):
+    """The step's keys forward and the last layer's error: ``(kt, dl, r, r0, n2, x_hat, rstd)``."""
+    kt = tl.load(k + row[:, None] * K + rk[None, :], mask=ms[:, None] & mk[None, :], other=0.0)
+    z2 = tl.zeros([BS, BV], dtype=tl.float32)
+    for h0 in range(0, HD, BH):
+        ch = h0 + tl.arange(0, BH)
+        t1, t2 = _tiles(w1, w2, i, rk, ch, rv, mk, ch < HD, mv, K, HD, V)
+        z2 += tl.dot(_act_fwd(tl.dot(kt, t1, input_precision=PREC), ACT), t2, input_precision=PREC)
+    m = ms[:, None] & mv[None, :]
+    dt = tl.load(d + row, mask=ms, other=1.0)
+    r, r0, n2, x_hat, rstd = _output_error(z2, m, k + row[:, None] * K + rv[None, :],
+                                           v + row[:, None] * V + rv[None, :], dt, bp, V, eps, NORM, RES, BIAS)
+    dl = r
+    if NORM:
+        dl = _ln_grad(r, x_hat, rstd, m, V)
+    return kt, tl.where(m, dl, 0.0), r, r0, n2, x_hat, rstd
+
+
+@autotune(KEYS_KEY, KEYS_SHAPES)
+@triton.jit
+def _keys_fwd_kernel(k, v, d, eta, w1, w2, g1, g2, R, N, S, K, HD, V, eps, bp,
+                     BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                     ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr,
+                     PREC: tl.constexpr):
+    i, n = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    rs, rk, rv = tl.arange(0, BS), tl.arange(0, BK), tl.arange(0, BV)
+    t = n * S + rs
+    ms, mk, mv = (rs < S) & (t < R), rk < K, rv < V
+    row = i * R + t
+    kt, dl, _, _, _, _, _ = _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V, eps, bp,
+                                    BS, BH, BV, ACT, NORM, RES, BIAS, PREC)
+    et = tl.load(eta + row, mask=ms, other=0.0)  # [BS]
+    ek = kt * et[:, None]
+    for h0 in range(0, HD, BH):
+        ch = h0 + tl.arange(0, BH)
+        mh = ch < HD
+        t1, t2 = _tiles(w1, w2, i, rk, ch, rv, mk, mh, mv, K, HD, V)
+        z1 = tl.dot(kt, t1, input_precision=PREC)  # [BS, BH]
+        a = _act_fwd(z1, ACT) * et[:, None]
+        d1 = tl.dot(dl, tl.trans(t2), input_precision=PREC) * _act_grad(z1, ACT)
+        d1 = tl.where(ms[:, None] & mh[None, :], d1, 0.0)
+        tl.store(g1 + (i * N + n) * K * HD + rk[:, None] * HD + ch[None, :],
+                 tl.dot(tl.trans(ek), d1, input_precision=PREC), mask=mk[:, None] & mh[None, :])
+        tl.store(g2 + (i * N + n) * HD * V + ch[:, None] * V + rv[None, :],
+                 tl.dot(tl.trans(a), dl, input_precision=PREC), mask=mh[:, None] & mv[None, :])
+
+
+@triton.jit
+def _ln_second(g, r, x_hat, rstd, m, V):
+    """``∂/∂z <g, N'ᵀ r>`` for LayerNorm at z (rows): ``−s² (x̂ C/n + Bq (r − r̄) + A (g − ḡ) −
+    2 A Bq x̂)``, ``A = mean(r x̂)``, ``Bq = mean(g x̂)``, ``C = <g, r> − n (r̄ ḡ + A Bq)``."""
+    rb, gb = tl.sum(r, 1) / V, tl.sum(g, 1) / V
+    a, bq = tl.sum(r * x_hat, 1) / V, tl.sum(g * x_hat, 1) / V
+    c = tl.sum(g * r, 1) - V * (rb * gb + a * bq)
+    out = x_hat * (c / V - 2.0 * a * bq)[:, None] + bq[:, None] * (r - rb[:, None]) + a[:, None] * (g - gb[:, None])
+    return tl.where(m, -(rstd * rstd)[:, None] * out, 0.0)
+
+
+@autotune(KEYS_KEY, KEYS_SHAPES)
+@triton.jit
+def _keys_bwd_kernel(k, v, d, eta, w1, w2, dg1, dg2, dk, dv, deta, dd, dw1, dw2, R, N, S, K, HD, V, eps, bp,
+                     BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                     ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr,
+                     PREC: tl.constexpr):
+    i, n = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    rs, rk, rv = tl.arange(0, BS), tl.arange(0, BK), tl.arange(0, BV)
+    t = n * S + rs
+    ms, mk, mv = (rs < S) & (t < R), rk < K, rv < V
+    row = i * R + t
+    m = ms[:, None] & mv[None, :]
+    kt, dl, r, r0, n2, x_hat, rstd = _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V,
+                                             eps, bp, BS, BH, BV, ACT, NORM, RES, BIAS, PREC)
+    et = tl.load(eta + row, mask=ms, other=0.0)
+    p1 = tl.zeros([BS, BK], dtype=tl.float32)  # δ1 dG1ᵀ
+    q2 = tl.zeros([BS, BV], dtype=tl.float32)  # a dG2
+    gdl = tl.zeros([BS, BV], dtype=tl.float32)  # gt1 W2
+    de = tl.sum(tl.zeros([BS, BV], dtype=tl.float32), 1)  # <a, P2> per row
+    for h0 in range(0, HD, BH):  # the errors' gradient through the hidden layer
+        ch = h0 + tl.arange(0, BH)
+        mh = ch < HD
+        t1w, t2w = _tiles(w1, w2, i, rk, ch, rv, mk, mh, mv, K, HD, V)
+        g1t, g2t = _tiles(dg1 + n * K * HD, dg2 + n * HD * V, i * N, rk, ch, rv, mk, mh, mv, K, HD, V)
+        z1 = tl.dot(kt, t1w, input_precision=PREC)  # [BS, BH]
+        s1 = _act_grad(z1, ACT)
+        a = tl.where(ms[:, None] & mh[None, :], _act_fwd(z1, ACT), 0.0)
+        d1 = tl.dot(dl, tl.trans(t2w), input_precision=PREC) * s1  # δ1
+        gt1 = tl.dot(kt, g1t, input_precision=PREC) * et[:, None] * s1  # gδ1 act'(z1)
+        p1 += tl.dot(d1, tl.trans(g1t), input_precision=PREC)
+        q2 += tl.dot(a, g2t, input_precision=PREC)
+        de += tl.sum(a * tl.dot(dl, tl.trans(g2t), input_precision=PREC), 1)
+        gdl += tl.dot(gt1, t2w, input_precision=PREC)
+    gdl = tl.where(m, gdl + q2 * et[:, None], 0.0)  # gradient of δ2
+    gr = gdl
+    gz2 = gdl * 0.0
+    if NORM:
+        gr = _ln_grad(gdl, x_hat, rstd, m, V)
+        gz2 = _ln_second(gdl, r, x_hat, rstd, m, V)
+    gy = gr * 0.0
+    if BIAS == DOT:
+        tl.store(dv + row[:, None] * V + rv[None, :], -gr, mask=m)
+    else:
+        gy = _bias_vjp(gr, r0, n2, tl.load(d + row, mask=ms, other=1.0), bp, m, dd + row, ms, BIAS)
+        tl.store(dv + row[:, None] * V + rv[None, :], -gy, mask=m)
+    if NORM:
+        gz2 += _ln_grad(gy, x_hat, rstd, m, V)
+    else:
+        gz2 += gy
+    gk = p1 * et[:, None]
+    if RES:
+        gk += gy
+    for h0 in range(0, HD, BH):  # back through the keys' forward
+        ch = h0 + tl.arange(0, BH)
+        mh = ch < HD
+        mhh = ms[:, None] & mh[None, :]
+        t1w, t2w = _tiles(w1, w2, i, rk, ch, rv, mk, mh, mv, K, HD, V)
+        g1t, g2t = _tiles(dg1 + n * K * HD, dg2 + n * HD * V, i * N, rk, ch, rv, mk, mh, mv, K, HD, V)
+        z1 = tl.dot(kt, t1w, input_precision=PREC)
+        s1 = _act_grad(z1, ACT)
+        a = tl.where(mhh, _act_fwd(z1, ACT), 0.0)
+        gd1 = tl.dot(kt, g1t, input_precision=PREC) * et[:, None]  # gradient of δ1
+        tt = tl.dot(dl, tl.trans(t2w), input_precision=PREC)  # t1 = δ2 W2ᵀ
+        ga = tl.dot(dl, tl.trans(g2t), input_precision=PREC) * et[:, None] + tl.dot(gz2, tl.trans(t2w), input_precision=PREC)
+        gz1 = tl.where(mhh, gd1 * tt * _act_grad2(z1, ACT) + ga * s1, 0.0)
+        gk += tl.dot(gz1, tl.trans(t1w), input_precision=PREC)
+        w2_part = tl.dot(tl.trans(gd1 * s1), dl, input_precision=PREC) + tl.dot(tl.trans(a), gz2, input_precision=PREC)
+        tl.atomic_add(dw2 + i * HD * V + ch[:, None] * V + rv[None, :], w2_part, mask=mh[:, None] & mv[None, :])
+        tl.atomic_add(dw1 + i * K * HD + rk[:, None] * HD + ch[None, :],
+                      tl.dot(tl.trans(kt), gz1, input_precision=PREC), mask=mk[:, None] & mh[None, :])
+    tl.store(dk + row[:, None] * K + rk[None, :], gk, mask=ms[:, None] & mk[None, :])
+    tl.store(deta + row, tl.sum(kt * p1, 1) + de, mask=ms)
+
+
+def supported(depth: int, K: int, V: int, S: int) -> bool:
+    """Shapes the kernels take: depth 2, K, V and S at most 128."""
+    return depth == 2 and max(K, V, S) <= 128
+
+
+def _opts(S: int, K: int, V: int, HD: int, act: str, norm: bool, residual: bool, bias: str, prec: str) -> dict:
+    from ._steps_read import ACTS
+
+    fit = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731
+    return dict(BS=fit(S), BK=fit(K), BV=fit(V), BH=min(32, fit(HD)), ACT=ACTS[act], NORM=norm,
+                RES=residual, BIAS=BIASES[bias], PREC=prec)
+
+
+class StepKeys(torch.autograd.Function):
+    """``(G1 [BH, N, K, HD], G2 [BH, N, HD, V])`` of the keys k [BH, R, K], values v [BH, R, V],
+    step sizes eta [BH, R] and huber thresholds d [BH, R] (ones otherwise) at the start weights
+    w1 [BH, K, HD], w2 [BH, HD, V]; float32, contiguous."""
+
+    @staticmethod
+    def forward(ctx, k: Tensor, v: Tensor, eta: Tensor, d: Tensor, w1: Tensor, w2: Tensor, S: int,  # noqa: ANN001
+                act: str, norm: bool, residual: bool, bias: str, bp: float, prec: str) -> tuple[Tensor, Tensor]:
+        k, v, eta, d, w1, w2 = (x.contiguous() for x in (k, v, eta, d, w1, w2))
+        BHn, R, K = k.shape
+        HD, V = w1.shape[-1], w2.shape[-1]
+        N = -(-R // S)
+        g1 = torch.empty(BHn, N, K, HD, device=k.device, dtype=torch.float32)
+        g2 = torch.empty(BHn, N, HD, V, device=k.device, dtype=torch.float32)
+        opts = _opts(S, K, V, HD, act, norm, residual, bias, prec)
+        _keys_fwd_kernel[(BHn, N)](k, v, d, eta, w1, w2, g1, g2, R, N, S, K, HD, V, 1e-5, bp, **opts)
+        ctx.save_for_backward(k, v, eta, d, w1, w2)
+        ctx.S, ctx.bp, ctx.opts = S, bp, opts
+        return g1, g2
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dg1: Tensor, dg2: Tensor):  # noqa: ANN001, ANN205
+        k, v, eta, d, w1, w2 = ctx.saved_tensors
+        BHn, R, K = k.shape
+        HD, V = w1.shape[-1], w2.shape[-1]
+        N = dg1.shape[1]
+        dk, dv, deta, dd = torch.empty_like(k), torch.empty_like(v), torch.empty_like(eta), torch.zeros_like(d)
+        dw1, dw2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        _keys_bwd_kernel[(BHn, N)](k, v, d, eta, w1, w2, dg1.contiguous(), dg2.contiguous(), dk, dv, deta, dd,
+                                   dw1, dw2, R, N, ctx.S, K, HD, V, 1e-5, ctx.bp, **ctx.opts)
+        return dk, dv, deta, dd, dw1, dw2, None, None, None, None, None, None, None
