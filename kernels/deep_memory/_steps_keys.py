@@ -4,8 +4,10 @@ its tokens at the chunk's start weights, summed, without a token-sized tensor in
 One program per (batch · head, step n) of S tokens: ``z1 = k W1``, ``a = act(z1)``, ``z2 = a W2``,
 ``y = N(z2) (+ k)``, ``r = ∂ℓ/∂y``, ``δ2 = N'ᵀ r``, ``δ1 = (δ2 W2ᵀ) act'(z1)`` (``memory.py``'s
 definitions; the ``[S, hidden]`` tiles in registers, hidden tile by tile), and the step's sums
-``G1_n = Σ_t eta_t k_t δ1_tᵀ`` ``[K, HD]``, ``G2_n = Σ_t eta_t a_t δ2_tᵀ`` ``[HD, V]``, the only
-outputs. The backward takes ``dG1_n, dG2_n`` and recomputes the forward; with ``P = δ dGᵀ`` and
+``G1_n = Σ_t eta_t k_t δ1_tᵀ`` ``[K, HD]``, ``G2_n = Σ_t eta_t a_t δ2_tᵀ`` ``[HD, V]``, and, for
+the backward, the ``[S, V]``-sized ``δ2``, ``r``, ``x̂`` and LayerNorm's ``rstd`` (narrow: cheaper to
+keep than to recompute with the hidden layer). The backward takes ``dG1_n, dG2_n``, recomputes
+the hidden tiles; with ``P = δ dGᵀ`` and
 ``Q = a dG`` per layer (its input a, its error δ), the gradients of the errors' own computation
 follow the chain backwards (second derivatives of the activation, of LayerNorm and of the bias):
 
@@ -63,7 +65,7 @@ def _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V, eps, bp,
 
 @autotune(KEYS_KEY, KEYS_SHAPES)
 @triton.jit
-def _keys_fwd_kernel(k, v, d, eta, w1, w2, g1, g2, R, N, S, K, HD, V, eps, bp,
+def _keys_fwd_kernel(k, v, d, eta, w1, w2, g1, g2, dl_out, r_out, xh_out, rstd_out, R, N, S, K, HD, V, eps, bp,
                      BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                      ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr,
                      PREC: tl.constexpr):
@@ -72,8 +74,14 @@ def _keys_fwd_kernel(k, v, d, eta, w1, w2, g1, g2, R, N, S, K, HD, V, eps, bp,
     t = n * S + rs
     ms, mk, mv = (rs < S) & (t < R), rk < K, rv < V
     row = i * R + t
-    kt, dl, _, _, _, _, _ = _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V, eps, bp,
-                                    BS, BH, BV, ACT, NORM, RES, BIAS, PREC)
+    kt, dl, r, _, _, x_hat, rstd = _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V, eps, bp,
+                                           BS, BH, BV, ACT, NORM, RES, BIAS, PREC)
+    m = ms[:, None] & mv[None, :]
+    rows_v = row[:, None] * V + rv[None, :]
+    tl.store(dl_out + rows_v, dl, mask=m)  # [S, V]-sized: kept for the backward
+    tl.store(r_out + rows_v, r, mask=m)
+    tl.store(xh_out + rows_v, x_hat, mask=m)
+    tl.store(rstd_out + row, rstd, mask=ms)
     et = tl.load(eta + row, mask=ms, other=0.0)  # [BS]
     ek = kt * et[:, None]
     for h0 in range(0, HD, BH):
@@ -91,6 +99,17 @@ def _keys_fwd_kernel(k, v, d, eta, w1, w2, g1, g2, R, N, S, K, HD, V, eps, bp,
 
 
 @triton.jit
+def _row_block(R, S, NB, BS: tl.constexpr):
+    """A backward program's rows: block ``pid1 % NB`` of step ``n = pid1 // NB`` (S / NB rows
+    each) of batch·head i: ``(i, n, valid rows, row index [BS])``."""
+    i, b = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    n = b // NB
+    local = (b % NB) * (S // NB) + tl.arange(0, BS)
+    t = n * S + local
+    return i, n, (tl.arange(0, BS) < S // NB) & (t < R), i * R + t
+
+
+@triton.jit
 def _ln_second(g, r, x_hat, rstd, m, V):
     """``∂/∂z <g, N'ᵀ r>`` for LayerNorm at z (rows): ``−s² (x̂ C/n + Bq (r − r̄) + A (g − ḡ) −
     2 A Bq x̂)``, ``A = mean(r x̂)``, ``Bq = mean(g x̂)``, ``C = <g, r> − n (r̄ ḡ + A Bq)``."""
@@ -103,38 +122,43 @@ def _ln_second(g, r, x_hat, rstd, m, V):
 
 @autotune(KEYS_KEY, KEYS_SHAPES)
 @triton.jit
-def _keys_bwd_kernel(k, v, d, eta, w1, w2, dg1, dg2, dk, dv, deta, dd, dw1, dw2, R, N, S, K, HD, V, eps, bp,
-                     BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+def _keys_bwd_rows_kernel(k, v, d, eta, w1, w2, dg1, dg2, dl_in, r_in, xh_in, rstd_in, gz2_out, dk, dv, deta, dd,
+                          R, N, S, K, HD, V, eps, bp, NB,
+                          BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                      ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr,
                      PREC: tl.constexpr):
-    i, n = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    rs, rk, rv = tl.arange(0, BS), tl.arange(0, BK), tl.arange(0, BV)
-    t = n * S + rs
-    ms, mk, mv = (rs < S) & (t < R), rk < K, rv < V
-    row = i * R + t
+    i, n, ms, row = _row_block(R, S, NB, BS)
+    rk, rv = tl.arange(0, BK), tl.arange(0, BV)
+    mk, mv = rk < K, rv < V
     m = ms[:, None] & mv[None, :]
-    kt, dl, r, r0, n2, x_hat, rstd = _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V,
-                                             eps, bp, BS, BH, BV, ACT, NORM, RES, BIAS, PREC)
+    rows_v = row[:, None] * V + rv[None, :]
+    kt = tl.load(k + row[:, None] * K + rk[None, :], mask=ms[:, None] & mk[None, :], other=0.0)
+    dl = tl.load(dl_in + rows_v, mask=m, other=0.0)  # the forward's δ2
     et = tl.load(eta + row, mask=ms, other=0.0)
     p1 = tl.zeros([BS, BK], dtype=tl.float32)  # δ1 dG1ᵀ
-    q2 = tl.zeros([BS, BV], dtype=tl.float32)  # a dG2
-    gdl = tl.zeros([BS, BV], dtype=tl.float32)  # gt1 W2
+    for h0 in range(0, HD, BH):  # (loops apart: fewer [BS, 128] accumulators live at once)
+        ch = h0 + tl.arange(0, BH)
+        mh = ch < HD
+        t1w, t2w = _tiles(w1, w2, i, rk, ch, rv, mk, mh, mv, K, HD, V)
+        g1t, _ = _tiles(dg1 + n * K * HD, dg2 + n * HD * V, i * N, rk, ch, rv, mk, mh, mv, K, HD, V)
+        d1 = tl.dot(dl, tl.trans(t2w), input_precision=PREC) * _act_grad(tl.dot(kt, t1w, input_precision=PREC), ACT)
+        p1 += tl.dot(d1, tl.trans(g1t), input_precision=PREC)
+    gdl = tl.zeros([BS, BV], dtype=tl.float32)  # gradient of δ2: eta a dG2 + gt1 W2
     de = tl.sum(tl.zeros([BS, BV], dtype=tl.float32), 1)  # <a, P2> per row
-    for h0 in range(0, HD, BH):  # the errors' gradient through the hidden layer
+    for h0 in range(0, HD, BH):
         ch = h0 + tl.arange(0, BH)
         mh = ch < HD
         t1w, t2w = _tiles(w1, w2, i, rk, ch, rv, mk, mh, mv, K, HD, V)
         g1t, g2t = _tiles(dg1 + n * K * HD, dg2 + n * HD * V, i * N, rk, ch, rv, mk, mh, mv, K, HD, V)
         z1 = tl.dot(kt, t1w, input_precision=PREC)  # [BS, BH]
-        s1 = _act_grad(z1, ACT)
         a = tl.where(ms[:, None] & mh[None, :], _act_fwd(z1, ACT), 0.0)
-        d1 = tl.dot(dl, tl.trans(t2w), input_precision=PREC) * s1  # δ1
-        gt1 = tl.dot(kt, g1t, input_precision=PREC) * et[:, None] * s1  # gδ1 act'(z1)
-        p1 += tl.dot(d1, tl.trans(g1t), input_precision=PREC)
-        q2 += tl.dot(a, g2t, input_precision=PREC)
+        gt1 = tl.dot(kt, g1t, input_precision=PREC) * _act_grad(z1, ACT)  # gδ1 act'(z1) / eta
         de += tl.sum(a * tl.dot(dl, tl.trans(g2t), input_precision=PREC), 1)
-        gdl += tl.dot(gt1, t2w, input_precision=PREC)
-    gdl = tl.where(m, gdl + q2 * et[:, None], 0.0)  # gradient of δ2
+        gdl += tl.dot(a, g2t, input_precision=PREC) + tl.dot(gt1, t2w, input_precision=PREC)
+    gdl = tl.where(m, gdl * et[:, None], 0.0)
+    r = tl.load(r_in + rows_v, mask=m, other=0.0)
+    x_hat = tl.load(xh_in + rows_v, mask=m, other=0.0)
+    rstd = tl.load(rstd_in + row, mask=ms, other=1.0)
     gr = gdl
     gz2 = gdl * 0.0
     if NORM:
@@ -144,7 +168,11 @@ def _keys_bwd_kernel(k, v, d, eta, w1, w2, dg1, dg2, dk, dv, deta, dd, dw1, dw2,
     if BIAS == DOT:
         tl.store(dv + row[:, None] * V + rv[None, :], -gr, mask=m)
     else:
-        gy = _bias_vjp(gr, r0, n2, tl.load(d + row, mask=ms, other=1.0), bp, m, dd + row, ms, BIAS)
+        y = x_hat
+        if RES:
+            y += tl.load(k + row[:, None] * K + rv[None, :], mask=m, other=0.0)
+        r0 = tl.where(m, y - tl.load(v + rows_v, mask=m, other=0.0), 0.0)
+        gy = _bias_vjp(gr, r0, tl.sum(r0 * r0, 1), tl.load(d + row, mask=ms, other=1.0), bp, m, dd + row, ms, BIAS)
         tl.store(dv + row[:, None] * V + rv[None, :], -gy, mask=m)
     if NORM:
         gz2 += _ln_grad(gy, x_hat, rstd, m, V)
@@ -153,6 +181,29 @@ def _keys_bwd_kernel(k, v, d, eta, w1, w2, dg1, dg2, dk, dv, deta, dd, dw1, dw2,
     gk = p1 * et[:, None]
     if RES:
         gk += gy
+    tl.store(gz2_out + rows_v, gz2, mask=m)
+    tl.store(dk + row[:, None] * K + rk[None, :], gk, mask=ms[:, None] & mk[None, :])  # completed next
+    tl.store(deta + row, tl.sum(kt * p1, 1) + de, mask=ms)
+
+
+@autotune(KEYS_KEY, KEYS_SHAPES)
+@triton.jit
+def _keys_bwd_hidden_kernel(k, eta, w1, w2, dg1, dg2, dl_in, gz2_in, dk, dw1, dw2, R, N, S, K, HD, V, NB,
+                            BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                            ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr,
+                            PREC: tl.constexpr):
+    """The keys' gradient through their hidden layer, given δ2's gradient path ``gz2``: dk
+    (added to the rows kernel's part) and dW1, dW2 (atomic adds)."""
+    i, n, ms, row = _row_block(R, S, NB, BS)
+    rk, rv = tl.arange(0, BK), tl.arange(0, BV)
+    mk, mv = rk < K, rv < V
+    m = ms[:, None] & mv[None, :]
+    rows_v = row[:, None] * V + rv[None, :]
+    kt = tl.load(k + row[:, None] * K + rk[None, :], mask=ms[:, None] & mk[None, :], other=0.0)
+    dl = tl.load(dl_in + rows_v, mask=m, other=0.0)
+    gz2 = tl.load(gz2_in + rows_v, mask=m, other=0.0)
+    et = tl.load(eta + row, mask=ms, other=0.0)
+    gk = tl.load(dk + row[:, None] * K + rk[None, :], mask=ms[:, None] & mk[None, :], other=0.0)
     for h0 in range(0, HD, BH):  # back through the keys' forward
         ch = h0 + tl.arange(0, BH)
         mh = ch < HD
@@ -172,7 +223,6 @@ def _keys_bwd_kernel(k, v, d, eta, w1, w2, dg1, dg2, dk, dv, deta, dd, dw1, dw2,
         tl.atomic_add(dw1 + i * K * HD + rk[:, None] * HD + ch[None, :],
                       tl.dot(tl.trans(kt), gz1, input_precision=PREC), mask=mk[:, None] & mh[None, :])
     tl.store(dk + row[:, None] * K + rk[None, :], gk, mask=ms[:, None] & mk[None, :])
-    tl.store(deta + row, tl.sum(kt * p1, 1) + de, mask=ms)
 
 
 def supported(depth: int, K: int, V: int, S: int) -> bool:
@@ -186,6 +236,12 @@ def _opts(S: int, K: int, V: int, HD: int, act: str, norm: bool, residual: bool,
     fit = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731
     return dict(BS=fit(S), BK=fit(K), BV=fit(V), BH=min(32, fit(HD)), ACT=ACTS[act], NORM=norm,
                 RES=residual, BIAS=BIASES[bias], PREC=prec)
+
+
+def _row_blocks(S: int) -> int:
+    """Blocks per step of the backward kernels: rows are independent there, and blocks of 32
+    halve the [rows, 128] tiles of a step of 64 (whose tf32 build does not fit in shared memory)."""
+    return S // 32 if S > 32 and S % 32 == 0 else 1
 
 
 class StepKeys(torch.autograd.Function):
@@ -203,20 +259,27 @@ class StepKeys(torch.autograd.Function):
         g1 = torch.empty(BHn, N, K, HD, device=k.device, dtype=torch.float32)
         g2 = torch.empty(BHn, N, HD, V, device=k.device, dtype=torch.float32)
         opts = _opts(S, K, V, HD, act, norm, residual, bias, prec)
-        _keys_fwd_kernel[(BHn, N)](k, v, d, eta, w1, w2, g1, g2, R, N, S, K, HD, V, 1e-5, bp, **opts)
-        ctx.save_for_backward(k, v, eta, d, w1, w2)
+        kept = [torch.empty_like(v) for _ in range(3)] + [torch.empty_like(eta)]  # δ2, r, x_hat, rstd
+        _keys_fwd_kernel[(BHn, N)](k, v, d, eta, w1, w2, g1, g2, *kept, R, N, S, K, HD, V, 1e-5, bp, **opts)
+        ctx.save_for_backward(k, v, eta, d, w1, w2, *kept)
         ctx.S, ctx.bp, ctx.opts = S, bp, opts
         return g1, g2
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dg1: Tensor, dg2: Tensor):  # noqa: ANN001, ANN205
-        k, v, eta, d, w1, w2 = ctx.saved_tensors
+        k, v, eta, d, w1, w2, *kept = ctx.saved_tensors
         BHn, R, K = k.shape
         HD, V = w1.shape[-1], w2.shape[-1]
         N = dg1.shape[1]
         dk, dv, deta, dd = torch.empty_like(k), torch.empty_like(v), torch.empty_like(eta), torch.zeros_like(d)
         dw1, dw2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        _keys_bwd_kernel[(BHn, N)](k, v, d, eta, w1, w2, dg1.contiguous(), dg2.contiguous(), dk, dv, deta, dd,
-                                   dw1, dw2, R, N, ctx.S, K, HD, V, 1e-5, ctx.bp, **ctx.opts)
+        dg1, dg2 = dg1.contiguous(), dg2.contiguous()
+        gz2 = torch.empty_like(v)  # [BH, R, V]
+        nb, opts = _row_blocks(ctx.S), dict(ctx.opts)
+        opts["BS"] = max(16, triton.next_power_of_2(ctx.S // nb))
+        _keys_bwd_rows_kernel[(BHn, N * nb)](k, v, d, eta, w1, w2, dg1, dg2, *kept, gz2, dk, dv, deta, dd, R, N,
+                                             ctx.S, K, HD, V, 1e-5, ctx.bp, nb, **opts)
+        _keys_bwd_hidden_kernel[(BHn, N * nb)](k, eta, w1, w2, dg1, dg2, kept[0], gz2, dk, dw1, dw2, R, N, ctx.S,
+                                               K, HD, V, nb, **opts)
         return dk, dv, deta, dd, dw1, dw2, None, None, None, None, None, None, None

@@ -117,7 +117,8 @@ def record_keys_launches(S: int, prec: str = "ieee", D: int = 128, HD: int = 512
     LayerNorm, residual, l2 bias), forward and backward, kernels recorded (values not computed)."""
     from . import _steps_keys
 
-    with recording([(_steps_keys, "_keys_fwd_kernel"), (_steps_keys, "_keys_bwd_kernel")]) as log:
+    names = ("_keys_fwd_kernel", "_keys_bwd_rows_kernel", "_keys_bwd_hidden_kernel")
+    with recording([(_steps_keys, n) for n in names]) as log:
         R = 2 * S
         leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
         k, v, eta, d = leaf(1, R, D), leaf(1, R, D), leaf(1, R), torch.ones(1, R)

@@ -30,9 +30,10 @@ def test_readout_kernels_compile_for_h100() -> None:
     # the step form's reads: 2 precisions × steps of 64, 16 × (forward, backward) × 4 launch shapes
     assert len(reads) == 32
     assert {line.split()[4] for line in reads} == {"_read_fwd_kernel", "_read_bwd_kernel"}
-    # its keys: 2 precisions × steps of 64, 16 × (forward, backward) × 3 launch shapes
-    assert len(keys) == 24
-    assert {line.split()[4] for line in keys} == {"_keys_fwd_kernel", "_keys_bwd_kernel"}
+    # its keys: 2 precisions × steps of 64, 16 × (forward, two backward) × 3 launch shapes
+    assert len(keys) == 36
+    assert {line.split()[4] for line in keys} == {"_keys_fwd_kernel", "_keys_bwd_rows_kernel",
+                                                  "_keys_bwd_hidden_kernel"}
     assert {line.split()[5] for line in readout} == {"_readout_fwd_kernel", "_readout_bwd_kernel"}
     # 2 precisions × chunk 64, 16 × 6 autotuned kernels: 2 launch shapes for the keys' kernels,
     # 4 for the update and the bias kernels (row blocks), 5 for the backward hidden kernel

@@ -213,7 +213,8 @@ def test_triton_backend_reads_through_the_kernels(monkeypatch):
     C(depth=2, bias="robust", robust_radius=0.5, norm=True, chunk_size=16, step=8),
     C(depth=2, bias="huber", activation="silu", residual=True, chunk_size=12, step=6),
     C(depth=2, bias="l2", retention_global="kl", kl_scale=2.0, chunk_size=16, step=4),
-], ids=["lp-mom", "robust-norm", "huber-silu-res", "kl"])
+    C(depth=2, bias="l2", momentum=True, norm=True, residual=True, chunk_size=128, step=64),
+], ids=["lp-mom", "robust-norm", "huber-silu-res", "kl", "steps64-rowblocks"])
 def test_triton_keys_match_torch_keys(cfg, monkeypatch):
     """The Triton backend's keys (``_steps_keys.py``: each step's gradient sums and, backward,
     their second derivatives; interpreter on the CPU) against the PyTorch keys, every bias, with
@@ -223,7 +224,8 @@ def test_triton_keys_match_torch_keys(cfg, monkeypatch):
     calls = []
     real = _steps_keys.StepKeys.apply
     monkeypatch.setattr(_steps_keys.StepKeys, "apply", lambda *a: calls.append(1) or real(*a))
-    args, kw = make_inputs(cfg, 37, K=12, V=12 if cfg.residual else 10, hidden=20, with_state=True)
+    T = 37 if cfg.step < 64 else 150  # steps of 64: the backward's two row blocks per step
+    args, kw = make_inputs(cfg, T, K=12, V=12 if cfg.residual else 10, hidden=20, with_state=True)
     got = run(functools.partial(step_deep_memory, triton_read=True), cfg, args, kw)
     assert calls, "the Triton keys did not run"
     assert_close(got, run(step_deep_memory, cfg, args, kw))
