@@ -229,3 +229,69 @@ def test_triton_keys_match_torch_keys(cfg, monkeypatch):
     got = run(functools.partial(step_deep_memory, triton_read=True), cfg, args, kw)
     assert calls, "the Triton keys did not run"
     assert_close(got, run(step_deep_memory, cfg, args, kw))
+
+
+def _titans_inputs(B: int, T: int, H: int, D: int, HD: int, seed: int) -> tuple[list, list, list]:
+    """Titans-like inputs on the GPU: unit q, k; v; small eta; decay near 1; momentum."""
+    gen = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=gen).cuda()  # noqa: E731
+    base = [torch.nn.functional.normalize(rnd(B, T, H, D), dim=-1) for _ in range(2)]
+    base += [rnd(B, T, H, D), 0.01 * rnd(B, T, H).sigmoid()]
+    ws = [rnd(H, D, HD) * D ** -0.5, rnd(H, HD, D) * HD ** -0.5]
+    extra = [torch.nn.functional.logsigmoid(rnd(B, T, H) + 4), 0.9 * rnd(B, T, H).sigmoid()]
+    return base, ws, extra
+
+
+def _run_steps(triton: bool, dtype: torch.dtype, cfg, base, ws, extra) -> list[torch.Tensor]:  # noqa: ANN001
+    x = [t.to(torch.bfloat16).to(dtype).requires_grad_(True) for t in base]
+    w = [t.clone().requires_grad_(True) for t in ws]
+    o, _ = step_deep_memory(*x, tuple(w), cfg, g=extra[0], mu=extra[1], triton_read=triton)
+    gen = torch.Generator().manual_seed(1)
+    loss = (o.float() * torch.randn(o.shape, generator=gen).cuda()).sum()
+    return [o.float().detach(), *torch.autograd.grad(loss, x + w)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("step", [64, 16])
+def test_gpu_triton_steps_at_the_titans_size(step: int) -> None:
+    """B=2, T=1024, 8 heads of 128, hidden 512, LayerNorm + residual, momentum, titans-pytorch's
+    update (chunk = T): the Triton keys and reads against the PyTorch step form, float32 without
+    TF32, output and every gradient within 1e-4 (a Hopper miscompile shows as a large error)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = C(depth=2, hidden=512, residual=True, norm=True, momentum=True, chunk_size=1024, step=step)
+    data = _titans_inputs(2, 1024, 8, 128, 512, seed=3)
+    got = _run_steps(True, torch.float32, cfg, *data)
+    ref = _run_steps(False, torch.float32, cfg, *data)
+    for a, b in zip(got, ref):
+        assert torch.isfinite(a).all()
+        err = ((a - b).norm() / b.norm()).item()
+        assert err <= 1e-4, err
+
+
+@pytest.mark.gpu
+def test_gpu_triton_steps_bf16_within_tolerance() -> None:
+    """bf16 inputs (tf32 dots in the kernels) against the float32 PyTorch step form on the same
+    rounded inputs: output and every gradient within the bf16 tolerance 5e-3."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = C(depth=2, hidden=512, residual=True, norm=True, momentum=True, chunk_size=1024, step=64)
+    data = _titans_inputs(2, 1024, 8, 128, 512, seed=4)
+    got = _run_steps(True, torch.bfloat16, cfg, *data)
+    ref = _run_steps(False, torch.float32, cfg, *data)
+    for a, b in zip(got, ref):
+        assert torch.isfinite(a).all()
+        rel = ((a.float() - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
+        assert rel <= 5e-3, rel
+
+
+def test_triton_steps_bf16_with_tf32_dots_within_tolerance(monkeypatch):
+    """The same check on the CPU (interpreter rounding tf32 dot operands as the GPU does): bf16
+    inputs through the Triton keys and reads against the float32 PyTorch form, T = 256, 2 heads
+    of 64, hidden 256, steps of 64: output and every gradient within 5e-3 (2.6e-3 seen)."""
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self)  # the helpers' .cuda(): stay here
+    cfg = C(depth=2, hidden=256, residual=True, norm=True, momentum=True, chunk_size=256, step=64)
+    data = _titans_inputs(1, 256, 2, 64, 256, seed=4)
+    got = _run_steps(True, torch.bfloat16, cfg, *data)
+    ref = _run_steps(False, torch.float32, cfg, *data)
+    for a, b in zip(got, ref):
+        rel = ((a.float() - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
+        assert rel <= 5e-3, rel
