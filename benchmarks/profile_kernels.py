@@ -1,6 +1,6 @@
 """Where the time of our kernels goes: a torch.profiler table of GPU kernels, fwd + bwd.
 
-    python benchmarks/profile_kernels.py --families gla,delta,kda,deep_memory_c64 --out DIR
+    python benchmarks/profile_kernels.py --families gla,delta,kda,deep_memory_steps_c64 --out DIR
 
 For each family of ours (same cases and shapes as ``kernels.py``) it warms up, profiles one
 forward + backward, and writes the top kernels by GPU time to ``DIR/profile.txt``. This is a
@@ -89,7 +89,7 @@ def profile_family(family: str, rows: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--families", default="gla,delta,gated_delta,kda,deep_memory_c64")
+    ap.add_argument("--families", default="gla,delta,gated_delta,kda,deep_memory_steps_c64,deep_memory_c64")
     ap.add_argument("--rows", type=int, default=14)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
