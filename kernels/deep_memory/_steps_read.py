@@ -173,44 +173,119 @@ def _blocks(S: int, K: int, V: int, HD: int) -> dict[str, int]:
     return {"BS": fit(S), "BK": fit(K), "BV": fit(V), "BH": min(32, fit(HD))}
 
 
-class FusedRead(torch.autograd.Function):
-    """``o [BH, NG, S, V]`` of the grouped queries ``x [BH, NG, S, K]`` (float32, contiguous);
-    W1, Z1 ``[BH, K, HD]``, W2, Z2 ``[BH, HD, V]`` the start state (Z None without momentum),
-    s1, s2 ``[BH, NG - 1, ...]`` the gradients' shares, gam, e ``[BH, NG]`` the groups' scales."""
+@autotune(["N", "X", "BN", "BX", "MOM", "PREC"], ((4, 1), (8, 1), (4, 2)))
+@triton.jit
+def _combine_bwd_kernel(ds, g, dmat, gam, e, dg, dstart, ddmat, N, X,
+                        BN: tl.constexpr, BX: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):
+    """Backward of ``Σ = dmat @ G`` (per batch·head, the steps' sums ``[N, X]``) and of the
+    start state's share, from the groups' ``dΣ_ext [N + 1, X]`` (row 0: group 0, row n + 1: sums
+    n) in one pass over a block of X columns: ``dG = dmatᵀ dΣ``, ``dW_start = Σ_j gam_j dΣ_j``
+    (``dZ_start`` with e), and ``ddmat += dΣ Gᵀ`` (atomic adds over the column blocks)."""
+    i, c = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    cx = c * BX + tl.arange(0, BX)
+    mx = cx < X
+    d0 = tl.load(ds + i * (N + 1) * X + cx, mask=mx, other=0.0)  # group 0: gam 1, e 0
+    sw = d0
+    sz = d0 * 0.0
+    for m0 in range(0, N, BN):
+        rm = m0 + tl.arange(0, BN)
+        mm = rm < N
+        gt = tl.load(g + (i * N + rm[:, None]) * X + cx[None, :], mask=mm[:, None] & mx[None, :], other=0.0)
+        acc = tl.zeros([BN, BX], dtype=tl.float32)
+        for n0 in range(0, N, BN):
+            rn = n0 + tl.arange(0, BN)
+            mn = rn < N
+            dt = tl.load(ds + (i * (N + 1) + 1 + rn[:, None]) * X + cx[None, :], mask=mn[:, None] & mx[None, :],
+                         other=0.0)  # dΣ of sums rn
+            dm = tl.load(dmat + (i * N + rn[:, None]) * N + rm[None, :], mask=mn[:, None] & mm[None, :], other=0.0)
+            acc += tl.dot(tl.trans(dm), dt, input_precision=PREC)  # Σ_n dmat[n, m] dΣ_n
+            part = tl.dot(dt, tl.trans(gt), input_precision=PREC)  # [BN(n), BN(m)]
+            tl.atomic_add(ddmat + (i * N + rn[:, None]) * N + rm[None, :], part, mask=mn[:, None] & mm[None, :])
+            if m0 == 0:  # the start state's share, once per row block of sums
+                gm = tl.load(gam + i * N + rn, mask=mn, other=0.0)
+                sw += tl.sum(dt * gm[:, None], 0)
+                if MOM:
+                    em = tl.load(e + i * N + rn, mask=mn, other=0.0)
+                    sz += tl.sum(dt * em[:, None], 0)
+        tl.store(dg + (i * N + rm[:, None]) * X + cx[None, :], acc, mask=mm[:, None] & mx[None, :])
+    tl.store(dstart + i * 2 * X + cx, sw, mask=mx)
+    if MOM:
+        tl.store(dstart + i * 2 * X + X + cx, sz, mask=mx)
+
+
+def combine_backward(ds_ext: Tensor, g: Tensor, dmat: Tensor, gam: Tensor, e: Tensor | None,
+                     prec: str) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(dG [BH, N, X], ddmat [BH, N, N], dW_start [BH, X], dZ_start [BH, X] or None)`` of the
+    combination ``Σ = dmat @ G`` and the start share (``ds_ext [BH, N + 1, X]``)."""
+    BHn, N, X = g.shape
+    mom = e is not None
+    dg = torch.empty_like(g)
+    ddmat = torch.zeros_like(dmat)
+    dstart = torch.empty(BHn, 2, X, device=g.device, dtype=torch.float32)
+    BN, BX = min(64, max(16, triton.next_power_of_2(N))), 64
+    _combine_bwd_kernel[(BHn, triton.cdiv(X, BX))](ds_ext, g, dmat, gam, e if mom else gam, dg, dstart, ddmat,
+                                                   N, X, BN=BN, BX=BX, MOM=mom, PREC=prec)
+    return dg, ddmat, dstart[:, 0], dstart[:, 1] if mom else None
+
+
+class StepsRead(torch.autograd.Function):
+    """The steps' sums ``Σ_l = dmat @ G_l`` and the reads of both layers through them: returns
+    ``(o [BH, NG, S, V], Σ_1[:, -1], Σ_2[:, -1])`` (the last sums make the final state) from the
+    grouped queries ``x [BH, NG, S, K]``, the start state W1, Z1 ``[BH, K, HD]``, W2, Z2 ``[BH,
+    HD, V]`` (Z None without momentum), the steps' gradient sums G1 ``[BH, N, K, HD]``, G2 ``[BH,
+    N, HD, V]``, dmat ``[BH, N, N]`` and the per-step scales gam, e ``[BH, N]``; float32. The
+    sums go forward through cuBLAS; backward, one kernel per layer forms dG, d(dmat) and the
+    start state's gradient in one pass over the groups' ``dΣ`` (three passes through cuBLAS)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w1: Tensor, z1: Tensor | None, w2: Tensor, z2: Tensor | None,  # noqa: ANN001
-                s1: Tensor, s2: Tensor, gam: Tensor, e: Tensor | None, act: str, norm: bool,
-                residual: bool, prec: str) -> Tensor:
+                g1: Tensor, g2: Tensor, dmat: Tensor, gam: Tensor, e: Tensor | None, act: str,
+                norm: bool, residual: bool, prec: str) -> tuple[Tensor, Tensor, Tensor]:
         mom = z1 is not None
-        x, w1, w2, s1, s2, gam = (t.contiguous() for t in (x, w1, w2, s1, s2, gam))
+        x, w1, w2, g1, g2, dmat, gam = (t.contiguous() for t in (x, w1, w2, g1, g2, dmat, gam))
         z1, z2, e = ((t.contiguous() for t in (z1, z2, e)) if mom else (w1, w2, gam))
         BHn, NG, S, K = x.shape
         HD, V = w1.shape[-1], w2.shape[-1]
+        s1 = (dmat @ g1.flatten(-2)).unflatten(-1, (K, HD))  # [BH, N, K, HD]
+        s2 = (dmat @ g2.flatten(-2)).unflatten(-1, (HD, V))
+        one = torch.ones_like(gam[:, :1])
+        g_ext = torch.cat([one, gam], 1)  # [BH, NG]: group 0 reads the start state
+        e_ext = torch.cat([one * 0.0, e], 1) if mom else g_ext
         o = torch.empty(BHn, NG, S, V, device=x.device, dtype=torch.float32)
         opts = dict(ACT=ACTS[act], NORM=norm, RES=residual, MOM=mom, PREC=prec, **_blocks(S, K, V, HD))
-        _read_fwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, gam, e, o, NG, NG - 1, S, K, HD, V, 1e-5,
+        _read_fwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, g_ext, e_ext, o, NG, NG - 1, S, K, HD, V, 1e-5,
                                     **opts)
-        ctx.save_for_backward(x, w1, z1, w2, z2, s1, s2, gam, e)
-        ctx.opts, ctx.mom = opts, mom
-        return o
+        ctx.save_for_backward(x, w1, z1, w2, z2, s1, s2, g1, g2, dmat, g_ext, e_ext)
+        ctx.opts, ctx.mom, ctx.prec = opts, mom, prec
+        return o, s1[:, -1], s2[:, -1]
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, do: Tensor):  # noqa: ANN001, ANN205
-        x, w1, z1, w2, z2, s1, s2, gam, e = ctx.saved_tensors
+    def backward(ctx, do: Tensor, dlast1: Tensor | None, dlast2: Tensor | None):  # noqa: ANN001, ANN205
+        x, w1, z1, w2, z2, s1, s2, g1, g2, dmat, g_ext, e_ext = ctx.saved_tensors
         BHn, NG, S, K = x.shape
         HD, V = w1.shape[-1], w2.shape[-1]
-        dx = torch.empty_like(x)
-        ds1 = torch.empty(BHn, NG, K, HD, device=x.device, dtype=torch.float32)
-        ds2 = torch.empty(BHn, NG, HD, V, device=x.device, dtype=torch.float32)
-        dgam = torch.empty_like(gam)
-        de = torch.empty_like(gam) if ctx.mom else dgam
-        _read_bwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, gam, e, do.contiguous(), dx, ds1, ds2,
-                                    dgam, de, NG, NG - 1, S, K, HD, V, 1e-5, **ctx.opts)
-        scales = torch.stack([gam, e], 1) if ctx.mom else gam.unsqueeze(1)  # [BH, 1 or 2, NG]
-        start1 = (scales @ ds1.flatten(-2)).unflatten(-1, (K, HD))  # [BH, 1 or 2, K, HD]
-        start2 = (scales @ ds2.flatten(-2)).unflatten(-1, (HD, V))
         mom = ctx.mom
-        return (dx, start1[:, 0], start1[:, 1] if mom else None, start2[:, 0], start2[:, 1] if mom else None,
-                ds1[:, 1:], ds2[:, 1:], dgam, de if mom else None, None, None, None, None)
+        dx = torch.empty_like(x)
+        ds1 = torch.empty(BHn, NG, K, HD, device=x.device, dtype=torch.float32)  # dΣ_ext per group
+        ds2 = torch.empty(BHn, NG, HD, V, device=x.device, dtype=torch.float32)
+        dgam = torch.empty_like(g_ext)
+        de = torch.empty_like(g_ext) if mom else dgam
+        do = do if do is not None else torch.zeros(BHn, NG, S, V, device=x.device)
+        _read_bwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, g_ext, e_ext, do.contiguous(), dx, ds1, ds2,
+                                    dgam, de, NG, NG - 1, S, K, HD, V, 1e-5, **ctx.opts)
+        for ds, dlast in ((ds1, dlast1), (ds2, dlast2)):
+            if dlast is not None:  # the final state's share of the last sums
+                ds[:, -1] += dlast
+        gam, e = g_ext[:, 1:].contiguous(), (e_ext[:, 1:].contiguous() if mom else None)
+        dg1, dd1, dw1, dz1 = combine_backward(ds1.flatten(-2), g1.flatten(-2), dmat, gam, e, ctx.prec)
+        dg2, dd2, dw2, dz2 = combine_backward(ds2.flatten(-2), g2.flatten(-2), dmat, gam, e, ctx.prec)
+        for dw, dz, dlast in ((dw1, dz1, dlast1), (dw2, dz2, dlast2)):
+            if dlast is not None:  # it reaches G and dmat, not the start state (no read made it)
+                dw -= gam[:, -1:] * dlast.flatten(-2)
+                if mom:
+                    dz -= e[:, -1:] * dlast.flatten(-2)
+        unf = lambda t, shape: t.unflatten(-1, shape) if t is not None else None  # noqa: E731
+        return (dx, unf(dw1, (K, HD)), unf(dz1, (K, HD)), unf(dw2, (HD, V)), unf(dz2, (HD, V)),
+                unf(dg1, (K, HD)), unf(dg2, (HD, V)), dd1 + dd2, dgam[:, 1:], de[:, 1:] if mom else None,
+                None, None, None, None)

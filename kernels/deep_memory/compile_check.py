@@ -96,18 +96,20 @@ def record_fused_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 51
 
 
 def record_read_launches(S: int, prec: str = "ieee", D: int = 128, HD: int = 512) -> list[Launch]:
-    """The step form's Triton reads (``_steps_read.py``) at titans-pytorch's setting (steps of S,
-    LayerNorm, residual, momentum), forward and backward, kernels recorded (values not computed)."""
+    """The step form's Triton sums and reads (``_steps_read.py``) at titans-pytorch's setting
+    (steps of S, LayerNorm, residual, momentum), forward and backward, kernels recorded (values
+    not computed)."""
     from . import _steps_read
 
-    with recording([(_steps_read, "_read_fwd_kernel"), (_steps_read, "_read_bwd_kernel")]) as log:
-        NG = 3
+    names = ("_read_fwd_kernel", "_read_bwd_kernel", "_combine_bwd_kernel")
+    with recording([(_steps_read, n) for n in names]) as log:
+        N = 2
         leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
-        x = leaf(1, NG, S, D)
+        x = leaf(1, N + 1, S, D)
         w1, z1, w2, z2 = leaf(1, D, HD), leaf(1, D, HD), leaf(1, HD, D), leaf(1, HD, D)
-        s1, s2 = leaf(1, NG - 1, D, HD), leaf(1, NG - 1, HD, D)
-        gam, e = leaf(1, NG), leaf(1, NG)
-        o = _steps_read.FusedRead.apply(x, w1, z1, w2, z2, s1, s2, gam, e, "gelu", True, True, prec)
+        g1, g2 = leaf(1, N, D, HD), leaf(1, N, HD, D)
+        dmat, gam, e = leaf(1, N, N), leaf(1, N), leaf(1, N)
+        o, _, _ = _steps_read.StepsRead.apply(x, w1, z1, w2, z2, g1, g2, dmat, gam, e, "gelu", True, True, prec)
         o.sum().backward()
     return log
 

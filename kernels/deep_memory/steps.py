@@ -84,15 +84,20 @@ def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tenso
     sums, weights, momenta = [], [], []
     keys = kern.keys if kern is not None else _keys_torch
     all_steps = keys(k, v, eta, d, read_weights(state.weights, cfg), cfg, N)  # per layer [B, H, N, d_in, d_out]
+    if kern is not None and kern.steps_read is not None and cfg.linear_retention:
+        o, lasts = kern.steps_read(q, state, all_steps, co, S, N, cfg)
+        weights = [last + _start_part(w0, z0, co, -1) for last, w0, z0 in zip(lasts, state.weights, z0s)]
+        if cfg.momentum and momentum_out:
+            momenta = [_last_momentum(g, z0, co) for g, z0 in zip(all_steps, z0s)]
+        return o, DeepMemoryState(tuple(weights), tuple(momenta) if cfg.momentum and momentum_out else None)
     for g_steps, w0, z0 in zip(all_steps, state.weights, z0s):
         flat = g_steps.flatten(-2)  # [B, H, N, d_in * d_out]
         sums.append((co["dmat"] @ flat).unflatten(-1, g_steps.shape[-2:]))  # [B, H, N, d_in, d_out]
         weights.append(sums[-1][:, :, -1] + _start_part(w0, z0, co, -1))
-        if z0 is not None and momentum_out:  # Z_N = mom_N Z_0 + sum_m zmat_Nm G_m
-            zsum = (co["zmat"][:, :, -1:] @ flat).unflatten(-1, g_steps.shape[-2:])[:, :, 0]
-            momenta.append(zsum + co["mom"][:, :, -1, None, None] * z0)  # [B, H, d_in, d_out]
+        if z0 is not None and momentum_out:
+            momenta.append(_last_momentum(g_steps, z0, co))
     if cfg.linear_retention:
-        o = (kern.read if kern is not None else _read_linear)(q, state, sums, co, S, N, cfg)
+        o = _read_linear(q, state, sums, co, S, N, cfg)
     else:  # a nonlinear read map needs every step's whole state
         full = tuple(w + _start_part(w0, z0, co, slice(None)) for w, w0, z0 in zip(sums, state.weights, z0s))
         o = _read(q, read_weights(state.weights, cfg), read_weights(full, cfg), S, N, cfg)
@@ -100,26 +105,26 @@ def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tenso
 
 
 class _Kernels(NamedTuple):
-    """How a chunk computes its steps' gradients and its reads (``_keys_torch`` /
-    ``_read_linear``, or the Triton kernels of the Triton backend where the shapes fit)."""
+    """How a chunk computes its steps' gradients (``_keys_torch`` or the Triton keys) and, on
+    the Triton backend where the shapes fit, its sums and reads at once (``steps_read``; None:
+    cuBLAS sums and ``_read_linear`` / ``_read``)."""
 
     keys: Callable
-    read: Callable
+    steps_read: Callable | None
 
 
 def _kernels(cfg: DeepMemoryConfig, q: Tensor, v: Tensor, triton: bool) -> _Kernels:
     """PyTorch, or (``triton``, depth 2, K, V and S at most 128) ``_steps_keys.py`` and, for an
     identity read map, ``_steps_read.py``."""
     if not triton:
-        return _Kernels(_keys_torch, _read_linear)
-    from . import _steps_keys, _steps_read  # import triton only when asked for
+        return _Kernels(_keys_torch, None)
+    from . import _steps_read  # imports triton only when asked for
     from .chunk import dot_precision
 
     if not _steps_read.supported(cfg.depth, q.shape[-1], v.shape[-1], cfg.step):
-        return _Kernels(_keys_torch, _read_linear)
+        return _Kernels(_keys_torch, None)
     prec = dot_precision(q.dtype)
-    read = (lambda *a: _read_triton(*a, prec=prec)) if cfg.linear_retention else _read_linear
-    return _Kernels(lambda *a: _keys_triton(*a, prec=prec), read)
+    return _Kernels(lambda *a: _keys_triton(*a, prec=prec), lambda *a: _steps_read_triton(*a, prec=prec))
 
 
 def _keys_torch(k: Tensor, v: Tensor, eta: Tensor, d: Tensor | None, w_ref: Weights,
@@ -150,23 +155,29 @@ def _keys_triton(k: Tensor, v: Tensor, eta: Tensor, d: Tensor | None, w_ref: Wei
     return [g1.unflatten(0, (B, H)), g2.unflatten(0, (B, H))]
 
 
-def _read_triton(q: Tensor, state: DeepMemoryState, sums: list[Tensor], co: dict[str, Tensor],
-                 S: int, N: int, cfg: DeepMemoryConfig, prec: str) -> Tensor:
-    """:func:`_read_linear` through ``_steps_read.FusedRead`` (depth 2): the queries in N + 1
-    groups of S, shifted by one token (group 0 reads the start state). -> [B, H, R, V]."""
-    from ._steps_read import FusedRead
+def _steps_read_triton(q: Tensor, state: DeepMemoryState, all_steps: list[Tensor], co: dict[str, Tensor],
+                       S: int, N: int, cfg: DeepMemoryConfig, prec: str) -> tuple[Tensor, list[Tensor]]:
+    """The per-step sums and the reads through ``_steps_read.StepsRead`` (depth 2): the queries in
+    N + 1 groups of S, shifted by one token (group 0 reads the start state). Returns (o [B, H, R,
+    V], the last sums per layer [B, H, d_in, d_out])."""
+    from ._steps_read import StepsRead
 
     B, H, R, _ = q.shape
     x = F.pad(q, (0, 0, 1, (N + 1) * S - R - 1)).unflatten(2, (N + 1, S))  # [B, H, N + 1, S, K]
-    one = torch.ones_like(co["gam"][:, :, :1])  # [B, H, 1]
-    g_ext = torch.cat([one, co["gam"]], -1).flatten(0, 1)  # [B·H, N + 1]
-    e_ext = torch.cat([one * 0.0, co["e"]], -1).flatten(0, 1) if cfg.momentum else None
     bh = lambda t: t.flatten(0, 1) if t is not None else None  # noqa: E731
     w1, w2 = state.weights
     z1, z2 = state.momentum if cfg.momentum else (None, None)
-    o = FusedRead.apply(bh(x), bh(w1), bh(z1), bh(w2), bh(z2), bh(sums[0]), bh(sums[1]), g_ext, e_ext,
-                        cfg.activation, cfg.norm, cfg.residual, prec)  # [B·H, N + 1, S, V]
-    return o.unflatten(0, (B, H)).flatten(2, 3)[:, :, 1:R + 1]
+    o, last1, last2 = StepsRead.apply(bh(x), bh(w1), bh(z1), bh(w2), bh(z2), bh(all_steps[0]), bh(all_steps[1]),
+                                      bh(co["dmat"]), bh(co["gam"]), bh(co.get("e")), cfg.activation, cfg.norm,
+                                      cfg.residual, prec)  # [B·H, N + 1, S, V]
+    o = o.unflatten(0, (B, H)).flatten(2, 3)[:, :, 1:R + 1]
+    return o, [last1.unflatten(0, (B, H)), last2.unflatten(0, (B, H))]
+
+
+def _last_momentum(g_steps: Tensor, z0: Tensor, co: dict[str, Tensor]) -> Tensor:
+    """``Z_N = mom_N Z_0 + Σ_m zmat_Nm G_m`` (g_steps [B, H, N, d_in, d_out]) -> [B, H, d_in, d_out]."""
+    zsum = (co["zmat"][:, :, -1:] @ g_steps.flatten(-2)).unflatten(-1, g_steps.shape[-2:])[:, :, 0]
+    return zsum + co["mom"][:, :, -1, None, None] * z0
 
 
 def _start_part(w0: Tensor, z0: Tensor | None, co: dict[str, Tensor], n: int | slice) -> Tensor:

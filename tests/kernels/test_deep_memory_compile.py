@@ -27,9 +27,10 @@ def test_readout_kernels_compile_for_h100() -> None:
     biases = [line for line in lines if "bias=" in line]
     # 2 precisions × 4 layer shapes × (forward, backward) × 3 autotuned launch shapes
     assert len(readout) == 48
-    # the step form's reads: 2 precisions × steps of 64, 16 × (forward, backward) × 4 launch shapes
-    assert len(reads) == 32
-    assert {line.split()[4] for line in reads} == {"_read_fwd_kernel", "_read_bwd_kernel"}
+    # the step form's sums and reads: 2 precisions × steps of 64, 16 × ((forward, backward) × 4
+    # launch shapes + the sums' backward, one launch per layer × 3)
+    assert len(reads) == 56
+    assert {line.split()[4] for line in reads} == {"_read_fwd_kernel", "_read_bwd_kernel", "_combine_bwd_kernel"}
     # its keys: 2 precisions × steps of 64, 16 × (forward, two backward) × 3 launch shapes
     assert len(keys) == 36
     assert {line.split()[4] for line in keys} == {"_keys_fwd_kernel", "_keys_bwd_rows_kernel",

@@ -192,13 +192,13 @@ def test_triton_read_matches_torch_read(cfg):
 
 
 def test_triton_backend_reads_through_the_kernels(monkeypatch):
-    """deep_memory(backend="triton") with steps runs FusedRead; shapes it does not take (depth 1)
+    """deep_memory(backend="triton") with steps runs StepsRead; shapes it does not take (depth 1)
     fall back to the PyTorch reads."""
     from mirasdsl.kernels.deep_memory import _steps_read
 
     calls = []
-    real = _steps_read.FusedRead.apply
-    monkeypatch.setattr(_steps_read.FusedRead, "apply", lambda *a: calls.append(1) or real(*a))
+    real = _steps_read.StepsRead.apply
+    monkeypatch.setattr(_steps_read.StepsRead, "apply", lambda *a: calls.append(1) or real(*a))
     cfg = C(depth=2, bias="l2", chunk_size=8, step=4)
     args, kw = make_inputs(cfg, 9, K=12)
     deep_memory(*args, cfg, **kw, backend="triton")
