@@ -87,7 +87,7 @@ READ_KEY = ["S", "K", "HD", "V", "BS", "BK", "BH", "BV", "ACT", "NORM", "RES", "
 
 @autotune(READ_KEY, READ_SHAPES)
 @triton.jit
-def _read_fwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, NG, N, S, K, HD, V, eps,
+def _read_fwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, rstd_out, NG, N, S, K, HD, V, eps,
                      BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                      ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, MOM: tl.constexpr,
                      PREC: tl.constexpr):
@@ -104,7 +104,8 @@ def _read_fwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, NG, N, S, K, HD, V, e
                          BS, BH, BV, ACT, MOM, PREC)
     m = ms[:, None] & mv[None, :]
     if NORM:
-        y, _ = _norm(y, m, V, eps)
+        y, rstd = _norm(y, m, V, eps)
+        tl.store(rstd_out + row, rstd, mask=ms)  # with o: the backward's LayerNorm, no recompute
     if RES:
         y += xt  # K == V, BK == BV
     tl.store(o + row[:, None] * V + rv[None, :], y, mask=m)
@@ -112,7 +113,7 @@ def _read_fwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, NG, N, S, K, HD, V, e
 
 @autotune(READ_KEY, READ_SHAPES)
 @triton.jit
-def _read_bwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, do, dx, ds1, ds2, dgam, de, NG, N, S, K, HD,
+def _read_bwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, rstd_in, do, dx, ds1, ds2, dgam, de, NG, N, S, K, HD,
                      V, eps, BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                      ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, MOM: tl.constexpr,
                      PREC: tl.constexpr):
@@ -128,11 +129,11 @@ def _read_bwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, do, dx, ds1, ds2, dgam, 
     if MOM:
         em = tl.load(e + i * NG + g)
     du2 = dot_
-    if NORM:
-        y = _second_layer_in(xt, w1, z1, w2, z2, s1, s2, i, g, N, rk, rv, mk, mv, K, HD, V, gm, em,
-                             BS, BH, BV, ACT, MOM, PREC)
-        xh, rstd = _norm(y, m, V, eps)
-        du2 = _ln_grad(dot_, xh, rstd, m, V)
+    if NORM:  # x_hat from the output (minus the residual), rstd as the forward stored it
+        xh = tl.load(o + row[:, None] * V + rv[None, :], mask=m, other=0.0)
+        if RES:
+            xh -= xt
+        du2 = _ln_grad(dot_, xh, tl.load(rstd_in + row, mask=ms, other=1.0), m, V)
     dxt = tl.zeros([BS, BK], dtype=tl.float32)
     if RES:
         dxt += dot_
@@ -252,17 +253,18 @@ class StepsRead(torch.autograd.Function):
         g_ext = torch.cat([one, gam], 1)  # [BH, NG]: group 0 reads the start state
         e_ext = torch.cat([one * 0.0, e], 1) if mom else g_ext
         o = torch.empty(BHn, NG, S, V, device=x.device, dtype=torch.float32)
+        rstd = torch.empty(BHn, NG, S, device=x.device, dtype=torch.float32)
         opts = dict(ACT=ACTS[act], NORM=norm, RES=residual, MOM=mom, PREC=prec, **_blocks(S, K, V, HD))
-        _read_fwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, g_ext, e_ext, o, NG, NG - 1, S, K, HD, V, 1e-5,
-                                    **opts)
-        ctx.save_for_backward(x, w1, z1, w2, z2, s1, s2, g1, g2, dmat, g_ext, e_ext)
+        _read_fwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, g_ext, e_ext, o, rstd, NG, NG - 1, S, K, HD, V,
+                                    1e-5, **opts)
+        ctx.save_for_backward(x, w1, z1, w2, z2, s1, s2, g1, g2, dmat, g_ext, e_ext, o, rstd)
         ctx.opts, ctx.mom, ctx.prec = opts, mom, prec
         return o, s1[:, -1], s2[:, -1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do: Tensor, dlast1: Tensor | None, dlast2: Tensor | None):  # noqa: ANN001, ANN205
-        x, w1, z1, w2, z2, s1, s2, g1, g2, dmat, g_ext, e_ext = ctx.saved_tensors
+        x, w1, z1, w2, z2, s1, s2, g1, g2, dmat, g_ext, e_ext, o, rstd = ctx.saved_tensors
         BHn, NG, S, K = x.shape
         HD, V = w1.shape[-1], w2.shape[-1]
         mom = ctx.mom
@@ -272,8 +274,8 @@ class StepsRead(torch.autograd.Function):
         dgam = torch.empty_like(g_ext)
         de = torch.empty_like(g_ext) if mom else dgam
         do = do if do is not None else torch.zeros(BHn, NG, S, V, device=x.device)
-        _read_bwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, g_ext, e_ext, do.contiguous(), dx, ds1, ds2,
-                                    dgam, de, NG, NG - 1, S, K, HD, V, 1e-5, **ctx.opts)
+        _read_bwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, g_ext, e_ext, o, rstd, do.contiguous(), dx, ds1,
+                                    ds2, dgam, de, NG, NG - 1, S, K, HD, V, 1e-5, **ctx.opts)
         for ds, dlast in ((ds1, dlast1), (ds2, dlast2)):
             if dlast is not None:  # the final state's share of the last sums
                 ds[:, -1] += dlast
