@@ -1,14 +1,15 @@
-"""Triton read-out of the step form (``steps.py``) for a depth-2 memory: one program per (batch ·
-head, group) reads both layers with its group's weights formed tile by tile in registers.
+"""Triton sums and reads of the step form (``steps.py``) for a depth-2 memory.
 
-Group g of S queries (the queries shifted by one token, ``steps._groups``) reads layer l with
-``W_l,g = gam_g W_l + e_g Z_l + Σ_l,g`` (``Σ_l,g`` the gradients' share after g steps; group 0:
-``gam = 1, e = 0, Σ = 0``): ``o = N(act(x W_1,g) W_2,g) (+ x)``. The PyTorch form writes the
-``[S, hidden]`` activations of every group to memory and reads them back (forward and backward);
-here they live in registers, per hidden tile of BH columns, and the weights' tiles come from L2
-(``W``, ``Z`` are shared by the groups). The backward recomputes the forward from the queries
-and writes ``x_lᵀ du_l`` for every group (``dΣ``, the start state's gradients follow as sums over
-the groups), the queries' gradient, and ``<dΣ_g, W>``, ``<dΣ_g, Z>`` (the scales' gradients).
+The steps' sums ``Σ_l = dmat @ G_l`` go through cuBLAS. Then one program per (batch · head,
+group) reads both layers: group g of S queries (the queries shifted by one token) reads layer l
+with ``W_l,g = gam_g W_l + e_g Z_l + Σ_l,g-1`` (group 0: the start state), formed tile by tile in
+registers: ``o = N(act(x W_1,g) W_2,g) (+ x)``. The ``[S, hidden]`` activations live in
+registers, per hidden tile of BH columns; the weights' tiles come from L2 (``W``, ``Z`` are
+shared by the groups). The backward recomputes the hidden tiles from the queries (LayerNorm's
+``x̂`` from the saved output, its ``rstd`` from the forward) and writes ``x_lᵀ du_l`` for every
+group (``dΣ``), the queries' gradient and ``<dΣ_g, W>``, ``<dΣ_g, Z>`` (the scales'
+gradients); then one pass per layer over the ``dΣ`` forms ``dG = dmatᵀ dΣ``, ``d(dmat) = dΣ
+Gᵀ`` and the start state's gradient ``Σ_g gam_g dΣ_g`` (``_combine_bwd_kernel``).
 """
 from __future__ import annotations
 
