@@ -42,3 +42,13 @@ def resolve(backend: str | None, device: Any) -> str:
             f"backend 'triton' needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device})"
         )
     return choice
+
+
+STEPS_TRITON_MAX_WIDTH = 128  # K, V and a step's rows held whole in a program's tiles
+
+
+def steps_triton_supported(depth: int, K: int, V: int, S: int) -> bool:
+    """Whether the deep memory's step form (steps of S > 1 tokens) runs its Triton keys and reads
+    on the Triton backend (``deep_memory/_steps_keys.py``, ``_steps_read.py``): a depth-2 memory,
+    K, V and S at most ``STEPS_TRITON_MAX_WIDTH``; other shapes run its PyTorch form."""
+    return depth == 2 and max(K, V, S) <= STEPS_TRITON_MAX_WIDTH

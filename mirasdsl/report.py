@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mirasdsl.cost import Cost, CostReport
 from mirasdsl.graph.nodes import MixerNode, Node, ParallelMixerNode
+from mirasdsl.kernels.dispatch import steps_triton_supported
 from mirasdsl.spec.axes import update_step
 from mirasdsl.spec.model import Spec, TupleMixer
 
@@ -79,8 +80,11 @@ def _kernel_text(node: Node, backend: str) -> str:
     if isinstance(node, MixerNode):
         if node.family == "softmax_attention":
             return f"{node.family} (sdpa)"
-        if backend != "naive" and update_step(node.mixer.update) > 1:
-            return f"{node.family} (steps: torch matmuls)"  # kernels/deep_memory/steps.py on every device
+        if backend != "naive" and update_step(node.mixer.update) > 1:  # kernels/deep_memory/steps.py
+            fused = backend == "triton" and steps_triton_supported(
+                node.mixer.memory.depth if node.mixer.memory.kind == "mlp" else 1, node.proj_dim,
+                node.value_dim, update_step(node.mixer.update))
+            return f"{node.family} (steps: {'triton keys + reads' if fused else 'torch matmuls'})"
         return f"{node.family} ({backend})"
     if isinstance(node, ParallelMixerNode):
         return " ∥ ".join(_kernel_text(b, backend) for b in node.branches)

@@ -225,11 +225,6 @@ def _keys_bwd_hidden_kernel(k, eta, w1, w2, dg1, dg2, dl_in, gz2_in, dk, dw1, dw
     tl.store(dk + row[:, None] * K + rk[None, :], gk, mask=ms[:, None] & mk[None, :])
 
 
-def supported(depth: int, K: int, V: int, S: int) -> bool:
-    """Shapes the kernels take: depth 2, K, V and S at most 128."""
-    return depth == 2 and max(K, V, S) <= 128
-
-
 def _opts(S: int, K: int, V: int, HD: int, act: str, norm: bool, residual: bool, bias: str, prec: str) -> dict:
     from ._steps_read import ACTS
 

@@ -23,7 +23,6 @@ from ..tuning import autotune
 from ._step_fwd import _act_fwd, _act_grad, _ln_grad
 
 ACTS = {"identity": 0, "gelu": 1, "silu": 2, "relu": 3}
-MAX_WIDTH = 128  # K, V and S held whole in a program's tiles
 
 
 @triton.jit
@@ -163,11 +162,6 @@ def _read_bwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, rstd_in, do, dx, ds1,
     tl.store(dgam + i * NG + g, sg)
     if MOM:
         tl.store(de + i * NG + g, se)
-
-
-def supported(depth: int, K: int, V: int, S: int) -> bool:
-    """Shapes the kernels take: depth 2, K, V and S at most ``MAX_WIDTH``."""
-    return depth == 2 and max(K, V, S) <= MAX_WIDTH
 
 
 def _blocks(S: int, K: int, V: int, HD: int) -> dict[str, int]:

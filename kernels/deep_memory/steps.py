@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..dispatch import steps_triton_supported
 from .chunk_torch import dual_coefficients, key_gradients
 from .config import DeepMemoryConfig
 from .memory import (
@@ -118,11 +119,10 @@ def _kernels(cfg: DeepMemoryConfig, q: Tensor, v: Tensor, triton: bool) -> _Kern
     identity read map, ``_steps_read.py``."""
     if not triton:
         return _Kernels(_keys_torch, None)
-    from . import _steps_read  # imports triton only when asked for
-    from .chunk import dot_precision
-
-    if not _steps_read.supported(cfg.depth, q.shape[-1], v.shape[-1], cfg.step):
+    if not steps_triton_supported(cfg.depth, q.shape[-1], v.shape[-1], cfg.step):
         return _Kernels(_keys_torch, None)
+    from .chunk import dot_precision  # imports triton only when asked for
+
     prec = dot_precision(q.dtype)
     return _Kernels(lambda *a: _keys_triton(*a, prec=prec), lambda *a: _steps_read_triton(*a, prec=prec))
 
