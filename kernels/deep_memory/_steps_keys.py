@@ -83,7 +83,6 @@ def _keys_fwd_kernel(k, v, d, eta, w1, w2, g1, g2, dl_out, r_out, xh_out, rstd_o
     tl.store(xh_out + rows_v, x_hat, mask=m)
     tl.store(rstd_out + row, rstd, mask=ms)
     et = tl.load(eta + row, mask=ms, other=0.0)  # [BS]
-    ek = kt * et[:, None]
     for h0 in range(0, HD, BH):
         ch = h0 + tl.arange(0, BH)
         mh = ch < HD
@@ -91,9 +90,9 @@ def _keys_fwd_kernel(k, v, d, eta, w1, w2, g1, g2, dl_out, r_out, xh_out, rstd_o
         z1 = tl.dot(kt, t1, input_precision=PREC)  # [BS, BH]
         a = _act_fwd(z1, ACT) * et[:, None]
         d1 = tl.dot(dl, tl.trans(t2), input_precision=PREC) * _act_grad(z1, ACT)
-        d1 = tl.where(ms[:, None] & mh[None, :], d1, 0.0)
+        d1 = tl.where(ms[:, None] & mh[None, :], d1 * et[:, None], 0.0)  # eta on the narrow factor
         tl.store(g1 + (i * N + n) * K * HD + rk[:, None] * HD + ch[None, :],
-                 tl.dot(tl.trans(ek), d1, input_precision=PREC), mask=mk[:, None] & mh[None, :])
+                 tl.dot(tl.trans(kt), d1, input_precision=PREC), mask=mk[:, None] & mh[None, :])
         tl.store(g2 + (i * N + n) * HD * V + ch[:, None] * V + rv[None, :],
                  tl.dot(tl.trans(a), dl, input_precision=PREC), mask=mh[:, None] & mv[None, :])
 
