@@ -185,7 +185,7 @@ def _keys_bwd_rows_kernel(k, v, d, eta, w1, w2, dg1, dg2, dl_in, r_in, xh_in, rs
     tl.store(deta + row, tl.sum(kt * p1, 1) + de, mask=ms)
 
 
-@autotune(KEYS_KEY, KEYS_SHAPES)
+@autotune(KEYS_KEY, KEYS_SHAPES, restore=["dk", "dw1", "dw2"])  # it adds into all three
 @triton.jit
 def _keys_bwd_hidden_kernel(k, eta, w1, w2, dg1, dg2, dl_in, gz2_in, dk, dw1, dw2, R, N, S, K, HD, V, NB,
                             BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,

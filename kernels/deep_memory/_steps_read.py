@@ -169,7 +169,7 @@ def _blocks(S: int, K: int, V: int, HD: int) -> dict[str, int]:
     return {"BS": fit(S), "BK": fit(K), "BV": fit(V), "BH": min(32, fit(HD))}
 
 
-@autotune(["N", "X", "BN", "BX", "MOM", "PREC"], ((4, 1), (8, 1), (4, 2)))
+@autotune(["N", "X", "BN", "BX", "MOM", "PREC"], ((4, 1), (8, 1), (4, 2)), restore=["ddmat"])  # atomic adds
 @triton.jit
 def _combine_bwd_kernel(ds, g, dmat, gam, e, dg, dstart, ddmat, N, X,
                         BN: tl.constexpr, BX: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):

@@ -161,3 +161,32 @@ def test_deep_memory_step_trial_runs_leave_no_trace() -> None:
         tuned = run()
     for a, b in zip(tuned, plain):
         assert torch.equal(a, b)
+
+
+def test_deep_memory_step_form_trial_runs_leave_no_trace() -> None:
+    """The step form's Triton keys and reads (steps of several tokens): the keys' hidden
+    backward kernel and the sums' backward add into dk, dW and d(dmat); trial runs must not."""
+    from mirasdsl.kernels.deep_memory import _steps_keys, _steps_read
+    from mirasdsl.kernels.deep_memory.steps import step_deep_memory
+
+    gen = torch.Generator().manual_seed(6)
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
+    B, T, H, D, HD = 1, 21, 2, 8, 24
+    cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True, chunk_size=16, step=4)
+    x = {"q": rnd(B, T, H, D), "k": F.normalize(rnd(B, T, H, D), dim=-1), "v": rnd(B, T, H, D),
+         "eta": 0.1 * rnd(B, T, H).sigmoid(), "w1": rnd(H, D, HD) * 0.3, "w2": rnd(H, HD, D) * 0.2,
+         "g": F.logsigmoid(rnd(B, T, H) + 3), "mu": 0.9 * rnd(B, T, H).sigmoid()}
+
+    def run() -> list[torch.Tensor]:
+        t = {n: v.clone().requires_grad_(True) for n, v in x.items()}
+        o, st = step_deep_memory(t["q"], t["k"], t["v"], t["eta"], (t["w1"], t["w2"]), cfg, g=t["g"], mu=t["mu"],
+                                 output_final_state=True, triton_read=True)
+        g = torch.Generator().manual_seed(5)
+        loss = (o * torch.randn(o.shape, generator=g).to(o)).sum() + sum(w.square().sum() for w in st.weights)
+        return [o.detach(), *torch.autograd.grad(loss, list(t.values()))]
+
+    plain = run()
+    with trial_runs(autotuners(_steps_keys, _steps_read)):
+        tuned = run()
+    for a, b in zip(tuned, plain):  # atomic adds: bit for bit on the CPU, within rounding on a GPU
+        assert torch.equal(a, b) if DEVICE == "cpu" else torch.allclose(a, b, rtol=1e-5, atol=1e-7)
