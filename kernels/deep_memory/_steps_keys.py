@@ -109,6 +109,21 @@ def _row_block(R, S, NB, BS: tl.constexpr):
 
 
 @triton.jit
+def _bwd_rows(k, dl_in, eta, R, S, NB, K, V, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """A backward program's rows (:func:`_row_block`), index ranges and masks, and its keys,
+    the forward's δ2 and the step sizes: ``(i, n, ms, row, rk, rv, mk, mv, m, rows_v, kt, dl, et)``."""
+    i, n, ms, row = _row_block(R, S, NB, BS)
+    rk, rv = tl.arange(0, BK), tl.arange(0, BV)
+    mk, mv = rk < K, rv < V
+    m = ms[:, None] & mv[None, :]
+    rows_v = row[:, None] * V + rv[None, :]
+    kt = tl.load(k + row[:, None] * K + rk[None, :], mask=ms[:, None] & mk[None, :], other=0.0)
+    dl = tl.load(dl_in + rows_v, mask=m, other=0.0)
+    et = tl.load(eta + row, mask=ms, other=0.0)
+    return i, n, ms, row, rk, rv, mk, mv, m, rows_v, kt, dl, et
+
+
+@triton.jit
 def _ln_second(g, r, x_hat, rstd, m, V):
     """``∂/∂z <g, N'ᵀ r>`` for LayerNorm at z (rows): ``−s² (x̂ C/n + Bq (r − r̄) + A (g − ḡ) −
     2 A Bq x̂)``, ``A = mean(r x̂)``, ``Bq = mean(g x̂)``, ``C = <g, r> − n (r̄ ḡ + A Bq)``."""
@@ -124,16 +139,11 @@ def _ln_second(g, r, x_hat, rstd, m, V):
 def _keys_bwd_rows_kernel(k, v, d, eta, w1, w2, dg1, dg2, dl_in, r_in, xh_in, rstd_in, gz2_out, dk, dv, deta, dd,
                           R, N, S, K, HD, V, eps, bp, NB,
                           BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
-                     ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr,
-                     PREC: tl.constexpr):
-    i, n, ms, row = _row_block(R, S, NB, BS)
-    rk, rv = tl.arange(0, BK), tl.arange(0, BV)
-    mk, mv = rk < K, rv < V
-    m = ms[:, None] & mv[None, :]
-    rows_v = row[:, None] * V + rv[None, :]
-    kt = tl.load(k + row[:, None] * K + rk[None, :], mask=ms[:, None] & mk[None, :], other=0.0)
-    dl = tl.load(dl_in + rows_v, mask=m, other=0.0)  # the forward's δ2
-    et = tl.load(eta + row, mask=ms, other=0.0)
+                          ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr,
+                          PREC: tl.constexpr):
+    """δ2's gradient (through the hidden layer, LayerNorm and the bias), dv, deta, the keys'
+    direct gradient (completed by the hidden kernel) and ``gz2`` for the hidden kernel."""
+    i, n, ms, row, rk, rv, mk, mv, m, rows_v, kt, dl, et = _bwd_rows(k, dl_in, eta, R, S, NB, K, V, BS, BK, BV)
     p1 = tl.zeros([BS, BK], dtype=tl.float32)  # δ1 dG1ᵀ
     for h0 in range(0, HD, BH):  # (loops apart: fewer [BS, 128] accumulators live at once)
         ch = h0 + tl.arange(0, BH)
@@ -193,15 +203,8 @@ def _keys_bwd_hidden_kernel(k, eta, w1, w2, dg1, dg2, dl_in, gz2_in, dk, dw1, dw
                             PREC: tl.constexpr):
     """The keys' gradient through their hidden layer, given δ2's gradient path ``gz2``: dk
     (added to the rows kernel's part) and dW1, dW2 (atomic adds)."""
-    i, n, ms, row = _row_block(R, S, NB, BS)
-    rk, rv = tl.arange(0, BK), tl.arange(0, BV)
-    mk, mv = rk < K, rv < V
-    m = ms[:, None] & mv[None, :]
-    rows_v = row[:, None] * V + rv[None, :]
-    kt = tl.load(k + row[:, None] * K + rk[None, :], mask=ms[:, None] & mk[None, :], other=0.0)
-    dl = tl.load(dl_in + rows_v, mask=m, other=0.0)
+    i, n, ms, row, rk, rv, mk, mv, m, rows_v, kt, dl, et = _bwd_rows(k, dl_in, eta, R, S, NB, K, V, BS, BK, BV)
     gz2 = tl.load(gz2_in + rows_v, mask=m, other=0.0)
-    et = tl.load(eta + row, mask=ms, other=0.0)
     gk = tl.load(dk + row[:, None] * K + rk[None, :], mask=ms[:, None] & mk[None, :], other=0.0)
     for h0 in range(0, HD, BH):  # back through the keys' forward
         ch = h0 + tl.arange(0, BH)

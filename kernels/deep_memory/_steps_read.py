@@ -26,34 +26,31 @@ ACTS = {"identity": 0, "gelu": 1, "silu": 2, "relu": 3}
 
 
 @triton.jit
-def _eff_w1(w1, z1, s1, i, g, N, rk, ch, mk, mh, K, HD, gm, em, MOM: tl.constexpr):
-    """Group g's first-layer weights on key rows rk, hidden columns ch: ``[BK, BH]`` (and the
-    start state's tiles, for the scales' gradients)."""
-    m = mk[:, None] & mh[None, :]
-    off = rk[:, None] * HD + ch[None, :]
-    wt = tl.load(w1 + i * K * HD + off, mask=m, other=0.0)
-    st = tl.load(s1 + (i * N + tl.maximum(g - 1, 0)) * K * HD + off, mask=m, other=0.0)
-    eff = gm * wt + tl.where(g > 0, st, 0.0)  # group 0: no gradients' share
+def _eff(w, z, s, base, sbase, off, m, g, gm, em, MOM: tl.constexpr):
+    """Group g's weights on one tile (``off``, ``m``): ``gm W + em Z + Σ_{g-1}`` (group 0: no
+    Σ), and the start state's tiles (for the scales' gradients): ``(eff, w tile, z tile)``."""
+    wt = tl.load(w + base + off, mask=m, other=0.0)
+    st = tl.load(s + sbase + off, mask=m, other=0.0)
+    eff = gm * wt + tl.where(g > 0, st, 0.0)
     zt = wt * 0.0
     if MOM:
-        zt = tl.load(z1 + i * K * HD + off, mask=m, other=0.0)
+        zt = tl.load(z + base + off, mask=m, other=0.0)
         eff += em * zt
     return eff, wt, zt
 
 
 @triton.jit
+def _eff_w1(w1, z1, s1, i, g, N, rk, ch, mk, mh, K, HD, gm, em, MOM: tl.constexpr):
+    """Group g's first-layer weights on key rows rk, hidden columns ch: ``[BK, BH]``."""
+    return _eff(w1, z1, s1, i * K * HD, (i * N + tl.maximum(g - 1, 0)) * K * HD, rk[:, None] * HD + ch[None, :],
+                mk[:, None] & mh[None, :], g, gm, em, MOM)
+
+
+@triton.jit
 def _eff_w2(w2, z2, s2, i, g, N, ch, rv, mh, mv, HD, V, gm, em, MOM: tl.constexpr):
     """Group g's second-layer weights on hidden rows ch, value columns rv: ``[BH, BV]``."""
-    m = mh[:, None] & mv[None, :]
-    off = ch[:, None] * V + rv[None, :]
-    wt = tl.load(w2 + i * HD * V + off, mask=m, other=0.0)
-    st = tl.load(s2 + (i * N + tl.maximum(g - 1, 0)) * HD * V + off, mask=m, other=0.0)
-    eff = gm * wt + tl.where(g > 0, st, 0.0)
-    zt = wt * 0.0
-    if MOM:
-        zt = tl.load(z2 + i * HD * V + off, mask=m, other=0.0)
-        eff += em * zt
-    return eff, wt, zt
+    return _eff(w2, z2, s2, i * HD * V, (i * N + tl.maximum(g - 1, 0)) * HD * V, ch[:, None] * V + rv[None, :],
+                mh[:, None] & mv[None, :], g, gm, em, MOM)
 
 
 @triton.jit
