@@ -50,7 +50,7 @@ def _backend_fn(choice: str, cfg: DeepMemoryConfig):
     if choice == "naive":
         return recurrent_deep_memory
     if cfg.step > 1:  # the Triton backend reads through Triton kernels
-        return step_deep_memory if choice == "chunk" else functools.partial(step_deep_memory, triton_read=True)
+        return step_deep_memory if choice == "chunk" else functools.partial(step_deep_memory, use_triton=True)
     if choice == "chunk":
         return chunk_deep_memory
     from .chunk import triton_deep_memory  # imports triton only when asked for

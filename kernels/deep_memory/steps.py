@@ -41,12 +41,12 @@ def step_deep_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, init_weights: Weights, cfg: DeepMemoryConfig,
     g: Tensor | None = None, mu: Tensor | None = None, lam: Tensor | None = None,
     delta: Tensor | None = None, initial_state: DeepMemoryState | None = None,
-    output_final_state: bool = False, triton_read: bool = False,
+    output_final_state: bool = False, use_triton: bool = False,
 ) -> tuple[Tensor, DeepMemoryState | None]:
     """Deep memory with steps of ``cfg.step`` tokens; same API and result as
     ``recurrent_deep_memory``. q, k: [B, T, H, K]; v: [B, T, H, V]; eta, g, mu, lam, delta:
-    [B, T, H]. ``triton_read``: the reads through ``_steps_read.py``'s kernels where they apply
-    (the Triton backend's choice)."""
+    [B, T, H]. ``use_triton``: the keys and the reads through the Triton kernels of
+    ``_steps_keys.py`` and ``_steps_read.py`` where the shapes fit (the Triton backend's choice)."""
     check_inputs(q, k, v, eta, init_weights, cfg, g, mu, lam, delta)
     B, T, H, _ = q.shape
     dt = accum_dtype(q)
@@ -57,7 +57,7 @@ def step_deep_memory(
     dl = per_token_delta(cfg, delta, q)
     dh = heads_first(dl) if dl is not None else None
     state = start_state(init_weights, cfg, B, initial_state, dt)
-    kern = _kernels(cfg, q, v, triton_read)
+    kern = _kernels(cfg, q, v, use_triton)
     outs = []
     for r0 in range(0, T, cfg.chunk_size):
         span = slice(r0, min(r0 + cfg.chunk_size, T))

@@ -232,7 +232,7 @@ def test_dual_form_saves_no_per_token_weights() -> None:
 
 @pytest.mark.parametrize("mom", [True, False])
 @pytest.mark.parametrize("shape", [(3, 4, 12, 20), (2, 16, 20, 12), (2, 37, 12, 33), (2, 16, 80, 12)])
-def test_triton_readout_matches_torch(shape: tuple[int, ...], mom: bool) -> None:
+def test_use_tritonout_matches_torch(shape: tuple[int, ...], mom: bool) -> None:
     """The fused read-out (dense products with W_0 and Z_0 scaled per row, the masked scores)
     against the PyTorch one: output and every input gradient; DK = 80 takes two key blocks."""
     N, Cn, DK, DV = shape

@@ -183,11 +183,11 @@ def test_packed_sequences_equal_separate_calls():
     C(depth=2, bias="huber", activation="silu", retention_global="l2", chunk_size=12, step=6),
     C(depth=2, bias="dot", activation="relu", norm=True, chunk_size=8, step=8),
 ], ids=["mom-norm-res", "huber-silu-l2", "dot-relu-norm"])
-def test_triton_read_matches_torch_read(cfg):
+def test_use_triton_matches_torch_read(cfg):
     """The Triton backend's reads (``_steps_read.py``, interpreter on the CPU) against the
     PyTorch reads: output, final state and every gradient, float32 (T = 37: partial steps)."""
     args, kw = make_inputs(cfg, 37, K=12, V=12 if cfg.residual else 10, hidden=20, with_state=True)
-    got = run(functools.partial(step_deep_memory, triton_read=True), cfg, args, kw)
+    got = run(functools.partial(step_deep_memory, use_triton=True), cfg, args, kw)
     assert_close(got, run(step_deep_memory, cfg, args, kw))
 
 
@@ -226,7 +226,7 @@ def test_triton_keys_match_torch_keys(cfg, monkeypatch):
     monkeypatch.setattr(_steps_keys.StepKeys, "apply", lambda *a: calls.append(1) or real(*a))
     T = 37 if cfg.step < 64 else 150  # steps of 64: the backward's two row blocks per step
     args, kw = make_inputs(cfg, T, K=12, V=12 if cfg.residual else 10, hidden=20, with_state=True)
-    got = run(functools.partial(step_deep_memory, triton_read=True), cfg, args, kw)
+    got = run(functools.partial(step_deep_memory, use_triton=True), cfg, args, kw)
     assert calls, "the Triton keys did not run"
     assert_close(got, run(step_deep_memory, cfg, args, kw))
 
@@ -246,7 +246,7 @@ def _run_steps(triton: bool, dtype: torch.dtype, cfg, base, ws, extra) -> list[t
     x = [t.to(torch.bfloat16).to(dtype).requires_grad_(True) for t in base]
     w = [t.clone().requires_grad_(True) for t in ws]
     gates = [t.clone().requires_grad_(True) for t in extra]  # decay (log), momentum
-    o, _ = step_deep_memory(*x, tuple(w), cfg, g=gates[0], mu=gates[1], triton_read=triton)
+    o, _ = step_deep_memory(*x, tuple(w), cfg, g=gates[0], mu=gates[1], use_triton=triton)
     gen = torch.Generator().manual_seed(1)
     loss = (o.float() * torch.randn(o.shape, generator=gen).cuda()).sum()
     return [o.float().detach(), *torch.autograd.grad(loss, x + w + gates)]

@@ -180,7 +180,7 @@ def test_deep_memory_step_form_trial_runs_leave_no_trace() -> None:
     def run() -> list[torch.Tensor]:
         t = {n: v.clone().requires_grad_(True) for n, v in x.items()}
         o, st = step_deep_memory(t["q"], t["k"], t["v"], t["eta"], (t["w1"], t["w2"]), cfg, g=t["g"], mu=t["mu"],
-                                 output_final_state=True, triton_read=True)
+                                 output_final_state=True, use_triton=True)
         g = torch.Generator().manual_seed(5)
         loss = (o * torch.randn(o.shape, generator=g).to(o)).sum() + sum(w.square().sum() for w in st.weights)
         return [o.detach(), *torch.autograd.grad(loss, list(t.values()))]
