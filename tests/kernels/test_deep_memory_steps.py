@@ -271,29 +271,35 @@ def test_gpu_triton_steps_at_the_titans_size(step: int) -> None:
 
 @pytest.mark.gpu
 def test_gpu_triton_steps_bf16_within_tolerance() -> None:
-    """bf16 inputs (tf32 dots in the kernels) against the float32 PyTorch step form on the same
-    rounded inputs: output and every gradient within the bf16 tolerance 5e-3."""
+    """bf16 inputs (tf32 dots in the kernels): :func:`_check_bf16` at B=2, T=1024, 8 heads of
+    128, hidden 512, steps of 64."""
     torch.backends.cuda.matmul.allow_tf32 = False
     cfg = C(depth=2, hidden=512, residual=True, norm=True, momentum=True, chunk_size=1024, step=64)
-    data = _titans_inputs(2, 1024, 8, 128, 512, seed=4)
+    _check_bf16(cfg, _titans_inputs(2, 1024, 8, 128, 512, seed=4))
+
+
+def _check_bf16(cfg, data) -> None:  # noqa: ANN001
+    """The Triton step form on bf16 inputs: output and the gradients of q, k, v, eta and the
+    weights within 5e-3 of the float32 PyTorch form on the same rounded inputs; the gates'
+    gradients within 5e-3 of the PyTorch form with the same bf16 inputs and output. (The gates'
+    gradients sum many terms of both signs: the bf16 rounding of the output's gradient alone puts
+    them 5.5-5.7e-3 from the float32 truth in some draws, in the PyTorch form as in ours; the
+    kernels' own error is measured against that form.)"""
     got = _run_steps(True, torch.bfloat16, cfg, *data)
-    ref = _run_steps(False, torch.float32, cfg, *data)
-    for a, b in zip(got, ref):
+    truth = _run_steps(False, torch.float32, cfg, *data)
+    same_io = _run_steps(False, torch.bfloat16, cfg, *data)
+    n_gates = 2
+    refs = truth[:-n_gates] + same_io[-n_gates:]
+    for a, b in zip(got, refs):
         assert torch.isfinite(a).all()
-        rel = ((a.float() - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
+        rel = ((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt()).item()
         assert rel <= 5e-3, rel
 
 
 def test_triton_steps_bf16_with_tf32_dots_within_tolerance(monkeypatch):
-    """The same check on the CPU (interpreter rounding tf32 dot operands as the GPU does): bf16
-    inputs through the Triton keys and reads against the float32 PyTorch form, T = 256, 2 heads
-    of 64, hidden 256, steps of 64: output and every gradient, the gates' too, within 5e-3
-    (2.6e-3 seen; with the step sums stored in bf16 the decay's gradient reached 4.5e-3)."""
+    """:func:`_check_bf16` on the CPU (interpreter rounding tf32 dot operands as the GPU does),
+    T = 256, 2 heads of 64, hidden 256, steps of 64 (2.6e-3 seen against the float32 truth, the
+    gates included; with the step sums stored in bf16 the decay's gradient reached 4.5e-3)."""
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self)  # the helpers' .cuda(): stay here
     cfg = C(depth=2, hidden=256, residual=True, norm=True, momentum=True, chunk_size=256, step=64)
-    data = _titans_inputs(1, 256, 2, 64, 256, seed=4)
-    got = _run_steps(True, torch.bfloat16, cfg, *data)
-    ref = _run_steps(False, torch.float32, cfg, *data)
-    for a, b in zip(got, ref):
-        rel = ((a.float() - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
-        assert rel <= 5e-3, rel
+    _check_bf16(cfg, _titans_inputs(1, 256, 2, 64, 256, seed=4))
