@@ -6,10 +6,13 @@ One program per (batch · head, step n) of S tokens: ``z1 = k W1``, ``a = act(z1
 definitions; the ``[S, hidden]`` tiles in registers, hidden tile by tile), and the step's sums
 ``G1_n = Σ_t eta_t k_t δ1_tᵀ`` ``[K, HD]``, ``G2_n = Σ_t eta_t a_t δ2_tᵀ`` ``[HD, V]``, and, for
 the backward, the ``[S, V]``-sized ``δ2``, ``r``, ``x̂`` and LayerNorm's ``rstd`` (narrow: cheaper to
-keep than to recompute with the hidden layer). The backward takes ``dG1_n, dG2_n``, recomputes
-the hidden tiles; with ``P = δ dGᵀ`` and
-``Q = a dG`` per layer (its input a, its error δ), the gradients of the errors' own computation
-follow the chain backwards (second derivatives of the activation, of LayerNorm and of the bias):
+keep than to recompute with the hidden layer). The backward takes ``dG1_n, dG2_n`` and
+recomputes the hidden tiles, in two kernels over blocks of at most 32 rows (rows are
+independent there): ``_keys_bwd_rows_kernel`` forms δ2's gradient and the row-local part
+(LayerNorm, bias, dv, deta), ``_keys_bwd_hidden_kernel`` the way back through the keys' forward
+(dk, and dW by atomic adds over the blocks). With ``P = δ dGᵀ`` and ``Q = a dG`` per layer (its
+input a, its error δ), the gradients of the errors' own computation follow the chain backwards
+(second derivatives of the activation, of LayerNorm and of the bias):
 
     dk += eta P1 (+ gy if residual) + gz1 W1ᵀ,  deta = <k, P1> + <a, P2>,
     gδ1 = eta Q1, gt1 = gδ1 act'(z1), gδ2 = eta Q2 + gt1 W2,
