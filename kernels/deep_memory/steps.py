@@ -15,10 +15,12 @@ sequential loop (README.md, "Steps of several tokens"):
    starts with): tokens 0..S-2 read the start state, the others fall into N groups of S, each read
    through its group's weights, one batched matmul per layer.
 
-Every part is a library matmul or an elementwise op (cuBLAS on CUDA): the per-step weights are
-materialised ([B, H, N, d_in, d_out] per layer, N = R / S), which costs less than the
-quadratic dual form whenever ``d_in d_out < R S / 2`` (titans-pytorch's shape: 65,536 against
-131,072). Spans run one after another (a span's ``W_ref`` is the previous span's last state).
+The per-step sums are materialised ([B, H, N, d_in, d_out] per layer, N = R / S), which costs
+less than the quadratic dual form whenever ``d_in d_out < R S / 2`` (titans-pytorch's shape:
+65,536 against 131,072). Spans run one after another (a span's ``W_ref`` is the previous span's
+last state). In PyTorch every part is a library matmul or an elementwise op; on the Triton
+backend (depth 2, widths at most 128) 1. runs in ``_steps_keys.py`` and 3. (with the sums'
+backward) in ``_steps_read.py``, no ``[S, hidden]`` tile reaching memory.
 """
 from __future__ import annotations
 
@@ -81,28 +83,32 @@ def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tenso
     last = torch.arange(S - 1, N * S, S, device=q.device).clamp_max(R - 1)  # [N] each step's last token
     co = dual_coefficients(log_a[..., last], torch.ones_like(log_a[..., last]),
                            mu[..., last] if mu is not None else None)  # [B, H, N] and [B, H, N, N]
-    z0s = state.momentum if cfg.momentum else (None,) * cfg.depth
-    sums, weights, momenta = [], [], []
     keys = kern.keys if kern is not None else _keys_torch
     all_steps = keys(k, v, eta, d, read_weights(state.weights, cfg), cfg, N)  # per layer [B, H, N, d_in, d_out]
+    z0s = state.momentum if cfg.momentum else (None,) * cfg.depth
     if kern is not None and kern.steps_read is not None and cfg.linear_retention:
         o, lasts = kern.steps_read(q, state, all_steps, co, S, N, cfg)
-        weights = [last + _start_part(w0, z0, co, -1) for last, w0, z0 in zip(lasts, state.weights, z0s)]
-        if cfg.momentum and momentum_out:
-            momenta = [_last_momentum(g, z0, co) for g, z0 in zip(all_steps, z0s)]
-        return o, DeepMemoryState(tuple(weights), tuple(momenta) if cfg.momentum and momentum_out else None)
-    for g_steps, w0, z0 in zip(all_steps, state.weights, z0s):
-        flat = g_steps.flatten(-2)  # [B, H, N, d_in * d_out]
-        sums.append((co["dmat"] @ flat).unflatten(-1, g_steps.shape[-2:]))  # [B, H, N, d_in, d_out]
-        weights.append(sums[-1][:, :, -1] + _start_part(w0, z0, co, -1))
-        if z0 is not None and momentum_out:
-            momenta.append(_last_momentum(g_steps, z0, co))
+    else:
+        o, lasts = _sums_and_reads(q, state, all_steps, co, S, N, cfg)
+    weights = tuple(last + _start_part(w0, z0, co, -1) for last, w0, z0 in zip(lasts, state.weights, z0s))
+    momenta = None
+    if cfg.momentum and momentum_out:
+        momenta = tuple(_last_momentum(g, z0, co) for g, z0 in zip(all_steps, z0s))
+    return o, DeepMemoryState(weights, momenta)
+
+
+def _sums_and_reads(q: Tensor, state: DeepMemoryState, all_steps: list[Tensor], co: dict[str, Tensor],
+                    S: int, N: int, cfg: DeepMemoryConfig) -> tuple[Tensor, list[Tensor]]:
+    """The per-step sums ``Σ = dmat @ G`` (cuBLAS) and the reads in PyTorch: (o [B, H, R, V], the
+    last sums per layer [B, H, d_in, d_out])."""
+    sums = [(co["dmat"] @ g.flatten(-2)).unflatten(-1, g.shape[-2:]) for g in all_steps]  # [B, H, N, d_in, d_out]
     if cfg.linear_retention:
         o = _read_linear(q, state, sums, co, S, N, cfg)
     else:  # a nonlinear read map needs every step's whole state
+        z0s = state.momentum if cfg.momentum else (None,) * cfg.depth
         full = tuple(w + _start_part(w0, z0, co, slice(None)) for w, w0, z0 in zip(sums, state.weights, z0s))
         o = _read(q, read_weights(state.weights, cfg), read_weights(full, cfg), S, N, cfg)
-    return o, DeepMemoryState(tuple(weights), tuple(momenta) if cfg.momentum and momentum_out else None)
+    return o, [sm[:, :, -1] for sm in sums]
 
 
 class _Kernels(NamedTuple):
