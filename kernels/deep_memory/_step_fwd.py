@@ -71,6 +71,10 @@ def _w2_tile(i, ch, vv, HD, V):
     return i * HD * V + ch[:, None] * V + vv[None, :], (ch < HD)[:, None] & (vv < V)[None, :]
 
 
+# the ACT and BIAS codes of the config's activation and bias, as the kernels read them
+ACT_CODES = {"identity": 0, "gelu": 1, "silu": 2, "relu": 3}  # _act_fwd
+BIAS_CODES = {"dot": 0, "l2": 1, "lp": 2, "huber": 3, "robust": 4}  # DOT ... ROBUST below
+
 # attentional biases (BIAS) and the smoothing constants of memory.py (LP_EPS, ROBUST_EPS)
 DOT = tl.constexpr(0)
 L2 = tl.constexpr(1)

@@ -30,9 +30,9 @@ from torch.autograd.function import once_differentiable
 
 from ..tuning import autotune
 from ._step_bwd import _bias_vjp
-from ._step_fwd import DOT, _act_fwd, _act_grad, _act_grad2, _ln_grad, _output_error
-
-BIASES = {"dot": 0, "l2": 1, "lp": 2, "huber": 3, "robust": 4}
+from ._step_fwd import ACT_CODES, BIAS_CODES, DOT, _act_fwd, _act_grad, _act_grad2, _ln_grad, _output_error
+from ._steps_read import _blocks
+from .memory import NORM_EPS
 KEYS_SHAPES = ((8, 1), (4, 1), (16, 1))
 KEYS_KEY = ["S", "K", "HD", "V", "BS", "BK", "BH", "BV", "ACT", "NORM", "RES", "BIAS", "PREC"]
 
@@ -49,7 +49,8 @@ def _tiles(w1, w2, i, rk, ch, rv, mk, mh, mv, K, HD, V):
 def _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V, eps, bp,
             BS: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, ACT: tl.constexpr,
             NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr, PREC: tl.constexpr):
-    """The step's keys forward and the last layer's error: ``(kt, dl, r, r0, n2, x_hat, rstd)``."""
+    """The step's keys forward and the last layer's error: ``(kt, dl, r, x_hat, rstd)`` (the
+    bias gradient r, LayerNorm's x̂ and rstd: the backward's)."""
     kt = tl.load(k + row[:, None] * K + rk[None, :], mask=ms[:, None] & mk[None, :], other=0.0)
     z2 = tl.zeros([BS, BV], dtype=tl.float32)
     for h0 in range(0, HD, BH):
@@ -58,12 +59,12 @@ def _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V, eps, bp,
         z2 += tl.dot(_act_fwd(tl.dot(kt, t1, input_precision=PREC), ACT), t2, input_precision=PREC)
     m = ms[:, None] & mv[None, :]
     dt = tl.load(d + row, mask=ms, other=1.0)
-    r, r0, n2, x_hat, rstd = _output_error(z2, m, k + row[:, None] * K + rv[None, :],
-                                           v + row[:, None] * V + rv[None, :], dt, bp, V, eps, NORM, RES, BIAS)
+    r, _, _, x_hat, rstd = _output_error(z2, m, k + row[:, None] * K + rv[None, :],
+                                         v + row[:, None] * V + rv[None, :], dt, bp, V, eps, NORM, RES, BIAS)
     dl = r
     if NORM:
         dl = _ln_grad(r, x_hat, rstd, m, V)
-    return kt, tl.where(m, dl, 0.0), r, r0, n2, x_hat, rstd
+    return kt, tl.where(m, dl, 0.0), r, x_hat, rstd
 
 
 @autotune(KEYS_KEY, KEYS_SHAPES)
@@ -77,7 +78,7 @@ def _keys_fwd_kernel(k, v, d, eta, w1, w2, g1, g2, dl_out, r_out, xh_out, rstd_o
     t = n * S + rs
     ms, mk, mv = (rs < S) & (t < R), rk < K, rv < V
     row = i * R + t
-    kt, dl, r, _, _, x_hat, rstd = _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V, eps, bp,
+    kt, dl, r, x_hat, rstd = _errors(k, v, d, w1, w2, i, row, rk, rv, ms, mk, mv, K, HD, V, eps, bp,
                                            BS, BH, BV, ACT, NORM, RES, BIAS, PREC)
     m = ms[:, None] & mv[None, :]
     rows_v = row[:, None] * V + rv[None, :]
@@ -140,7 +141,7 @@ def _ln_second(g, r, x_hat, rstd, m, V):
 @autotune(KEYS_KEY, KEYS_SHAPES)
 @triton.jit
 def _keys_bwd_rows_kernel(k, v, d, eta, w1, w2, dg1, dg2, dl_in, r_in, xh_in, rstd_in, gz2_out, dk, dv, deta, dd,
-                          R, N, S, K, HD, V, eps, bp, NB,
+                          R, N, S, K, HD, V, bp, NB,
                           BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                           ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, BIAS: tl.constexpr,
                           PREC: tl.constexpr):
@@ -231,11 +232,8 @@ def _keys_bwd_hidden_kernel(k, eta, w1, w2, dg1, dg2, dl_in, gz2_in, dk, dw1, dw
 
 
 def _opts(S: int, K: int, V: int, HD: int, act: str, norm: bool, residual: bool, bias: str, prec: str) -> dict:
-    from ._steps_read import ACTS
-
-    fit = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731
-    return dict(BS=fit(S), BK=fit(K), BV=fit(V), BH=min(32, fit(HD)), ACT=ACTS[act], NORM=norm,
-                RES=residual, BIAS=BIASES[bias], PREC=prec)
+    return dict(**_blocks(S, K, V, HD), ACT=ACT_CODES[act], NORM=norm, RES=residual, BIAS=BIAS_CODES[bias],
+                PREC=prec)
 
 
 def _row_blocks(S: int) -> int:
@@ -260,7 +258,7 @@ class StepKeys(torch.autograd.Function):
         g2 = torch.empty(BHn, N, HD, V, device=k.device, dtype=torch.float32)
         opts = _opts(S, K, V, HD, act, norm, residual, bias, prec)
         kept = [torch.empty_like(v) for _ in range(3)] + [torch.empty_like(eta)]  # δ2, r, x_hat, rstd
-        _keys_fwd_kernel[(BHn, N)](k, v, d, eta, w1, w2, g1, g2, *kept, R, N, S, K, HD, V, 1e-5, bp, **opts)
+        _keys_fwd_kernel[(BHn, N)](k, v, d, eta, w1, w2, g1, g2, *kept, R, N, S, K, HD, V, NORM_EPS, bp, **opts)
         ctx.save_for_backward(k, v, eta, d, w1, w2, *kept)
         ctx.S, ctx.bp, ctx.opts = S, bp, opts
         return g1, g2
@@ -279,7 +277,7 @@ class StepKeys(torch.autograd.Function):
         nb, opts = _row_blocks(ctx.S), dict(ctx.opts)
         opts["BS"] = max(16, triton.next_power_of_2(ctx.S // nb))
         _keys_bwd_rows_kernel[(BHn, N * nb)](k, v, d, eta, w1, w2, dg1, dg2, *kept, gz2, dk, dv, deta, dd, R, N,
-                                             ctx.S, K, HD, V, 1e-5, ctx.bp, nb, **opts)
+                                             ctx.S, K, HD, V, ctx.bp, nb, **opts)
         _keys_bwd_hidden_kernel[(BHn, N * nb)](k, eta, w1, w2, dg1, dg2, kept[0], gz2, dk, dw1, dw2, R, N, ctx.S,
                                                K, HD, V, nb, **opts)
         return dk, dv, deta, dd, dw1, dw2, None, None, None, None, None, None, None

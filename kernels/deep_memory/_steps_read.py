@@ -20,9 +20,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..tuning import autotune
-from ._step_fwd import _act_fwd, _act_grad, _ln_grad
-
-ACTS = {"identity": 0, "gelu": 1, "silu": 2, "relu": 3}
+from ._step_fwd import ACT_CODES, _act_fwd, _act_grad, _ln_grad
+from .memory import NORM_EPS
 
 
 @triton.jit
@@ -111,7 +110,7 @@ def _read_fwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, rstd_out, NG, N, S, K
 @autotune(READ_KEY, READ_SHAPES)
 @triton.jit
 def _read_bwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, rstd_in, do, dx, ds1, ds2, dgam, de, NG, N, S, K, HD,
-                     V, eps, BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
+                     V, BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
                      ACT: tl.constexpr, NORM: tl.constexpr, RES: tl.constexpr, MOM: tl.constexpr,
                      PREC: tl.constexpr):
     i, g = tl.program_id(0).to(tl.int64), tl.program_id(1)
@@ -162,7 +161,9 @@ def _read_bwd_kernel(x, w1, z1, w2, z2, s1, s2, gam, e, o, rstd_in, do, dx, ds1,
 
 
 def _blocks(S: int, K: int, V: int, HD: int) -> dict[str, int]:
-    fit = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731  tl.dot's minimum is 16
+    """Tiles of the step form's kernels (keys and reads): the step's rows, K and V whole, the
+    hidden width in tiles of 32 (powers of two, at least 16: tl.dot's minimum)."""
+    fit = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731
     return {"BS": fit(S), "BK": fit(K), "BV": fit(V), "BH": min(32, fit(HD))}
 
 
@@ -246,9 +247,9 @@ class StepsRead(torch.autograd.Function):
         e_ext = torch.cat([one * 0.0, e], 1) if mom else g_ext
         o = torch.empty(BHn, NG, S, V, device=x.device, dtype=torch.float32)
         rstd = torch.empty(BHn, NG, S, device=x.device, dtype=torch.float32)
-        opts = dict(ACT=ACTS[act], NORM=norm, RES=residual, MOM=mom, PREC=prec, **_blocks(S, K, V, HD))
+        opts = dict(ACT=ACT_CODES[act], NORM=norm, RES=residual, MOM=mom, PREC=prec, **_blocks(S, K, V, HD))
         _read_fwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, g_ext, e_ext, o, rstd, NG, NG - 1, S, K, HD, V,
-                                    1e-5, **opts)
+                                    NORM_EPS, **opts)
         ctx.save_for_backward(x, w1, z1, w2, z2, s1, s2, g1, g2, dmat, g_ext, e_ext, o, rstd)
         ctx.opts, ctx.mom, ctx.prec = opts, mom, prec
         return o, s1[:, -1], s2[:, -1]
@@ -267,7 +268,7 @@ class StepsRead(torch.autograd.Function):
         de = torch.empty_like(g_ext) if mom else dgam
         do = do if do is not None else torch.zeros(BHn, NG, S, V, device=x.device)
         _read_bwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, g_ext, e_ext, o, rstd, do.contiguous(), dx, ds1,
-                                    ds2, dgam, de, NG, NG - 1, S, K, HD, V, 1e-5, **ctx.opts)
+                                    ds2, dgam, de, NG, NG - 1, S, K, HD, V, **ctx.opts)
         for ds, dlast in ((ds1, dlast1), (ds2, dlast2)):
             if dlast is not None:  # the final state's share of the last sums
                 ds[:, -1] += dlast

@@ -59,21 +59,19 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.autotuner import Autotuner
 
 from ._step_bwd import _bwd_bias_kernel, _bwd_hidden_kernel, _bwd_keys_kernel
-from ._step_fwd import _bias_kernel, _keys_kernel, _update_kernel, bias_grid
+from ._step_fwd import ACT_CODES, BIAS_CODES, _bias_kernel, _keys_kernel, _update_kernel, bias_grid
 from ._step_linear import (
     _linear_bwd_keys_kernel, _linear_bwd_update_kernel, _linear_keys_kernel, _linear_update_kernel,
 )
 from .config import DeepMemoryConfig
 from .memory import NORM_EPS, DeepMemoryState
 
-_ACT = {"identity": 0, "gelu": 1, "silu": 2, "relu": 3}
-_BIAS = {"dot": 0, "l2": 1, "lp": 2, "huber": 3, "robust": 4}  # _step_fwd.DOT ... ROBUST
 
 
 def fused_step_supported(cfg: DeepMemoryConfig, dtype: torch.dtype) -> bool:
     """Depth-1 and depth-2 memories with linear retention (any bias), computed in float32."""
-    return (cfg.depth in (1, 2) and cfg.linear_retention and cfg.bias in _BIAS
-            and cfg.activation in _ACT and dtype == torch.float32)
+    return (cfg.depth in (1, 2) and cfg.linear_retention and cfg.bias in BIAS_CODES
+            and cfg.activation in ACT_CODES and dtype == torch.float32)
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ def _shape(k: Tensor, v: Tensor, w1: Tensor, cfg: DeepMemoryConfig, mom_on: bool
     tiles = dict(BC=_block(C), BK=_block(K), BH=_block(HD, 64), BV=_block(V))
     if cfg.depth == 1:  # value blocks of the linear update kernels instead of hidden blocks
         tiles = dict(BC=tiles["BC"], BK=tiles["BK"], BV=tiles["BV"], BVU=_block(V, 64))
-    flags = dict(ACT=_ACT[cfg.activation], NORM=cfg.norm, RES=cfg.residual, BIAS=_BIAS[cfg.bias],
+    flags = dict(ACT=ACT_CODES[cfg.activation], NORM=cfg.norm, RES=cfg.residual, BIAS=BIAS_CODES[cfg.bias],
                  MOM=mom_on)
     bp = {"lp": cfg.p, "robust": cfg.robust_radius}.get(cfg.bias) or 0.0
     nj = triton.cdiv(HD, tiles["BH"]) if cfg.depth == 2 else 1
@@ -441,7 +439,7 @@ def loop_backward(tape: LoopTape, g_outs: list[Tensor], extra: list, g_final: li
         if sh.flags["RES"]:
             g_k += gk_res
     s = scal.sum(2)  # [n, N, 3]
-    mom_on, huber = sh.flags["MOM"], sh.flags["BIAS"] == _BIAS["huber"]
+    mom_on, huber = sh.flags["MOM"], sh.flags["BIAS"] == BIAS_CODES["huber"]
     return (g_k, g_v, g_end, s[..., 0], s[..., 1] if mom_on else None,
             s[..., 2] if mom_on else None, gdl.sum(2), gzl.sum(2) if mom_on else None,
             g_delta if huber else None)

@@ -74,7 +74,7 @@ def step_deep_memory(
 
 def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tensor | None,
           d: Tensor | None, state: DeepMemoryState, cfg: DeepMemoryConfig,
-          momentum_out: bool = True, kern: "_Kernels | None" = None) -> tuple[Tensor, DeepMemoryState]:
+          momentum_out: bool, kern: "_Kernels") -> tuple[Tensor, DeepMemoryState]:
     """One span of R tokens (heads first: q, k [B, H, R, K], v [B, H, R, V], per-token
     scalars [B, H, R]). Returns (o [B, H, R, V], the state after the span's last step; its
     momentum is None unless ``momentum_out``: forming it reads every step's gradient again)."""
@@ -83,13 +83,9 @@ def _span(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_a: Tensor, mu: Tenso
     last = torch.arange(S - 1, N * S, S, device=q.device).clamp_max(R - 1)  # [N] each step's last token
     co = dual_coefficients(log_a[..., last], torch.ones_like(log_a[..., last]),
                            mu[..., last] if mu is not None else None)  # [B, H, N] and [B, H, N, N]
-    keys = kern.keys if kern is not None else _keys_torch
-    all_steps = keys(k, v, eta, d, read_weights(state.weights, cfg), cfg, N)  # per layer [B, H, N, d_in, d_out]
+    all_steps = kern.keys(k, v, eta, d, read_weights(state.weights, cfg), cfg, N)  # per layer [B, H, N, d_in, d_out]
     z0s = state.momentum if cfg.momentum else (None,) * cfg.depth
-    if kern is not None and kern.steps_read is not None and cfg.linear_retention:
-        o, lasts = kern.steps_read(q, state, all_steps, co, S, N, cfg)
-    else:
-        o, lasts = _sums_and_reads(q, state, all_steps, co, S, N, cfg)
+    o, lasts = kern.sums_and_reads(q, state, all_steps, co, S, N, cfg)
     weights = tuple(last + _start_part(w0, z0, co, -1) for last, w0, z0 in zip(lasts, state.weights, z0s))
     momenta = None
     if cfg.momentum and momentum_out:
@@ -112,25 +108,23 @@ def _sums_and_reads(q: Tensor, state: DeepMemoryState, all_steps: list[Tensor], 
 
 
 class _Kernels(NamedTuple):
-    """How a chunk computes its steps' gradients (``_keys_torch`` or the Triton keys) and, on
-    the Triton backend where the shapes fit, its sums and reads at once (``steps_read``; None:
-    cuBLAS sums and ``_read_linear`` / ``_read``)."""
+    """How a chunk computes its steps' gradients (``_keys_torch`` or the Triton keys) and its
+    sums and reads (``_sums_and_reads`` or, for an identity read map, the Triton ones)."""
 
     keys: Callable
-    steps_read: Callable | None
+    sums_and_reads: Callable
 
 
 def _kernels(cfg: DeepMemoryConfig, q: Tensor, v: Tensor, triton: bool) -> _Kernels:
     """PyTorch, or (``triton``, depth 2, K, V and S at most 128) ``_steps_keys.py`` and, for an
     identity read map, ``_steps_read.py``."""
-    if not triton:
-        return _Kernels(_keys_torch, None)
-    if not steps_triton_supported(cfg.depth, q.shape[-1], v.shape[-1], cfg.step):
-        return _Kernels(_keys_torch, None)
+    if not (triton and steps_triton_supported(cfg.depth, q.shape[-1], v.shape[-1], cfg.step)):
+        return _Kernels(_keys_torch, _sums_and_reads)
     from .chunk import dot_precision  # imports triton only when asked for
 
     prec = dot_precision(q.dtype)
-    return _Kernels(lambda *a: _keys_triton(*a, prec=prec), lambda *a: _steps_read_triton(*a, prec=prec))
+    reads = (lambda *a: _steps_read_triton(*a, prec=prec)) if cfg.linear_retention else _sums_and_reads
+    return _Kernels(lambda *a: _keys_triton(*a, prec=prec), reads)
 
 
 def _keys_torch(k: Tensor, v: Tensor, eta: Tensor, d: Tensor | None, w_ref: Weights,
