@@ -169,16 +169,22 @@ def _blocks(S: int, K: int, V: int, HD: int) -> dict[str, int]:
 
 @autotune(["N", "X", "BN", "BX", "MOM", "PREC"], ((4, 1), (8, 1), (4, 2)), restore=["ddmat"])  # atomic adds
 @triton.jit
-def _combine_bwd_kernel(ds, g, dmat, gam, e, dg, dstart, ddmat, N, X,
-                        BN: tl.constexpr, BX: tl.constexpr, MOM: tl.constexpr, PREC: tl.constexpr):
+def _combine_bwd_kernel(ds, dlast, g, dmat, gam, e, dg, dstart, ddmat, N, X,
+                        BN: tl.constexpr, BX: tl.constexpr, LAST: tl.constexpr, MOM: tl.constexpr,
+                        PREC: tl.constexpr):
     """Backward of ``Σ = dmat @ G`` (per batch·head, the steps' sums ``[N, X]``) and of the
     start state's share, from the groups' ``dΣ_ext [N + 1, X]`` (row 0: group 0, row n + 1: sums
     n) in one pass over a block of X columns: ``dG = dmatᵀ dΣ``, ``dW_start = Σ_j gam_j dΣ_j``
-    (``dZ_start`` with e), and ``ddmat += dΣ Gᵀ`` (atomic adds over the column blocks)."""
+    (``dZ_start`` with e), and ``ddmat += dΣ Gᵀ`` (atomic adds over the column blocks). With
+    LAST, ``dlast [X]`` (the final state's gradient of the last sums) joins the last sums' dΣ for
+    dG and ddmat only: no read made it, so it is no part of the start state's share."""
     i, c = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cx = c * BX + tl.arange(0, BX)
     mx = cx < X
     d0 = tl.load(ds + i * (N + 1) * X + cx, mask=mx, other=0.0)  # group 0: gam 1, e 0
+    lt = d0 * 0.0
+    if LAST:
+        lt = tl.load(dlast + i * X + cx, mask=mx, other=0.0)
     sw = d0
     sz = d0 * 0.0
     for m0 in range(0, N, BN):
@@ -190,10 +196,11 @@ def _combine_bwd_kernel(ds, g, dmat, gam, e, dg, dstart, ddmat, N, X,
             rn = n0 + tl.arange(0, BN)
             mn = rn < N
             dt = tl.load(ds + (i * (N + 1) + 1 + rn[:, None]) * X + cx[None, :], mask=mn[:, None] & mx[None, :],
-                         other=0.0)  # dΣ of sums rn
+                         other=0.0)  # dΣ of sums rn from the reads
+            dtl = dt + tl.where((rn == N - 1)[:, None], lt[None, :], 0.0)  # and from the final state
             dm = tl.load(dmat + (i * N + rn[:, None]) * N + rm[None, :], mask=mn[:, None] & mm[None, :], other=0.0)
-            acc += tl.dot(tl.trans(dm), dt, input_precision=PREC)  # Σ_n dmat[n, m] dΣ_n
-            part = tl.dot(dt, tl.trans(gt), input_precision=PREC)  # [BN(n), BN(m)]
+            acc += tl.dot(tl.trans(dm), dtl, input_precision=PREC)  # Σ_n dmat[n, m] dΣ_n
+            part = tl.dot(dtl, tl.trans(gt), input_precision=PREC)  # [BN(n), BN(m)]
             tl.atomic_add(ddmat + (i * N + rn[:, None]) * N + rm[None, :], part, mask=mn[:, None] & mm[None, :])
             if m0 == 0:  # the start state's share, once per row block of sums
                 gm = tl.load(gam + i * N + rn, mask=mn, other=0.0)
@@ -207,18 +214,21 @@ def _combine_bwd_kernel(ds, g, dmat, gam, e, dg, dstart, ddmat, N, X,
         tl.store(dstart + i * 2 * X + X + cx, sz, mask=mx)
 
 
-def combine_backward(ds_ext: Tensor, g: Tensor, dmat: Tensor, gam: Tensor, e: Tensor | None,
-                     prec: str) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+def combine_backward(ds_ext: Tensor, dlast: Tensor | None, g: Tensor, dmat: Tensor, gam: Tensor,
+                     e: Tensor | None, prec: str) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(dG [BH, N, X], ddmat [BH, N, N], dW_start [BH, X], dZ_start [BH, X] or None)`` of the
-    combination ``Σ = dmat @ G`` and the start share (``ds_ext [BH, N + 1, X]``)."""
+    combination ``Σ = dmat @ G`` and the start share (``ds_ext [BH, N + 1, X]``; ``dlast [BH, X]``
+    the final state's gradient of the last sums, or None)."""
     BHn, N, X = g.shape
     mom = e is not None
     dg = torch.empty_like(g)
     ddmat = torch.zeros_like(dmat)
     dstart = torch.empty(BHn, 2, X, device=g.device, dtype=torch.float32)
     BN, BX = min(64, max(16, triton.next_power_of_2(N))), 64
-    _combine_bwd_kernel[(BHn, triton.cdiv(X, BX))](ds_ext, g, dmat, gam, e if mom else gam, dg, dstart, ddmat,
-                                                   N, X, BN=BN, BX=BX, MOM=mom, PREC=prec)
+    last = dlast is not None
+    _combine_bwd_kernel[(BHn, triton.cdiv(X, BX))](ds_ext, dlast.contiguous() if last else ds_ext, g, dmat, gam,
+                                                   e if mom else gam, dg, dstart, ddmat, N, X, BN=BN, BX=BX,
+                                                   LAST=last, MOM=mom, PREC=prec)
     return dg, ddmat, dstart[:, 0], dstart[:, 1] if mom else None
 
 
@@ -269,17 +279,10 @@ class StepsRead(torch.autograd.Function):
         do = do if do is not None else torch.zeros(BHn, NG, S, V, device=x.device)
         _read_bwd_kernel[(BHn, NG)](x, w1, z1, w2, z2, s1, s2, g_ext, e_ext, o, rstd, do.contiguous(), dx, ds1,
                                     ds2, dgam, de, NG, NG - 1, S, K, HD, V, **ctx.opts)
-        for ds, dlast in ((ds1, dlast1), (ds2, dlast2)):
-            if dlast is not None:  # the final state's share of the last sums
-                ds[:, -1] += dlast
         gam, e = g_ext[:, 1:].contiguous(), (e_ext[:, 1:].contiguous() if mom else None)
-        dg1, dd1, dw1, dz1 = combine_backward(ds1.flatten(-2), g1.flatten(-2), dmat, gam, e, ctx.prec)
-        dg2, dd2, dw2, dz2 = combine_backward(ds2.flatten(-2), g2.flatten(-2), dmat, gam, e, ctx.prec)
-        for dw, dz, dlast in ((dw1, dz1, dlast1), (dw2, dz2, dlast2)):
-            if dlast is not None:  # it reaches G and dmat, not the start state (no read made it)
-                dw -= gam[:, -1:] * dlast.flatten(-2)
-                if mom:
-                    dz -= e[:, -1:] * dlast.flatten(-2)
+        flat = lambda t: t.flatten(-2) if t is not None else None  # noqa: E731
+        dg1, dd1, dw1, dz1 = combine_backward(ds1.flatten(-2), flat(dlast1), g1.flatten(-2), dmat, gam, e, ctx.prec)
+        dg2, dd2, dw2, dz2 = combine_backward(ds2.flatten(-2), flat(dlast2), g2.flatten(-2), dmat, gam, e, ctx.prec)
         unf = lambda t, shape: t.unflatten(-1, shape) if t is not None else None  # noqa: E731
         return (dx, unf(dw1, (K, HD)), unf(dz1, (K, HD)), unf(dw2, (HD, V)), unf(dz2, (HD, V)),
                 unf(dg1, (K, HD)), unf(dg2, (HD, V)), dd1 + dd2, dgam[:, 1:], de[:, 1:] if mom else None,

@@ -183,7 +183,7 @@ def test_packed_sequences_equal_separate_calls():
     C(depth=2, bias="huber", activation="silu", retention_global="l2", chunk_size=12, step=6),
     C(depth=2, bias="dot", activation="relu", norm=True, chunk_size=8, step=8),
 ], ids=["mom-norm-res", "huber-silu-l2", "dot-relu-norm"])
-def test_use_triton_matches_torch_read(cfg):
+def test_triton_reads_match_torch_reads(cfg):
     """The Triton backend's reads (``_steps_read.py``, interpreter on the CPU) against the
     PyTorch reads: output, final state and every gradient, float32 (T = 37: partial steps)."""
     args, kw = make_inputs(cfg, 37, K=12, V=12 if cfg.residual else 10, hidden=20, with_state=True)
