@@ -9,6 +9,7 @@ import functools
 import torch
 from torch import Tensor
 
+from ..amp import outside_autocast
 from ..dispatch import resolve
 from .chunk_torch import chunk_deep_memory
 from .config import DeepMemoryConfig
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 
+@outside_autocast
 def deep_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, init_weights: Weights, cfg: DeepMemoryConfig,
     g: Tensor | None = None, mu: Tensor | None = None, lam: Tensor | None = None,

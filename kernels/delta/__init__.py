@@ -1,6 +1,7 @@
 """Gated delta rule kernel family: DeltaNet, Gated DeltaNet, KDA, Longhorn (see README.md)."""
 from __future__ import annotations
 
+from ..amp import outside_autocast
 from ..dispatch import resolve
 from ._common import Result, Tensor
 from .chunk_torch import chunk_delta_rule_torch
@@ -18,6 +19,7 @@ def chunk_delta_rule(*args: object, **kwargs: object) -> Result:
     return triton_delta_rule(*args, **kwargs)  # type: ignore[arg-type]
 
 
+@outside_autocast
 def delta_rule(
     q: Tensor,
     k: Tensor,

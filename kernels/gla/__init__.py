@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..amp import outside_autocast
 from ..dispatch import resolve
 from .chunk_torch import chunk_gla_torch
 from .naive import recurrent_gla
@@ -31,6 +32,7 @@ def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None,
                             chunk_size)
 
 
+@outside_autocast
 def gated_linear_attention(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None,
                            scale: float | None = None, initial_state: Tensor | None = None,
                            output_final_state: bool = False, cu_seqlens: Tensor | None = None,

@@ -141,4 +141,5 @@ class HeadNorm(nn.Module):
             self.norm = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, o: Tensor) -> Tensor:
-        return self.norm(o) if self.norm is not None else o
+        """Normalised in float32 (under autocast a kernel's bf16 output meets float32 weights)."""
+        return self.norm(o.float()).to(o.dtype) if self.norm is not None else o
