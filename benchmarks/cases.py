@@ -196,6 +196,38 @@ def titans_memory(s: Shape, chunk: int) -> Prepared:
     return Prepared(fn=call, leaves=[x, *mem.parameters()], floor_bytes=0)
 
 
+def memory_block(dim: int, heads: int, T: int, step: int) -> torch.nn.Module:
+    """Our whole deep-memory mixer as ``miras compile`` builds it from the ``titans-pytorch``
+    preset (q/k/v projections, data-dependent step, momentum and decay gates, output gate and
+    projection around the kernel), with every gradient at the call's start (``chunk: T``) and
+    one step per ``step`` tokens: the same module-level work as titans-pytorch's NeuralMemory."""
+    spec_from_data = load("mirasdsl.spec", "spec_from_data")
+    lower = load("mirasdsl.graph.lower", "lower")
+    make_mixer = load("mirasdsl.blocks.registry", "make_mixer")
+    MixerNode = load("mirasdsl.graph.nodes", "MixerNode")
+    data = {"miras": 1, "name": "titans-pytorch-block",
+            "model": {"vocab_size": 256, "d_model": dim, "n_layers": 1, "heads": heads},
+            "mixers": {"memory": {"preset": "titans-pytorch",
+                                  "update": {"gd_momentum": {"chunk": T, "step": step}}}}}
+    graph = lower(spec_from_data(data, source="benchmarks/cases.py"))
+    node = next(n for _, n in graph.nodes(data="node") if isinstance(n, MixerNode))
+    return make_mixer(node)
+
+
+def ours_memory_block(s: Shape, chunk: int) -> Prepared:
+    """:func:`memory_block` at titans-pytorch's size, called as :func:`titans_memory` is (bf16
+    autocast, float32 weights): module against module, projections and gates on both sides."""
+    block = memory_block(s.H * s.D, s.H, s.T, chunk).to(DEVICE)
+    x = _rand(s.B, s.T, s.H * s.D, g=_gen(0)).requires_grad_(True)  # [B, T, H * D]
+
+    def call() -> Tensor:
+        with torch.autocast(DEVICE, dtype=BF16):
+            out, _ = block(x)
+        return out
+
+    return Prepared(fn=call, leaves=[x, *block.parameters()], floor_bytes=0)
+
+
 def ours_deep_memory(s: Shape, chunk: int, steps: bool = False) -> Prepared:
     """Our deep memory at titans' setting: depth-2 MLP (hidden 4 D, GELU), LayerNorm and
     residual on the output, L2 bias, momentum, per-token decay. ``steps=False``: chunk-wise GD

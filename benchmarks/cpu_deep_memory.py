@@ -74,6 +74,17 @@ def ours(B: int, T: int, H: int, D: int, chunk: int, steps: bool = False) -> tup
     return call(step_deep_memory if steps else chunk_deep_memory, cfg, x), list(x.values())
 
 
+def block(B: int, T: int, H: int, D: int, chunk: int) -> tuple[Callable, list]:
+    """Our whole mixer from the ``titans-pytorch`` preset (projections, gates, output gate around
+    the step form): module against module with titans-pytorch's NeuralMemory."""
+    from cases import memory_block, set_device
+
+    set_device("cpu")
+    mixer = memory_block(H * D, H, T, chunk)
+    x = torch.randn(B, T, H * D, requires_grad=True)  # [B, T, H·D]
+    return (lambda: mixer(x)[0]), [x, *mixer.parameters()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--B", type=int, default=1)
@@ -87,13 +98,15 @@ def main() -> None:
     print(f"B={a.B} T={a.T} H={a.H} D={a.D} (dim {a.H * a.D}), fp32, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print("| chunk | titans-pytorch fwd+bwd s | ours, titans-pytorch's update (step form) s | titans/ours "
+          "| ours, whole mixer (titans-pytorch preset) s | titans/ours "
           "| ours, chunk-wise update (chunk backend) s | titans/ours |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for chunk in (int(c) for c in a.chunks.split(",")):
         t = median_seconds(*titans(a.B, a.T, a.H, a.D, chunk), a.reps)
         s = median_seconds(*ours(a.B, a.T, a.H, a.D, chunk, steps=True), a.reps)
+        m = median_seconds(*block(a.B, a.T, a.H, a.D, chunk), a.reps)
         o = median_seconds(*ours(a.B, a.T, a.H, a.D, chunk), a.reps)
-        print(f"| {chunk} | {t:.3f} | {s:.3f} | {t / s:.2f}x | {o:.3f} | {t / o:.2f}x |")
+        print(f"| {chunk} | {t:.3f} | {s:.3f} | {t / s:.2f}x | {m:.3f} | {t / m:.2f}x | {o:.3f} | {t / o:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,14 @@ def memory_pair(chunk: int, steps: bool = False) -> Pair:
                 (MEMORY_SHAPE,), f"depth-2 MLP, chunk {chunk}, {what}; titans includes projections")
 
 
+def memory_block_pair(chunk: int) -> Pair:
+    """Module against module: our deep-memory mixer built from the ``titans-pytorch`` preset
+    (projections, gates, output gate around the step form) beside titans-pytorch's NeuralMemory."""
+    return Pair(f"deep_memory_block_steps_c{chunk}", lambda s: cases.ours_memory_block(s, chunk),
+                "titans_pytorch.NeuralMemory", lambda s: cases.titans_memory(s, chunk),
+                (MEMORY_SHAPE,), f"whole mixers, steps of {chunk}: projections and gates on both sides")
+
+
 PAIRS = (
     Pair("simple_gla", lambda s: cases.ours_gla(s, "simple_gla"), "fla.chunk_simple_gla",
          lambda s: cases.fla_op("simple_gla", s, "simple_gla"), note="scalar gate"),
@@ -75,6 +83,7 @@ PAIRS = (
     Pair("attention_alibi", lambda s: cases.ours_attention(s, alibi=True), "torch.sdpa+bias",
          lambda s: cases.torch_sdpa(s, alibi=True), note="ALiBi"),
     memory_pair(64, steps=True),
+    memory_block_pair(64),
     memory_pair(16, steps=True),
     memory_pair(64),
     memory_pair(16),
