@@ -30,6 +30,7 @@ import report
 from cases import MEMORY_SHAPE, SHAPES, SWA_WINDOW, Shape
 from end_to_end import run_end_to_end
 from harness import Prepared, Row, Timer, copy_bandwidth_tb_s, matmul_tflops, measure
+from triton_cache import HitCounter
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ceilings = {"copy_TB_s": copy_bandwidth_tb_s(timer, 1 << 30 if big else 1 << 24),
                 "bf16_matmul_TFLOP_s": matmul_tflops(timer, 8192 if big else 256)}
     print(ceilings, flush=True)
+    compiles = HitCounter()
+    compiles.install()  # a carried .triton_cache (benchmarks/precompile.py) shows here as hits
     rows: list[Row] = []
     for row, make in plan(args):
         if args.budget_s and time.time() - started > args.budget_s:
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_end_to_end(timer, args.e2e_seq_len if big else 32)
             report.write(out, rows, env, ceilings)
     print_table(rows)
+    print(compiles.line(), flush=True)
     return 0
 
 

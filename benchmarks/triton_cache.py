@@ -1,0 +1,113 @@
+"""A Triton kernel cache that travels between machines: relocate it, slim it, count its hits.
+
+Triton's file cache keeps one folder per compiled kernel, named by a hash of the kernel's source,
+its specialisation, the compiler's options and the Triton build. Each folder has a group file
+(``__grp__<name>.json``) that lists the kernel's files by **absolute** path, so a cache copied to
+another folder (the GPU machine's ``/tmp/triton_cache``, a carried ``.triton_cache/``) misses on
+every kernel until the paths are rewritten: :func:`relocate`. :func:`slim` keeps what loading a
+kernel needs (its metadata and binary: ``.json``, ``.cubin``), not the intermediate IR, so a
+cache fits the device tool's carry. :class:`HitCounter` counts, on the device, how many kernels
+came from the cache and how many were compiled there.
+
+    python benchmarks/triton_cache.py relocate DIR     # after copying a cache into DIR
+    python benchmarks/triton_cache.py slim DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+GROUP_PREFIX = "__grp__"
+KEEP_SUFFIXES = (".json", ".cubin", ".hsaco")  # metadata and the loadable binary
+
+
+def groups(cache: Path) -> list[Path]:
+    """Every group file of the cache (one per compiled kernel)."""
+    return sorted(cache.glob(f"*/{GROUP_PREFIX}*.json"))
+
+
+def _children(group: Path) -> dict[str, str]:
+    data = json.loads(group.read_text())
+    return dict(data.get("child_paths") or {})
+
+
+def _write(group: Path, children: dict[str, str]) -> None:
+    group.write_text(json.dumps({"child_paths": children}))
+
+
+def relocate(cache: Path) -> int:
+    """Point every group file at the files beside it; returns how many groups were rewritten."""
+    changed = 0
+    for group in groups(cache):
+        children = _children(group)
+        moved = {name: str(group.parent / name) for name in children}
+        if moved != children:
+            _write(group, moved)
+            changed += 1
+    return changed
+
+
+def slim(cache: Path) -> tuple[int, int]:
+    """Delete each kernel's intermediate files (IR, PTX, source), keep metadata and binary, and
+    list only those in its group; returns ``(files removed, bytes removed)``."""
+    removed = freed = 0
+    for group in groups(cache):
+        children = _children(group)
+        kept = {n: p for n, p in children.items() if n.endswith(KEEP_SUFFIXES)}
+        for name in set(children) - set(kept):
+            path = group.parent / name
+            if path.exists():
+                freed += path.stat().st_size
+                path.unlink()
+                removed += 1
+        _write(group, {n: str(group.parent / n) for n in kept})
+    return removed, freed
+
+
+class HitCounter:
+    """Triton compilation listener: how many kernels were loaded from the cache, how many compiled."""
+
+    def __init__(self) -> None:
+        self.hits = self.compiled = 0
+
+    def __call__(self, *, cache_hit: bool, **_: object) -> None:
+        if cache_hit:
+            self.hits += 1
+        else:
+            self.compiled += 1
+
+    def install(self) -> bool:
+        """Listen to Triton's compilations (Triton 3.4 or newer); False where it cannot."""
+        try:
+            import triton
+
+            triton.knobs.compilation.listener = self
+            return True
+        except (ImportError, AttributeError):
+            return False
+
+    def line(self) -> str:
+        return f"triton kernels: {self.hits} from the cache, {self.compiled} compiled here"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=("relocate", "slim"))
+    p.add_argument("cache", type=Path)
+    a = p.parse_args(argv)
+    if not a.cache.is_dir():
+        print(f"triton_cache.py: error: {a.cache} is not a folder", file=sys.stderr)
+        return 2
+    if a.action == "relocate":
+        print(f"{a.cache}: {relocate(a.cache)} of {len(groups(a.cache))} kernels' paths rewritten")
+    else:
+        removed, freed = slim(a.cache)
+        print(f"{a.cache}: {removed} intermediate files removed ({freed / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
