@@ -11,6 +11,11 @@ came from the cache and how many were compiled there.
 
     python benchmarks/triton_cache.py relocate DIR     # after copying a cache into DIR
     python benchmarks/triton_cache.py slim DIR
+    python benchmarks/triton_cache.py resources DIR    # registers and spills of every kernel in it
+
+``resources`` reads each cubin as the launches specialised it (``precompile.py``'s cache: the
+benchmark's real shapes, so sizes and pointers divisible by 16 are known to the compiler, as on
+the device), where ``kernels/compile_check.py`` compiles without those hints.
 """
 from __future__ import annotations
 
@@ -93,9 +98,34 @@ class HitCounter:
         return f"triton kernels: {self.hits} from the cache, {self.compiled} compiled here"
 
 
+def resource_lines(cache: Path) -> list[str]:
+    """Per kernel name: its compiled variants (autotune candidates, gate modes, dtypes), how many
+    keep every value in registers, and the least-spilling one's launch shape."""
+    from mirasdsl.kernels.compile_check import resources
+
+    by_name: dict[str, list[tuple[int, int, int, int]]] = {}
+    for group in groups(cache):
+        name = group.name[len(GROUP_PREFIX):-len(".json")]
+        meta = json.loads((group.parent / f"{name}.json").read_text())
+        cubin = group.parent / f"{name}.cubin"
+        if not cubin.exists():
+            continue
+        _, stack = resources(cubin.read_bytes())
+        by_name.setdefault(name, []).append((stack if stack is not None else -1, meta["num_warps"],
+                                             meta["num_stages"], meta["shared"]))
+    lines = []
+    for name, variants in sorted(by_name.items()):
+        variants.sort()
+        free = sum(1 for v in variants if v[0] == 0)
+        least = variants[0]
+        lines.append(f"{name:28s} {len(variants):3d} variants, {free:3d} spill-free; least {least[0]} B/thread "
+                     f"(warps {least[1]}, stages {least[2]}, shared {least[3]} B), most {variants[-1][0]} B")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("relocate", "slim"))
+    p.add_argument("action", choices=("relocate", "slim", "resources"))
     p.add_argument("cache", type=Path)
     a = p.parse_args(argv)
     if not a.cache.is_dir():
@@ -103,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.action == "relocate":
         print(f"{a.cache}: {relocate(a.cache)} of {len(groups(a.cache))} kernels' paths rewritten")
+    elif a.action == "resources":
+        print("\n".join(resource_lines(a.cache)))
     else:
         removed, freed = slim(a.cache)
         print(f"{a.cache}: {removed} intermediate files removed ({freed / 1e6:.1f} MB)")

@@ -29,6 +29,10 @@ def test_a_copied_cache_serves_every_kernel(tmp_path):
         subprocess.run([*tool, action, str(tmp_path / "carried")], cwd=ROOT, check=True, timeout=60)
     again = _precompile(tmp_path / "carried")
     assert again == f"triton kernels: {compiled} from the cache, 0 compiled here"
+    table = subprocess.run([*tool, "resources", str(tmp_path / "carried")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300).stdout.splitlines()
+    assert sum(int(line.split()[1]) for line in table) == compiled  # every kernel read back from its cubin
+    assert all("spill-free; least" in line for line in table)
 
 
 def test_device_build_key(tmp_path):
