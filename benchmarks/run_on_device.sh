@@ -23,9 +23,10 @@
 # Compiled kernels and autotuning results (TRITON_CACHE_AUTOTUNING) are cached in
 # /tmp/triton_cache and packed into $OUT/triton_cache.tar.gz at the end (when under 40 MB). Unpack
 # it into .triton_cache/ (ignored) and carry it on the next call: fla's first calls compiled and
-# autotuned for 110-260 s each on a fresh machine. Before the first call, `bash
-# benchmarks/precompile.sh` fills .triton_cache/ with our kernels compiled on the CPU for this
-# machine's Triton; kernels.py's last line says how many kernels came from the cache.
+# autotuned for 110-260 s each on a fresh machine (the archive may also be put into .triton_cache/
+# as it is). Before the first call, `bash benchmarks/precompile.sh` puts ours and fla's kernels,
+# compiled on the CPU for this machine's Triton, there; kernels.py's last line says how many
+# kernels came from the cache.
 set -uo pipefail
 REPO="$(pwd)"
 OUT="${OUT:-/tmp/mirasdsl_bench}"
@@ -49,8 +50,11 @@ export PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=/tmp/triton_cache
 export TRITON_CACHE_AUTOTUNING=1
 mkdir -p "$TRITON_CACHE_DIR"
-if [ -d .triton_cache ]; then
+if [ -d .triton_cache ]; then  # kernel folders, and/or archives: precompile.sh's, an earlier call's
     cp -r .triton_cache/. "$TRITON_CACHE_DIR"/ && echo "triton cache carried: $(du -sh .triton_cache | cut -f1)"
+    for archive in "$TRITON_CACHE_DIR"/*.tar.gz; do
+        [ -e "$archive" ] && tar -xzf "$archive" -C "$TRITON_CACHE_DIR" && rm -f "$archive"
+    done
     python3 benchmarks/triton_cache.py relocate "$TRITON_CACHE_DIR"  # its kernels list their files by path
 fi
 pack_cache() {  # leave the cache for the next call (the machine is released when idle)
