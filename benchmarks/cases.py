@@ -95,11 +95,18 @@ def prepared(x: Inputs, fn: Callable[[], object]) -> Prepared:
 
 
 def load(module: str, attr: str) -> Callable[..., object]:
-    """``module.attr``, or :class:`Unavailable` saying which import failed."""
+    """``module.attr``, or :class:`Unavailable` saying which import failed. fla's kernels get
+    their Triton cache keys formed right after the import, in module order (``jit_keys``), so
+    they match a precompiled cache (``precompile.py``) whichever op runs first."""
     try:
-        return getattr(importlib.import_module(module), attr)
+        found = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise Unavailable(f"{module}.{attr}: {type(exc).__name__}: {exc}") from exc
+    if module.startswith("fla."):
+        from mirasdsl.kernels.jit_keys import settle_package
+
+        settle_package("fla")
+    return found
 
 
 # ------------------------------------------------------------------ linear-attention families

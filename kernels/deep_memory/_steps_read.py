@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 from ..tuning import autotune
 from ._step_fwd import ACT_CODES, _act_fwd, _act_grad, _ln_grad
 from .memory import NORM_EPS
+from ..jit_keys import settle
 
 
 @triton.jit
@@ -287,3 +288,6 @@ class StepsRead(torch.autograd.Function):
         return (dx, unf(dw1, (K, HD)), unf(dz1, (K, HD)), unf(dw2, (HD, V)), unf(dz2, (HD, V)),
                 unf(dg1, (K, HD)), unf(dg2, (HD, V)), dd1 + dd2, dgam[:, 1:], de[:, 1:] if mom else None,
                 None, None, None, None)
+
+
+settle(globals())  # Triton cache keys formed at import, whatever kernel runs first (jit_keys.py)

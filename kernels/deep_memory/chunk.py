@@ -35,6 +35,7 @@ from .memory import DeepMemoryState, Weights, accum_dtype
 from .fused import fused_dual_form
 from .step import fused_step_supported
 from ..tuning import autotune
+from ..jit_keys import settle
 
 MAX_TRITON_CHUNK = 128  # larger chunks make the [C, C] tile too big for registers
 
@@ -274,3 +275,6 @@ def triton_deep_memory(
         q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state,
         functools.partial(readout_triton, prec=prec) if use else readout_torch, dual=dual,
     )
+
+
+settle(globals())  # Triton cache keys formed at import, whatever kernel runs first (jit_keys.py)
