@@ -24,12 +24,17 @@ def run(model, tokens, backend, monkeypatch):
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU, conftest turns the interpreter on
 
 
-@pytest.mark.parametrize("name", PRESETS)
-def test_triton_backend_matches_chunk(name, monkeypatch):
+def tiny_model(name: str):
+    """The preset as a tiny two-layer model and a batch of 2 × 37 tokens."""
     torch.manual_seed(0)
     spec = tiny(ROOT / "specs/presets" / f"{name}.yaml")
     model = build_model(spec).to(DEVICE)
-    tokens = torch.randint(0, spec.model.vocab_size, (2, 37), device=DEVICE)
+    return model, torch.randint(0, spec.model.vocab_size, (2, 37), device=DEVICE)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_triton_backend_matches_chunk(name, monkeypatch):
+    model, tokens = tiny_model(name)
     ref_out, ref_grad = run(model, tokens, "chunk", monkeypatch)
     out, grad = run(model, tokens, "triton", monkeypatch)
     assert ((out - ref_out).norm() / ref_out.norm()) < 1e-4
@@ -53,10 +58,7 @@ def test_triton_backend_trains_under_bf16_autocast(name, monkeypatch):
     PyTorch form on the same inputs. Measured: loss within 3e-4, gradients' cosine ≥ 0.9998
     (their relative RMS 0.7-1.9e-2: the bf16 dots' rounding through two layers, as bf16 against
     float32 models differ); bounds 2e-3 and 0.999."""
-    torch.manual_seed(0)
-    spec = tiny(ROOT / "specs/presets" / f"{name}.yaml")
-    model = build_model(spec).to(DEVICE)
-    tokens = torch.randint(0, spec.model.vocab_size, (2, 37), device=DEVICE)
+    model, tokens = tiny_model(name)
     ref_loss, ref_grad = run_bf16(model, tokens, "chunk", monkeypatch)
     loss, grad = run_bf16(model, tokens, "triton", monkeypatch)
     assert torch.isfinite(grad).all()
