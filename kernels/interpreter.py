@@ -9,7 +9,9 @@ Every Triton kernel here is tested on the CPU under ``TRITON_INTERPRET=1``. Trit
    and biased (every value shrinks by 2^-9 on average), so a tolerance met on the CPU would not
    be the one that holds on the GPU;
 3. ``tl.dot(..., input_precision="tf32")`` multiplies in full float32, where a tensor core first
-   rounds both operands to tf32 (10-bit mantissa).
+   rounds both operands to tf32 (10-bit mantissa); ``"tf32x3"`` likewise, where the GPU splits
+   each operand into a tf32 high part and a tf32 remainder and sums three tf32 products (the
+   remainders' product left out).
 
 ``apply()`` replaces the two interpreter builder methods concerned so that bf16 operands are
 widened exactly, bf16 casts round to nearest even and tf32 operands are rounded as on the GPU.
@@ -79,10 +81,26 @@ def apply() -> None:
         if a.dtype.scalar == tl.bfloat16 or b.dtype.scalar == tl.bfloat16:
             a = itp.TensorHandle(_widen(a.data, a.dtype.scalar), tl.float32)
             b = itp.TensorHandle(_widen(b.data, b.dtype.scalar), tl.float32)
-        elif a.dtype.scalar == tl.float32 and "TF32" == str(input_precision).rsplit(".", 1)[-1]:
-            a = itp.TensorHandle(round_to_tf32(a.data), tl.float32)
-            b = itp.TensorHandle(round_to_tf32(b.data), tl.float32)
+        elif a.dtype.scalar == tl.float32:
+            mode = str(input_precision).rsplit(".", 1)[-1].upper()
+            if mode == "TF32":
+                a = itp.TensorHandle(round_to_tf32(a.data), tl.float32)
+                b = itp.TensorHandle(round_to_tf32(b.data), tl.float32)
+            elif mode == "TF32X3":
+                return _tf32x3(self, a, b, d, input_precision, max_num_imprecise_acc)
         return plain_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    def _tf32x3(this, a, b, d, input_precision, max_num_imprecise_acc):  # type: ignore[no-untyped-def]
+        """``a_hi b_hi + a_hi b_lo + a_lo b_hi`` with every part rounded to tf32."""
+        parts = []
+        for x in (a, b):
+            hi = round_to_tf32(x.data)
+            parts.append((itp.TensorHandle(hi, tl.float32),
+                          itp.TensorHandle(round_to_tf32(x.data - hi), tl.float32)))
+        (a_hi, a_lo), (b_hi, b_lo) = parts
+        acc = plain_dot(this, a_lo, b_hi, d, input_precision, max_num_imprecise_acc)
+        acc = plain_dot(this, a_hi, b_lo, acc, input_precision, max_num_imprecise_acc)
+        return plain_dot(this, a_hi, b_hi, acc, input_precision, max_num_imprecise_acc)
 
     def _widen(data: np.ndarray, dtype) -> np.ndarray:  # type: ignore[no-untyped-def]
         return bf16_bits_to_f32(data) if dtype == tl.bfloat16 else data.astype("float32")

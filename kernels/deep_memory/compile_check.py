@@ -50,14 +50,15 @@ def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512
         cfg = DeepMemoryConfig(depth=depth, hidden=HD if depth == 2 else None, residual=True,
                                norm=True, momentum=True, chunk_size=C, bias=bias, **extra)
         # float32 tensors whatever ``prec``: the loop runs on the model's float32 accumulation
-        # copies (half-precision models get prec "tf32", fused_step_supported)
+        # copies (half-precision models get "tf32x3" there, fused_step_supported)
         leaf = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
         k, v = leaf(B, H, C, D), leaf(B, H, C, D)
         w = (leaf(B, H, D, HD), leaf(B, H, HD, D)) if depth == 2 else (leaf(B, H, D, D),)
         row = {"gam": leaf(B, H), "e": leaf(B, H), "mom": leaf(B, H), "dmat": leaf(B, H, C),
                "zmat": leaf(B, H, C)}
         d = leaf(B, H, C) if bias == "huber" else None
-        ins, deltas, new = step.fused_step(DeepMemoryState(w, w), k, v, d, row, cfg, prec=prec)
+        loop_prec = "tf32x3" if prec == "tf32" else prec  # half models' loop: chunk.carried_precision
+        ins, deltas, new = step.fused_step(DeepMemoryState(w, w), k, v, d, row, cfg, prec=loop_prec)
         outs = [*ins[1:], *deltas, *new.weights, *new.momentum]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])  # values: not computed
     return log
@@ -77,8 +78,8 @@ def record_fused_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 51
     with recording(names) as log:
         cfg = DeepMemoryConfig(depth=depth, hidden=HD if depth == 2 else None, residual=True,
                                norm=True, momentum=True, chunk_size=C)
-        # the model's dtype picks the dot precision (bf16 -> tf32); the loop itself runs on
-        # float32 accumulation copies
+        # the model's dtype picks the dot precision (bf16 -> tf32 read-outs, tf32x3 loop); the
+        # loop itself runs on float32 accumulation copies
         dtype = torch.float32 if prec == "ieee" else torch.bfloat16
         leaf = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)  # noqa: E731
         q, k, v = leaf(1, 2 * C, 1, D), leaf(1, 2 * C, 1, D), leaf(1, 2 * C, 1, D)

@@ -75,6 +75,26 @@ def test_tf32_dot_rounds_operands_as_tensor_cores() -> None:
     assert (ctf - c32).abs().max() > 1e-4  # the rounding is really applied
 
 
+def test_tf32x3_dot_sums_three_tf32_products() -> None:
+    """tf32x3: each operand split into a tf32 part and a tf32 remainder, the three products
+    other than the remainders' summed: float32-like accuracy, not the plain float32 product."""
+    from mirasdsl.kernels.interpreter import round_to_tf32
+
+    matmul, _ = _kernels()
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(16, 16, generator=gen), torch.randn(16, 16, generator=gen)
+    c3 = torch.empty(16, 16)
+    matmul[(1,)](a, b, c3, 16, "tf32x3")
+    parts = []
+    for t in (a, b):
+        hi = round_to_tf32(t.numpy())
+        parts.append((torch.from_numpy(hi).double(), torch.from_numpy(round_to_tf32(t.numpy() - hi)).double()))
+    (a_hi, a_lo), (b_hi, b_lo) = parts
+    torch.testing.assert_close(c3.double(), a_hi @ b_hi + a_hi @ b_lo + a_lo @ b_hi, rtol=1e-6, atol=1e-6)
+    exact = a.double() @ b.double()
+    assert ((c3.double() - exact).norm() / exact.norm()) < 1e-6  # tf32 alone: ~3e-4
+
+
 def test_tf32_rounding_by_hand() -> None:
     from mirasdsl.kernels.interpreter import round_to_tf32
 
