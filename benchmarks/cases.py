@@ -183,6 +183,16 @@ def torch_sdpa(s: Shape, window: int | None = None, alibi: bool = False) -> Prep
 # ------------------------------------------------------------------------------ deep memory
 
 
+def module_case(module: torch.nn.Module, x: Tensor) -> Prepared:
+    """A whole mixer module called on ``x [B, T, d]`` as a model calls it (bf16 autocast,
+    float32 weights); its first output is timed, ``x`` and the parameters are the leaves."""
+    def call() -> Tensor:
+        with torch.autocast(DEVICE, dtype=BF16):
+            return module(x)[0]
+
+    return Prepared(fn=call, leaves=[x, *module.parameters()], floor_bytes=0)
+
+
 def titans_memory(s: Shape, chunk: int) -> Prepared:
     """titans-pytorch NeuralMemory, defaults (depth-2 MLP, expansion 4, momentum); dim = H * D.
 
@@ -192,15 +202,19 @@ def titans_memory(s: Shape, chunk: int) -> Prepared:
     NeuralMemory = load("titans_pytorch", "NeuralMemory")
     dim = s.H * s.D
     mem = NeuralMemory(dim=dim, chunk_size=chunk, heads=s.H, dim_head=s.D).to(DEVICE)
-    g = _gen(0)
-    x = _rand(s.B, s.T, dim, g=g).requires_grad_(True)  # [B, T, H * D]
+    x = _rand(s.B, s.T, dim, g=_gen(0)).requires_grad_(True)  # [B, T, H * D]
+    return module_case(mem, x)
 
-    def call() -> Tensor:
-        with torch.autocast(DEVICE, dtype=BF16):
-            out, _ = mem(x)
-        return out
 
-    return Prepared(fn=call, leaves=[x, *mem.parameters()], floor_bytes=0)
+def mixer_from_spec(data: dict, pick: Callable[[object], bool] = lambda node: True) -> torch.nn.Module:
+    """The first mixer node of spec ``data`` that ``pick`` accepts, built as ``miras compile``
+    builds it (``mirasdsl.blocks.registry.make_mixer``)."""
+    spec_from_data = load("mirasdsl.spec", "spec_from_data")
+    lower = load("mirasdsl.graph.lower", "lower")
+    make_mixer = load("mirasdsl.blocks.registry", "make_mixer")
+    MixerNode = load("mirasdsl.graph.nodes", "MixerNode")
+    graph = lower(spec_from_data(data, source="benchmarks/cases.py"))
+    return make_mixer(next(n for _, n in graph.nodes(data="node") if isinstance(n, MixerNode) and pick(n)))
 
 
 def memory_block(dim: int, heads: int, T: int, step: int) -> torch.nn.Module:
@@ -208,31 +222,17 @@ def memory_block(dim: int, heads: int, T: int, step: int) -> torch.nn.Module:
     preset (q/k/v projections, data-dependent step, momentum and decay gates, output gate and
     projection around the kernel), with every gradient at the call's start (``chunk: T``) and
     one step per ``step`` tokens: the same module-level work as titans-pytorch's NeuralMemory."""
-    spec_from_data = load("mirasdsl.spec", "spec_from_data")
-    lower = load("mirasdsl.graph.lower", "lower")
-    make_mixer = load("mirasdsl.blocks.registry", "make_mixer")
-    MixerNode = load("mirasdsl.graph.nodes", "MixerNode")
-    data = {"miras": 1, "name": "titans-pytorch-block",
-            "model": {"vocab_size": 256, "d_model": dim, "n_layers": 1, "heads": heads},
-            "mixers": {"memory": {"preset": "titans-pytorch",
-                                  "update": {"gd_momentum": {"chunk": T, "step": step}}}}}
-    graph = lower(spec_from_data(data, source="benchmarks/cases.py"))
-    node = next(n for _, n in graph.nodes(data="node") if isinstance(n, MixerNode))
-    return make_mixer(node)
+    return mixer_from_spec({"miras": 1, "name": "titans-pytorch-block",
+                            "model": {"vocab_size": 256, "d_model": dim, "n_layers": 1, "heads": heads},
+                            "mixers": {"memory": {"preset": "titans-pytorch",
+                                                  "update": {"gd_momentum": {"chunk": T, "step": step}}}}})
 
 
 def ours_memory_block(s: Shape, chunk: int) -> Prepared:
     """:func:`memory_block` at titans-pytorch's size, called as :func:`titans_memory` is (bf16
     autocast, float32 weights): module against module, projections and gates on both sides."""
     block = memory_block(s.H * s.D, s.H, s.T, chunk).to(DEVICE)
-    x = _rand(s.B, s.T, s.H * s.D, g=_gen(0)).requires_grad_(True)  # [B, T, H * D]
-
-    def call() -> Tensor:
-        with torch.autocast(DEVICE, dtype=BF16):
-            out, _ = block(x)
-        return out
-
-    return Prepared(fn=call, leaves=[x, *block.parameters()], floor_bytes=0)
+    return module_case(block, _rand(s.B, s.T, s.H * s.D, g=_gen(0)).requires_grad_(True))  # x: [B, T, H * D]
 
 
 def ours_deep_memory(s: Shape, chunk: int, steps: bool = False) -> Prepared:

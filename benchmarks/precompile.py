@@ -138,19 +138,26 @@ def stand_in_torch_cuda() -> None:
     torch.cuda.device_count = lambda: 1
 
 
+class _OnceTimer:
+    """``harness.Timer``'s interface, each call made once and not timed: the harness's own
+    calls (forward without autograd; forward + backward of its fixed cotangent) compile what
+    the device would."""
+
+    def median_ms(self, fn: Callable[[], Any]) -> float:
+        fn()
+        return 0.0
+
+
 def run_case(name: str, make: Callable[[], Any]) -> None:
-    """The harness's calls: forward without autograd, then forward + backward."""
-    import torch
-    from harness import first_tensor
+    """One benchmark case through the harness's forward and forward + backward calls."""
+    from harness import time_forward, time_forward_backward
 
     start = time.time()
     prep = make()
-    with torch.no_grad():
-        prep.fn()
+    time_forward(prep, _OnceTimer())
     note = ""
     try:
-        out = first_tensor(prep.fn())
-        out.backward(torch.randn_like(out))
+        time_forward_backward(prep, _OnceTimer())
     except Exception as exc:  # noqa: BLE001 - e.g. fla refuses its gated backward on Hopper + Triton 3.6
         note = f" (backward not compiled: {type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     print(f"  {name}: {time.time() - start:.1f} s{note}", flush=True)
@@ -164,23 +171,16 @@ def gdn_mixer_case(seq_len: int) -> Callable[[], Any]:
 
         import cases
         from end_to_end import spec_variants
-        from harness import Prepared
-        from mirasdsl.blocks.registry import make_mixer
-        from mirasdsl.graph.lower import lower
-        from mirasdsl.graph.nodes import MixerNode
-        from mirasdsl.spec import spec_from_data
 
-        graph = lower(spec_from_data(spec_variants()["gdn-hybrid"]))
-        node = next(n for _, n in graph.nodes(data="node")
-                    if isinstance(n, MixerNode) and n.mixer.memory.kind == "matrix")
-        mixer = make_mixer(node)
-        x = torch.randn(1, seq_len, node.d_model, requires_grad=True)  # [B, T, d]
-
-        def call() -> Any:
-            with torch.autocast(cases.DEVICE, dtype=torch.bfloat16):
-                return mixer(x)[0]
-        return Prepared(fn=call, leaves=[x, *mixer.parameters()], floor_bytes=0)
+        mixer = cases.mixer_from_spec(spec_variants()["gdn-hybrid"], lambda n: n.mixer.memory.kind == "matrix")
+        return cases.module_case(mixer, torch.randn(1, seq_len, mixer.node.d_model, requires_grad=True))
     return make
+
+
+def compiled_here(impl: str, family: str) -> bool:
+    """Cases whose kernels are Triton's to compile: ours (attention is SDPA / flex, compiled by
+    torch on the device) and fla's (titans-pytorch and SDPA have none)."""
+    return not family.startswith("attention") and (impl == "ours" or impl.startswith("fla."))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,22 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     a.cache.mkdir(parents=True, exist_ok=True)
     stand_in(a.cache, a.libtriton)
     import cases
-    from kernels import PAIRS, selected
+    from kernels import plan
     from triton_cache import HitCounter
 
     cases.set_device("cpu")
     counter = HitCounter()
     counter.install()
-    todo = [(f"{pair.family} {s.name}", (lambda pair=pair, s=s: pair.ours(s)))
-            for pair in PAIRS if selected(pair, a.families) and not pair.family.startswith("attention")
-            for s in (pair.shapes or [cases.SHAPES[n] for n in a.shapes.split(",") if n])]
-    if not a.no_e2e:
-        todo.append(("end_to_end gdn mixer, B=1, T=16384", gdn_mixer_case(16384)))
     if a.peers:
         stand_in_torch_cuda()
-        todo += [(f"{pair.peer_name} {s.name}", (lambda pair=pair, s=s: pair.peer(s)))
-                 for pair in PAIRS if selected(pair, a.families) and pair.peer_name.startswith("fla.")
-                 for s in (pair.shapes or [cases.SHAPES[n] for n in a.shapes.split(",") if n])]
+    wanted = argparse.Namespace(shapes=a.shapes, families=a.families, dry_run=False,
+                                impls="ours,peer" if a.peers else "ours")
+    todo = [(f"{row.impl} {row.family} {row.shape}", make) for row, make in plan(wanted)
+            if compiled_here(row.impl, row.family)]
+    if not a.no_e2e:
+        todo.append(("end_to_end gdn mixer, B=1, T=16384", gdn_mixer_case(16384)))
     for name, make in todo:
         run_case(name, make)
     print(counter.line())

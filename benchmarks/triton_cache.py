@@ -43,12 +43,17 @@ def _write(group: Path, children: dict[str, str]) -> None:
     group.write_text(json.dumps({"child_paths": children}))
 
 
+def _beside(group: Path, names: object) -> dict[str, str]:
+    """Each file name mapped to its path in the group file's own folder."""
+    return {name: str(group.parent / name) for name in names}
+
+
 def relocate(cache: Path) -> int:
     """Point every group file at the files beside it; returns how many groups were rewritten."""
     changed = 0
     for group in groups(cache):
         children = _children(group)
-        moved = {name: str(group.parent / name) for name in children}
+        moved = _beside(group, children)
         if moved != children:
             _write(group, moved)
             changed += 1
@@ -68,7 +73,7 @@ def slim(cache: Path) -> tuple[int, int]:
                 freed += path.stat().st_size
                 path.unlink()
                 removed += 1
-        _write(group, {n: str(group.parent / n) for n in kept})
+        _write(group, _beside(group, kept))
     return removed, freed
 
 

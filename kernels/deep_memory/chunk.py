@@ -250,19 +250,17 @@ def readout_triton(x: Tensor, w0: Tensor, gam: Tensor, z0: Tensor | None, e: Ten
     return _FusedReadout.apply(x, w0, gam, z0, e, a, d, u, prec)
 
 
-def dot_precision(dtype: torch.dtype) -> str:
+def dot_precision(dtype: torch.dtype, carried: bool = False) -> str:
     """``tl.dot`` precision for a model's dtype: float32 and float64 models get float32 dots;
-    bf16/fp16 models get tf32 (10-bit mantissa, finer than their own 8- or 11-bit inputs)."""
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
-
-
-def carried_precision(dtype: torch.dtype) -> str:
-    """``tl.dot`` precision of the chunk loop's state update and its backward, whose rounding
-    each chunk hands to the next (a chunk's end state is the next one's start): bf16/fp16 models
-    get tf32x3 (three tf32 products per dot on the tensor cores, float32's accuracy). With tf32
-    there, bf16 gradients drifted from the truth with the number of chunks: 7.6e-3 relative after
-    3 chunks of 16, 5.8e-2 after 10 (the float32 form on the same bf16 inputs: 2.4e-3)."""
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32x3"
+    bf16/fp16 models get tf32 (10-bit mantissa, finer than their own 8- or 11-bit inputs), or,
+    ``carried``, tf32x3 (three tf32 products per dot on the tensor cores, float32's accuracy) for
+    the chunk loop's state update and its backward, whose rounding each chunk hands to the next
+    (a chunk's end state is the next one's start). With tf32 there, bf16 gradients drifted from
+    the truth with the number of chunks: 7.6e-3 relative after 3 chunks of 16, 5.8e-2 after 10
+    (the float32 form on the same bf16 inputs: 2.4e-3)."""
+    if dtype in (torch.float32, torch.float64):
+        return "ieee"
+    return "tf32x3" if carried else "tf32"
 
 
 def triton_deep_memory(
@@ -278,7 +276,7 @@ def triton_deep_memory(
     """
     use = cfg.linear_retention and cfg.chunk_size <= MAX_TRITON_CHUNK
     prec = dot_precision(q.dtype)
-    dual = (functools.partial(fused_dual_form, prec=carried_precision(q.dtype))
+    dual = (functools.partial(fused_dual_form, prec=dot_precision(q.dtype, carried=True))
             if use and fused_step_supported(cfg, accum_dtype(q)) else None)
     return chunk_deep_memory_with(
         q, k, v, eta, init_weights, cfg, g, mu, lam, delta, initial_state, output_final_state,

@@ -40,6 +40,7 @@ def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512
     """Run one fused chunk step (LayerNorm, residual, momentum, the given attentional bias and
     depth) on CPU tensors, kernels recorded."""
     from . import step
+    from .chunk import dot_precision
     from .config import DeepMemoryConfig
     from .memory import DeepMemoryState
 
@@ -57,7 +58,8 @@ def record_step_launches(C: int, prec: str = "ieee", D: int = 128, HD: int = 512
         row = {"gam": leaf(B, H), "e": leaf(B, H), "mom": leaf(B, H), "dmat": leaf(B, H, C),
                "zmat": leaf(B, H, C)}
         d = leaf(B, H, C) if bias == "huber" else None
-        loop_prec = "tf32x3" if prec == "tf32" else prec  # half models' loop: chunk.carried_precision
+        model_dtype = torch.float32 if prec == "ieee" else torch.bfloat16
+        loop_prec = dot_precision(model_dtype, carried=True)  # what the loop of such a model gets
         ins, deltas, new = step.fused_step(DeepMemoryState(w, w), k, v, d, row, cfg, prec=loop_prec)
         outs = [*ins[1:], *deltas, *new.weights, *new.momentum]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])  # values: not computed
