@@ -367,13 +367,15 @@ def rounded_copy(inputs: dict, dtype: torch.dtype) -> dict:
     return {n: (x.to(dtype).float() if x is not None and n != "initial_state" else x) for n, x in inputs.items()}
 
 
-def gpu_case(t: int, gate: str, dtype: torch.dtype, b: int = 2, h: int = 4, d: int = 128, cu=None) -> None:
-    """Triton on CUDA vs the fp32 chunked reference (also on CUDA, no TF32) on the same rounded
-    inputs: output, final state and every input gradient."""
+def device_case(t: int, gate: str, dtype: torch.dtype, b: int = 2, h: int = 4, d: int = 128, cu=None,
+             device: str = "cuda") -> None:
+    """Triton on CUDA (or the interpreter, ``device="cpu"``) vs the fp32 chunked reference on the
+    same device (no TF32) and the same rounded inputs: output, final state and every input
+    gradient."""
     n_state = b if cu is None else len(cu) - 1
     inputs = make_inputs(b, t, h, d, d, gate, n_state=n_state, seed=11)
-    ref = run_with_grads(chunk_delta_rule_torch, rounded_copy(inputs, dtype), cu_seqlens=cu, device="cuda")
-    got = run_with_grads(triton_fn(), inputs, cu_seqlens=cu, dtype=dtype, device="cuda")
+    ref = run_with_grads(chunk_delta_rule_torch, rounded_copy(inputs, dtype), cu_seqlens=cu, device=device)
+    got = run_with_grads(triton_fn(), inputs, cu_seqlens=cu, dtype=dtype, device=device)
     assert all(torch.isfinite(gv).all() for gv in got[2].values())
     assert_close(got, ref, 1e-4 if dtype == torch.float32 else 5e-3)
 
@@ -384,7 +386,7 @@ def gpu_case(t: int, gate: str, dtype: torch.dtype, b: int = 2, h: int = 4, d: i
 def test_gpu_real_size(gate: str, dtype: torch.dtype) -> None:
     """B=2, T=1000 (partial last chunk), H=4, D=128, compiled for the GPU: a miscompiled
     (gated) backward shows up as a gradient far off the reference."""
-    gpu_case(1000, gate, dtype)
+    device_case(1000, gate, dtype)
 
 
 @pytest.mark.gpu
@@ -400,12 +402,21 @@ def test_gpu_extreme_channel_gates(regime: str) -> None:
 @pytest.mark.parametrize("gate", GATES)
 def test_gpu_long_bf16(gate: str) -> None:
     """T = 65536 in bf16: finite and within tolerance of the fp32 reference."""
-    gpu_case(65536, gate, torch.bfloat16, b=1, h=2, d=64)
+    device_case(65536, gate, torch.bfloat16, b=1, h=2, d=64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", GATES)
+def test_long_bf16_under_the_interpreter(gate: str) -> None:
+    """The long-sequence check on the CPU: T = 4096 (64 chunks) in bf16, width 16, the GPU's
+    bf16 / tf32 rounding emulated: the rounding the state passes carry from chunk to chunk stays
+    within the bf16 tolerance (the shorter tests span two or three chunks)."""
+    device_case(4096, gate, torch.bfloat16, b=1, h=1, d=16, device="cpu")
 
 
 @pytest.mark.gpu
 def test_gpu_varlen_bf16() -> None:
-    gpu_case(4096, "channel", torch.bfloat16, b=1, cu=torch.tensor([0, 300, 2100, 4096]))
+    device_case(4096, "channel", torch.bfloat16, b=1, cu=torch.tensor([0, 300, 2100, 4096]))
 
 
 def test_scale_default_is_inverse_sqrt_k() -> None:
