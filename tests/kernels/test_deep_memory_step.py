@@ -357,13 +357,12 @@ def test_step_gradients_match_autograd_of_the_pytorch_step(act: str, norm: bool,
         assert rel_rms(a, b) <= TOL, f"{name}: {rel_rms(a, b):.2e}"
 
 
-def _titans_width(B: int, T: int, H: int, device: str) -> tuple:
+def _titans_width(B: int, T: int, H: int, device: str, D: int = 128, HD: int = 512, chunk: int = 64) -> tuple:
     """``(cfg, [q, k, v, eta], [W1, W2], [g, mu], cotangent)`` of a Titans-width memory (128,
-    hidden 512, chunk 64, LayerNorm + residual, momentum) on ``device``."""
+    hidden 512, chunk 64, LayerNorm + residual, momentum; or the widths given) on ``device``."""
     gen = torch.Generator().manual_seed(9)
     rnd = lambda *s: torch.randn(*s, generator=gen).to(device)  # noqa: E731
-    D, HD = 128, 512
-    cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True, chunk_size=64)
+    cfg = DeepMemoryConfig(depth=2, hidden=HD, residual=True, norm=True, momentum=True, chunk_size=chunk)
     base = [torch.nn.functional.normalize(rnd(B, T, H, D), dim=-1) for _ in range(2)]
     base += [rnd(B, T, H, D), 0.01 * rnd(B, T, H).sigmoid()]
     ws = [rnd(H, D, HD) * D ** -0.5, rnd(H, HD, D) * HD ** -0.5]

@@ -190,3 +190,18 @@ def test_deep_memory_step_form_trial_runs_leave_no_trace() -> None:
         tuned = run()
     for a, b in zip(tuned, plain):  # atomic adds: bit for bit on the CPU, within rounding on a GPU
         assert torch.equal(a, b) if DEVICE == "cpu" else torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_pinned_launches_the_chosen_candidate_and_restores() -> None:
+    """``tuning.pinned(i)``: every autotuned kernel runs its candidate i (modulo its count, from
+    the full list also under the interpreter) untuned, and gets its own list back afterwards."""
+    before = {t: list(t.configs) for t in tuning.tuned_kernels()}
+    full = dict(tuning._TUNED)
+    assert len(full[_tl_fwd.state_fwd_kernel]) == len(_tl_fwd.STATE_PASS_SHAPES) > 1
+    inputs = _inputs("scalar", 16, 16, delta=True)
+    with tuning.pinned(6):
+        for t in tuning.tuned_kernels():
+            assert t.configs == [full[t][6 % len(full[t])]] and not t.cache
+        chunk_delta_rule(**inputs)
+        assert _tl_fwd.state_fwd_kernel.best_config.kwargs == {"BV": 128}
+    assert {t: list(t.configs) for t in tuning.tuned_kernels()} == before
