@@ -12,10 +12,15 @@ came from the cache and how many were compiled there.
     python benchmarks/triton_cache.py relocate DIR     # after copying a cache into DIR
     python benchmarks/triton_cache.py slim DIR
     python benchmarks/triton_cache.py resources DIR    # registers and spills of every kernel in it
+    python benchmarks/triton_cache.py hazards DIR      # before slim: matmul results transposed in registers
 
 ``resources`` reads each cubin as the launches specialised it (``precompile.py``'s cache: the
 benchmark's real shapes, so sizes and pointers divisible by 16 are known to the compiler, as on
-the device), where ``kernels/compile_check.py`` compiles without those hints.
+the device), where ``kernels/compile_check.py`` compiles without those hints. ``hazards`` reads
+each kernel's Triton GPU IR (so before ``slim``) for register transposes of matmul results
+(``compile_check.mma_transposes``: what sm_90 builds of Triton 3.4-3.7.0 miscompiled in fla's
+gated backward); with the hints the compiler lays tiles out differently, so this is where a
+build the device will run shows it. Exit code 1 when any build has one.
 """
 from __future__ import annotations
 
@@ -128,9 +133,25 @@ def resource_lines(cache: Path) -> list[str]:
     return lines
 
 
+def hazard_lines(cache: Path) -> list[str]:
+    """One line per kernel name with a build that transposes a matmul result in registers, then a
+    last line with the count of builds read."""
+    from mirasdsl.kernels.compile_check import mma_transposes
+
+    found: dict[str, int] = {}
+    builds = 0
+    for ir in sorted(cache.rglob("*.ttgir")):
+        builds += 1
+        n = mma_transposes(ir.read_text())
+        if n:
+            found[ir.stem] = found.get(ir.stem, 0) + 1
+    lines = [f"HAZARD {name}: {k} builds transpose a matmul result in registers" for name, k in sorted(found.items())]
+    return lines + [f"{builds} builds read, {sum(found.values())} with register transposes of matmul results"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("relocate", "slim", "resources"))
+    p.add_argument("action", choices=("relocate", "slim", "resources", "hazards"))
     p.add_argument("cache", type=Path)
     a = p.parse_args(argv)
     if not a.cache.is_dir():
@@ -140,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.cache}: {relocate(a.cache)} of {len(groups(a.cache))} kernels' paths rewritten")
     elif a.action == "resources":
         print("\n".join(resource_lines(a.cache)))
+    elif a.action == "hazards":
+        lines = hazard_lines(a.cache)
+        print("\n".join(lines))
+        return 1 if len(lines) > 1 else 0
     else:
         removed, freed = slim(a.cache)
         print(f"{a.cache}: {removed} intermediate files removed ({freed / 1e6:.1f} MB)")

@@ -4,6 +4,11 @@ The CPU interpreter runs a kernel's arithmetic but not the compiler. Here a fami
 once on small CPU tensors with its kernels replaced by recorders; each recorded launch is then
 compiled for sm_90 (H100) and checked against the shared-memory limit, which catches type, layout
 and resource errors that otherwise show only on the GPU. Needs TRITON_INTERPRET unset.
+
+Each build is also searched for a known hazard: a matmul result transposed in registers (in the
+Triton IR, ``tt.trans`` of a tensor in an ``nvidia_mma`` layout), the pattern that sm_90 builds
+of Triton 3.4-3.7.0 miscompiled in fla's gated delta-rule backward (fla issue 640); kernels
+transpose loaded tiles instead, or form a transposed product directly.
 """
 from __future__ import annotations
 
@@ -81,6 +86,7 @@ class Candidate:
     tiles: str = ""  # the candidate's tile sizes, e.g. "BV=64", when it tunes any
     regs: int | None = None  # registers per thread (255 is sm_90's most); None when unknown
     stack: int | None = None  # local-memory bytes per thread: register spills (0 = none)
+    mma_transposes: int = 0  # matmul results transposed in registers (the hazard above)
 
     @property
     def shape(self) -> str:
@@ -97,7 +103,8 @@ class Candidate:
         ``name rejected (warps, stages): why``."""
         if self.viable:
             regs = f" regs {self.regs} stack {self.stack} B" if self.regs is not None else ""
-            return f"{self.name:28s} shared {self.shared} B{regs} ({self.shape})"
+            hazard = f" HAZARD: {self.mma_transposes} register transposes of matmul results" if self.mma_transposes else ""
+            return f"{self.name:28s} shared {self.shared} B{regs} ({self.shape}){hazard}"
         why = self.error or f"{self.shared} bytes of shared memory > {H100_SHARED_BYTES}"
         return f"{self.name:28s} rejected ({self.shape}): {why}"
 
@@ -156,6 +163,14 @@ def resources(cubin: bytes) -> tuple[int | None, int | None]:
     return (int(regs.group(1)) if regs else None), (int(stack.group(1)) if stack else None)
 
 
+def mma_transposes(ttgir: str) -> int:
+    """How many ``tt.trans`` in a build's Triton GPU IR transpose a tensor held in an MMA (matmul
+    result) layout: register transposes of matmul results."""
+    mma = {m.group(1) for m in re.finditer(r"^(#\w+) = #ttg\.nvidia_mma<", ttgir, re.M)}
+    srcs = re.findall(r"tt\.trans %\S+ .*?: tensor<[^,>]+, (#\w+)>", ttgir)
+    return sum(src in mma for src in srcs)
+
+
 def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
     """Compile one recorded launch for ``cuda:capability``, every autotune candidate."""
     import triton
@@ -172,7 +187,7 @@ def compile_launch(launch: Launch, capability: int = 90) -> list[Candidate]:
             kernel = triton.compile(src, target=target, options=opts)
             regs, stack = resources(kernel.asm["cubin"])
             out.append(Candidate(fn.__name__, warps, stages, kernel.metadata.shared, tiles=_tile_text(tiles),
-                                 regs=regs, stack=stack))
+                                 regs=regs, stack=stack, mma_transposes=mma_transposes(kernel.asm["ttgir"])))
         except Exception as exc:  # noqa: BLE001 - ptxas register/resource failures: the tuner skips these
             reason = str(exc).strip().splitlines()
             fatal = [r for r in reason if "fatal" in r or "Error(" in r] or reason[-1:]

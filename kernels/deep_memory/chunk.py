@@ -120,24 +120,34 @@ def _readout_bwd_kernel(
     mc = rc < C
     mcc = mc[:, None] & mc[None, :]
     causal = (rc[:, None] >= rc[None, :]) & mcc
+    # The scores and their gradient are also formed transposed, from the loaded tiles, for dA and
+    # dU: a transpose of a dot's result in registers is what sm_90 builds with Triton 3.4-3.7.0
+    # miscompiled in fla's gated backward (the chunk-16 build of this kernel had two).
     att = tl.zeros([BC, BC], dtype=tl.float32)
+    att_t = tl.zeros([BC, BC], dtype=tl.float32)
     for k0 in range(0, DK, BK):
         kk = k0 + rk
         m = mc[:, None] & (kk < DK)[None, :]
         x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
         a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
-        att += tl.dot(x, tl.trans(a), input_precision=PREC)
+        att += tl.dot(x, tl.trans(a), input_precision=PREC)  # [BC, BC] = X A^T
+        att_t += tl.dot(a, tl.trans(x), input_precision=PREC)  # its transpose
     datt = tl.zeros([BC, BC], dtype=tl.float32)
+    datt_t = tl.zeros([BC, BC], dtype=tl.float32)
     for v0 in range(0, DV, BV):
         vv = v0 + rv
         m = mc[:, None] & (vv < DV)[None, :]
         do = tl.load(DO + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=m, other=0.0)
         u = tl.load(U + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=m, other=0.0)
-        datt += tl.dot(do, tl.trans(u), input_precision=PREC)
+        datt += tl.dot(do, tl.trans(u), input_precision=PREC)  # [BC, BC] = dO U^T
+        datt_t += tl.dot(u, tl.trans(do), input_precision=PREC)
     d = tl.load(D + i_n * C * C + rc[:, None] * C + rc[None, :], mask=mcc, other=0.0)
     tl.store(DD + i_n * C * C + rc[:, None] * C + rc[None, :], tl.where(causal, datt * att, 0.0), mask=mcc)
     dp = tl.where(causal, datt * d, 0.0)  # gradient of the raw scores X A^T
-    p = tl.where(causal, att * d, 0.0)
+    d_t = tl.load(D + i_n * C * C + rc[None, :] * C + rc[:, None], mask=mcc, other=0.0)  # D^T
+    causal_t = (rc[:, None] <= rc[None, :]) & mcc
+    dp_t = tl.where(causal_t, datt_t * d_t, 0.0)
+    p_t = tl.where(causal_t, att_t * d_t, 0.0)
     gam = tl.load(GAM + i_n * C + rc, mask=mc, other=0.0)  # [BC]
     e = gam
     if MOM:
@@ -151,7 +161,7 @@ def _readout_bwd_kernel(
         x = tl.load(X + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
         a = tl.load(A + i_n * C * DK + rc[:, None] * DK + kk[None, :], mask=m, other=0.0)
         dx = tl.dot(dp, a, input_precision=PREC)
-        da = tl.dot(tl.trans(dp), x, input_precision=PREC)
+        da = tl.dot(dp_t, x, input_precision=PREC)
         gw = _dense_bwd_block(x, gam, W0, DO, i_n, rc, mc, kk, mk, rv, C, DK, DV, DW0, BC, BK, BV,
                               DENSE, PREC)
         dx += gam[:, None] * gw
@@ -170,7 +180,7 @@ def _readout_bwd_kernel(
         vv = v0 + rv
         m = mc[:, None] & (vv < DV)[None, :]
         do = tl.load(DO + i_n * C * DV + rc[:, None] * DV + vv[None, :], mask=m, other=0.0)
-        du = tl.dot(tl.trans(p), do, input_precision=PREC)
+        du = tl.dot(p_t, do, input_precision=PREC)
         tl.store(DU + i_n * C * DV + rc[:, None] * DV + vv[None, :], du, mask=m)
 
 

@@ -22,9 +22,12 @@ def test_a_copied_cache_serves_every_kernel(tmp_path):
     first = _precompile(tmp_path / "made")
     assert first.startswith("triton kernels: 0 from the cache, ") and not first.endswith(" 0 compiled here")
     compiled = int(first.split(", ")[1].split()[0])
+    tool = [sys.executable, "benchmarks/triton_cache.py"]
+    scan = subprocess.run([*tool, "hazards", str(tmp_path / "made")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert scan.returncode == 0 and scan.stdout.startswith(f"{compiled} builds read, 0 with"), scan.stdout
     shutil.copytree(tmp_path / "made", tmp_path / "carried")
     shutil.rmtree(tmp_path / "made")  # the groups' absolute paths now point nowhere
-    tool = [sys.executable, "benchmarks/triton_cache.py"]
     for action in ("slim", "relocate"):
         subprocess.run([*tool, action, str(tmp_path / "carried")], cwd=ROOT, check=True, timeout=60)
     again = _precompile(tmp_path / "carried")

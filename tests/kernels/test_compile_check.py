@@ -71,3 +71,20 @@ def test_spill_summary_lines() -> None:
     assert len(lines) == 2
     assert "a_kernel" in lines[0] and "1 of 2 candidates spill-free" in lines[0]
     assert "b_kernel" in lines[1] and "every candidate spills (least 300 B/thread: warps 8, stages 2, BV=64)" in lines[1]
+
+
+def test_mma_transposes_finds_a_matmul_result_transposed_in_registers() -> None:
+    """The hazard count reads Triton GPU IR: a ``tt.trans`` whose source is in an ``nvidia_mma``
+    layout counts, one of a loaded (blocked) tile or a shared-memory transpose does not."""
+    from mirasdsl.kernels.compile_check import mma_transposes
+
+    ir = "\n".join([
+        "#blocked = #ttg.blocked<{sizePerThread = [1, 4], threadsPerWarp = [8, 4], warpsPerCTA = [4, 1], order = [1, 0]}>",
+        "#mma = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 1], instrShape = [16, 64, 16]}>",
+        "    %a = tt.trans %x {order = array<i32: 1, 0>} : tensor<64x64xbf16, #mma> -> tensor<64x64xbf16, #linear>",
+        "    %b = tt.trans %y {order = array<i32: 1, 0>} : tensor<64x32xf32, #blocked> -> tensor<32x64xf32, #blocked1>",
+        "    %c = ttg.memdesc_trans %z {order = array<i32: 1, 0>} : !ttg.memdesc<64x64xf32, #shared, #smem> -> "
+        "!ttg.memdesc<64x64xf32, #shared1, #smem>",
+    ])
+    assert mma_transposes(ir) == 1
+    assert mma_transposes(ir.replace("#mma>", "#blocked>")) == 0
