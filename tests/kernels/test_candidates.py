@@ -26,7 +26,8 @@ from tests.kernels import test_delta as delta_tests
 from tests.kernels import test_gla as gla_tests
 
 GATES = ("none", "scalar", "channel")
-FAMILIES = [f"gla-{g}" for g in GATES] + [f"delta-{g}" for g in GATES] + ["deep_memory", "deep_memory_steps"]
+FAMILIES = ([f"gla-{g}" for g in GATES] + [f"delta-{g}" for g in GATES] + ["deep_memory-64", "deep_memory-16",
+            "deep_memory_steps"])
 
 
 def _gla(gate: str, device: str, big: bool) -> None:
@@ -41,8 +42,8 @@ def _delta(gate: str, device: str, big: bool) -> None:
     delta_tests.device_case(T, gate, torch.bfloat16, b=1, h=H, d=D, device=device)
 
 
-def _deep_memory(device: str, big: bool) -> None:
-    widths = {} if big else {"D": 16, "HD": 32, "chunk": 16}
+def _deep_memory(chunk: str, device: str, big: bool) -> None:
+    widths = {"chunk": int(chunk)} if big else {"D": 16, "HD": 32, "chunk": int(chunk)}
     B, T, H = (2, 512, 8) if big else (1, 40, 1)
     dm_step_tests._assert_bf16_follows_float32(*dm_step_tests._titans_width(B, T, H, device, **widths))
 
