@@ -7,7 +7,7 @@ rule families are L2-normalised (the delta rule's stability condition), as in fl
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -113,17 +113,21 @@ def load(module: str, attr: str) -> Callable[..., object]:
 
 
 def ours_gla(s: Shape, kind: str) -> Prepared:
-    """Our gated linear attention (scalar gate for simple_gla, per channel for gla)."""
+    """Our gated linear attention (scalar gate for simple_gla, per channel for gla); its
+    reference is the PyTorch chunk form (``backend="chunk"``)."""
     f = load("mirasdsl.kernels.gla", "gated_linear_attention")
     x = make_inputs(s, kind)
-    return prepared(x, lambda: f(x["q"], x["k"], x["v"], g=x["g"]))
+    prep = prepared(x, lambda: f(x["q"], x["k"], x["v"], g=x["g"]))
+    return replace(prep, reference=lambda L: f(*L[:3], g=L[3], backend="chunk"))  # L: q, k, v, g
 
 
 def ours_delta(s: Shape, kind: str) -> Prepared:
-    """Our delta rule: plain, scalar-gated (GDN) or per-channel-gated (KDA)."""
+    """Our delta rule: plain, scalar-gated (GDN) or per-channel-gated (KDA); its reference is
+    the PyTorch chunk form."""
     f = load("mirasdsl.kernels.delta", "delta_rule")
     x = make_inputs(s, kind)
-    return prepared(x, lambda: f(x["q"], x["k"], x["v"], x["beta"], g=x.get("g")))
+    prep = prepared(x, lambda: f(x["q"], x["k"], x["v"], x["beta"], g=x.get("g")))
+    return replace(prep, reference=lambda L: f(*L[:4], g=L[4] if len(L) > 4 else None, backend="chunk"))
 
 
 def fla_op(name: str, s: Shape, kind: str) -> Prepared:
@@ -262,4 +266,13 @@ def ours_deep_memory(s: Shape, chunk: int, steps: bool = False) -> Prepared:
     prep = prepared(x, lambda: f(x["q"], x["k"], x["v"], x["eta"], weights, cfg,
                                  g=x["g"], mu=x["mu"]))
     floor = prep.floor_bytes + sum(w.numel() * 4 for w in weights)
-    return Prepared(fn=prep.fn, leaves=prep.leaves + list(weights), floor_bytes=floor)
+
+    def reference(L: list[Tensor]) -> object:  # L: q, k, v, eta, g, mu, W1, W2
+        named = dict(zip(list(x) + ["w1", "w2"], L))
+        return f(named["q"], named["k"], named["v"], named["eta"], (named["w1"], named["w2"]), cfg,
+                 g=named["g"], mu=named["mu"], backend="chunk")
+    # The chunk-wise update at this setting is chaotic over 4096 tokens (float32 and float64 part
+    # after ~1.5k: kernels/deep_memory/README.md, "Long sequences"): no reference can be followed
+    # there, so only the step form is checked.
+    return Prepared(fn=prep.fn, leaves=prep.leaves + list(weights), floor_bytes=floor,
+                    reference=reference if steps else None)

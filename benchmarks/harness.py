@@ -9,6 +9,12 @@ status instead of stopping the run:
   backward on Hopper with Triton 3.4–3.7.0, "produces incorrect results");
 - ``unavailable``: the implementation cannot be imported (a peer wheel or our family missing);
 - ``error``: anything else (the message is kept).
+
+A case of ours may carry a ``reference`` (the same op by the PyTorch chunk form): after timing,
+:func:`agreement` runs one forward + backward of the timed kernels (the launch shapes the
+autotuner chose) and of the reference on float32 copies of the same inputs, and the row keeps
+the largest relative RMS error over the output and every gradient (``extra["rel_err"]``), so a
+time is never reported for a kernel that computed something else.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ class Prepared:
     fn: Callable[[], Any]
     leaves: list[torch.Tensor]
     floor_bytes: int = 0  # inputs read once + output written once (0: not meaningful)
+    # the same op in PyTorch on float32 copies of ``leaves`` (in their order), or None
+    reference: Callable[[list[torch.Tensor]], Any] | None = None
 
 
 class Unavailable(Exception):
@@ -141,6 +149,28 @@ def time_forward_backward(prep: Prepared, timer: Timer) -> float:
     return timer.median_ms(fwd_bwd)
 
 
+def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def agreement(prep: Prepared) -> float:
+    """Largest relative RMS error of ``prep.fn`` (its output and every leaf's gradient, one
+    forward + backward with a fixed bf16-representable cotangent) against ``prep.reference`` on
+    float32 copies of the same leaves."""
+    for x in prep.leaves:
+        x.grad = None
+    out = first_tensor(prep.fn())
+    gen = torch.Generator(device=out.device).manual_seed(7)
+    do = torch.randn(out.shape, generator=gen, device=out.device).to(out.dtype)
+    out.backward(do)
+    got = [out.detach()] + [x.grad for x in prep.leaves]
+    copies = [x.detach().float().requires_grad_(x.requires_grad) for x in prep.leaves]
+    ref = first_tensor(prep.reference(copies))
+    ref.float().backward(do.float())
+    want = [ref.detach()] + [c.grad for c in copies]
+    return max(_rel_rms(a, b) for a, b in zip(got, want) if a is not None and b is not None)
+
+
 def measure(row: Row, make: Callable[[], Prepared], timer: Timer, copy_tb_s: float | None,
             backward: bool = True) -> Row:
     """Fill ``row`` with the times of ``make()``'s op, or with why there are none."""
@@ -153,6 +183,8 @@ def measure(row: Row, make: Callable[[], Prepared], timer: Timer, copy_tb_s: flo
         if backward:
             try:
                 row.fwdbwd_ms = time_forward_backward(prep, timer)
+                if prep.reference is not None:
+                    row.extra["rel_err"] = agreement(prep)
             except Exception as exc:  # noqa: BLE001 - every failure is a result here
                 row.bwd_status, row.message = classify(exc), describe(exc)
         else:

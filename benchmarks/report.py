@@ -137,15 +137,16 @@ def table(rows: list[Row]) -> list[str]:
     """The results table, one line per row."""
     lines = [
         "| family | shape | impl | fwd ms | fwd+bwd ms | peer/ours fwd | peer/ours fwd+bwd "
-        "| fwd / floor | status | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fwd / floor | err vs PyTorch form | status | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         e = r.extra
+        err = f"{e['rel_err']:.1e}" if e.get("rel_err") is not None else "-"
         lines.append(
             f"| {r.family} | {r.shape} | {r.impl} | {_ms(r.fwd_ms)} | {_ms(r.fwdbwd_ms)} "
             f"| {_x(e.get('peer_over_ours_fwd'))} | {_x(e.get('peer_over_ours_fwdbwd'))} "
-            f"| {_x(e.get('fwd_over_floor'))} | {_status(r)} | {r.note} |")
+            f"| {_x(e.get('fwd_over_floor'))} | {err} | {_status(r)} | {r.note} |")
     return lines
 
 

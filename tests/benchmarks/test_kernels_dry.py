@@ -20,3 +20,21 @@ def test_dry_run_times_every_family_of_ours(tmp_path):
     bad = [(r["family"], r["status"], r["message"][:200]) for r in rows if r["status"] != "ok"]
     assert not bad, bad
     assert all(r["fwdbwd_ms"] > 0 for r in rows)
+    checked = {r["family"]: r["extra"].get("rel_err") for r in rows}
+    assert all(checked[f] is not None and checked[f] < 5e-3 for f in ("delta", "gla", "kda", "deep_memory_steps_c64"))
+
+
+def test_agreement_measures_the_timed_op_against_its_reference():
+    """harness.agreement: ours (output and every gradient) against the reference on float32
+    copies of the same leaves; an op that computes something else shows."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness import Prepared, agreement
+
+    x = torch.randn(3, 8).requires_grad_(True)
+    w = torch.randn(8, 5).requires_grad_(True)
+    right = Prepared(fn=lambda: x @ w, leaves=[x, w], reference=lambda L: L[0] @ L[1])
+    assert agreement(right) < 1e-6
+    wrong = Prepared(fn=lambda: x @ (w * 1.01), leaves=[x, w], reference=lambda L: L[0] @ L[1])
+    assert 5e-3 < agreement(wrong) < 2e-2
