@@ -165,8 +165,13 @@ def agreement(prep: Prepared) -> float:
     out.backward(do)
     got = [out.detach()] + [x.grad for x in prep.leaves]
     copies = [x.detach().float().requires_grad_(x.requires_grad) for x in prep.leaves]
-    ref = first_tensor(prep.reference(copies))
-    ref.float().backward(do.float())
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference in float32 proper
+    try:
+        ref = first_tensor(prep.reference(copies))
+        ref.float().backward(do.float())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     want = [ref.detach()] + [c.grad for c in copies]
     return max(_rel_rms(a, b) for a, b in zip(got, want) if a is not None and b is not None)
 
