@@ -59,6 +59,11 @@ def tuned_kernels() -> list[Any]:
     return [t for t, _ in _TUNED]
 
 
+def all_candidates(kernel: Any) -> list[triton.Config]:
+    """Every candidate of an autotuned kernel of ours, also those the interpreter leaves out."""
+    return next(list(full) for t, full in _TUNED if t is kernel)
+
+
 def candidate_indices(tiles_only: bool = False) -> list[int]:
     """``0 .. n - 1`` for the longest candidate list of any autotuned kernel imported so far;
     with ``tiles_only``, only the indices at which some kernel's tile sizes differ from every

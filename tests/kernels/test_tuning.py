@@ -196,7 +196,7 @@ def test_pinned_launches_the_chosen_candidate_and_restores() -> None:
     """``tuning.pinned(i)``: every autotuned kernel runs its candidate i (modulo its count, from
     the full list also under the interpreter) untuned, and gets its own list back afterwards."""
     before = {t: list(t.configs) for t in tuning.tuned_kernels()}
-    full = dict(tuning._TUNED)
+    full = {t: tuning.all_candidates(t) for t in tuning.tuned_kernels()}
     assert len(full[_tl_fwd.state_fwd_kernel]) == len(_tl_fwd.STATE_PASS_SHAPES) > 1
     inputs = _inputs("scalar", 16, 16, delta=True)
     with tuning.pinned(6):
