@@ -12,11 +12,16 @@ step-parallel form) and with the chunk-wise update (| titans-pytorch NeuralMemor
 end-to-end model from a spec. Shapes S (B=8, T=4096, H=16, D=128) and L (B=2, T=16384). A peer
 or a family of ours that is missing, refuses, fails or runs out of memory is reported as such.
 Writes ``kernels.json`` and ``kernels.md`` under ``--out`` after every case and prints the table.
+A CUDA error that leaves the process's context unusable (an illegal memory access: what some
+Hopper builds of Triton 3.4-3.7 produced for fla) stops the run there: the cases not yet run are
+listed as such and their families written to ``rerun_families.txt`` (the crashing family left
+out), which ``run_on_device.sh`` reruns in a new process.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -110,7 +115,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def selected(pair: Pair, families: str) -> bool:
-    return not families or any(f and f in pair.family for f in families.split(","))
+    """``families``: comma list of name fragments, or ``=name`` for that family alone."""
+    wanted = [f for f in families.split(",") if f]
+    return not wanted or any(pair.family == f[1:] if f.startswith("=") else f in pair.family for f in wanted)
+
+
+FATAL_CUDA = re.compile(r"illegal memory access|unspecified launch failure|device-side assert|"
+                        r"misaligned address|illegal instruction", re.IGNORECASE)
+LOST = "not run: the CUDA context was lost at "
+
+
+def context_lost(row: Row) -> bool:
+    """The case died of a CUDA error after which every later CUDA call in this process fails."""
+    return bool(FATAL_CUDA.search(row.message))
+
+
+def rerun_list(rows: list[Row], crashed: Row, e2e_pending: bool) -> str:
+    """``--families`` for a new process: the families with cases not run, exactly (``=name``),
+    without the one that crashed; ``=end_to_end`` when the end-to-end step is still to run."""
+    names = [r.family for r in rows if r.message.startswith(LOST) and r.family != crashed.family]
+    names = list(dict.fromkeys(names)) + (["end_to_end"] if e2e_pending else [])
+    return ",".join("=" + n for n in names)
 
 
 def plan(args: argparse.Namespace) -> list[tuple[Row, Callable[[], Prepared]]]:
@@ -158,16 +183,25 @@ def main(argv: list[str] | None = None) -> int:
     compiles = HitCounter()
     compiles.install()  # a carried .triton_cache (benchmarks/precompile.py) shows here as hits
     rows: list[Row] = []
+    crashed: Row | None = None
     for row, make in plan(args):
-        if args.budget_s and time.time() - started > args.budget_s:
+        if crashed is not None:
+            row.status, row.message = "skipped", LOST + f"{crashed.family} {crashed.shape} ({crashed.impl})"
+        elif args.budget_s and time.time() - started > args.budget_s:
             row.status, row.message = "skipped", f"time budget of {args.budget_s:.0f} s spent"
         else:
             measure(row, make, timer, ceilings["copy_TB_s"])
+            crashed = row if context_lost(row) else None
         rows.append(row)
         print(row.to_json(), flush=True)
         report.write(out, rows, env, ceilings)
     wanted = not args.families or "end_to_end" in args.families
-    if not args.no_e2e and wanted:
+    if crashed is not None:
+        again = rerun_list(rows, crashed, not args.no_e2e and wanted)
+        (out / "rerun_families.txt").write_text(again)
+        print(f"CUDA context lost at {crashed.family} {crashed.shape} ({crashed.impl}): the rest did not run; "
+              f"families for a new process: {again or 'none'}", flush=True)
+    elif not args.no_e2e and wanted:
         if args.budget_s and time.time() - started > args.budget_s:
             print("end-to-end skipped: time budget spent", flush=True)
         else:

@@ -14,7 +14,9 @@
 #    under $OUT. Extra arguments go to kernels.py (e.g. --shapes S --families gla,delta).
 #
 # BUDGET_S (default 540) stops starting new cases so the call ends inside the 10-minute limit;
-# skipped cases are listed as such. Split a long run with --shapes S / --shapes L.
+# skipped cases are listed as such. Split a long run with --shapes S / --shapes L. A case that
+# kills the CUDA context (illegal memory access) ends kernels.py there; the families it did not
+# reach run again in a new process into $OUT/rerun (RERUN_BUDGET_S, default 240).
 #
 # BASELINE=<name>: afterwards, the same cases of ours again with the kernels of another commit,
 # carried in .baseline/<name>/ (made by `bash benchmarks/make_baseline.sh <commit>`), into
@@ -85,6 +87,11 @@ fi
 python3 benchmarks/kernels.py --out "$OUT" --budget-s "${BUDGET_S:-540}" "$@" 2>&1 \
     | tee "$OUT/log.txt"
 status="${PIPESTATUS[0]}"
+if [ -s "$OUT/rerun_families.txt" ]; then  # a CUDA error killed the context: the rest, in a new process
+    echo "== rerun in a new process: $(cat "$OUT/rerun_families.txt")"
+    python3 benchmarks/kernels.py --out "$OUT/rerun" --budget-s "${RERUN_BUDGET_S:-240}" "$@" \
+        --families "$(cat "$OUT/rerun_families.txt")" 2>&1 | tail -n 60
+fi
 
 if [ -n "${BASELINE:-}" ]; then  # the same cases of ours with another commit's kernels
     base=".baseline/$BASELINE"

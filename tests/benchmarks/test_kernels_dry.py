@@ -38,3 +38,26 @@ def test_agreement_measures_the_timed_op_against_its_reference():
     assert agreement(right) < 1e-6
     wrong = Prepared(fn=lambda: x @ (w * 1.01), leaves=[x, w], reference=lambda L: L[0] @ L[1])
     assert 5e-3 < agreement(wrong) < 2e-2
+
+
+def test_a_lost_cuda_context_stops_the_run_and_names_the_rest(tmp_path, monkeypatch):
+    """An illegal memory access leaves the process's CUDA context unusable: kernels.py stops
+    there, lists the cases not run, and writes the families a new process should run (exactly,
+    the crashing one left out), which run_on_device.sh then runs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kernels
+
+    def crash(s):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    first, second = kernels.PAIRS[0], kernels.PAIRS[3]  # simple_gla, gated_delta
+    pairs = (first, kernels.Pair("delta", crash, "peer", crash), second)
+    monkeypatch.setattr(kernels, "PAIRS", pairs)
+    code = kernels.main(["--dry-run", "--impls", "ours", "--shapes", "S", "--out", str(tmp_path)])
+    assert code == 0
+    rows = json.loads((tmp_path / "kernels.json").read_text())["rows"]
+    assert [(r["family"], r["status"]) for r in rows] == [("simple_gla", "ok"), ("delta", "error"),
+                                                          ("gated_delta", "skipped")]
+    assert rows[2]["message"].startswith(kernels.LOST + "delta S (ours)")
+    assert (tmp_path / "rerun_families.txt").read_text() == "=gated_delta,=end_to_end"
+    assert kernels.selected(second, "=gated_delta") and not kernels.selected(pairs[1], "=gated_delta")
