@@ -16,6 +16,7 @@ def test_readout_kernels_compile_for_h100() -> None:
     cmd = [sys.executable, "-m", "mirasdsl.kernels.deep_memory.compile_check"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "HAZARD" not in done.stdout, [line for line in done.stdout.splitlines() if "HAZARD" in line]
     lines = [line for line in done.stdout.splitlines() if "shared" in line]
     reads = [line for line in lines if "steps read:" in line]
     keys = [line for line in lines if "steps keys:" in line]

@@ -336,6 +336,7 @@ def test_kernels_compile_for_h100() -> None:
     cmd = [sys.executable, "-m", "mirasdsl.kernels.delta.compile_check", "--dk", "128", "--dv", "128"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "HAZARD" not in done.stdout, [line for line in done.stdout.splitlines() if "HAZARD" in line]
     kernels = {line.split()[4] for line in done.stdout.splitlines() if "shared" in line}
     assert {"intra_channel_kernel", "wy_bwd_kernel", "qk_bwd_kernel", "intra_bwd_channel_kernel", "state_bwd_kernel"} <= kernels
     # registers: the chunk-parallel kernels keep a spill-free candidate (64-bit per-element tile

@@ -304,6 +304,7 @@ def test_triton_kernels_compile_for_hopper(dtype: str) -> None:
     cmd = [sys.executable, "-m", "mirasdsl.kernels.gla.compile_check", "--dtype", dtype]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "HAZARD" not in run.stdout, [line for line in run.stdout.splitlines() if "HAZARD" in line]
     seen = {(line.split()[0], line.split()[4]) for line in run.stdout.splitlines() if "shared" in line}
     assert {("gate=none", "_intra_dense_kernel"), ("gate=none", "_bwd_inter_kernel"),
             ("gate=channel", "_intra_kernel"), ("gate=channel", "_bwd_intra_kernel"),
