@@ -81,15 +81,20 @@ def candidate_indices(tiles_only: bool = False) -> list[int]:
 
 
 @contextlib.contextmanager
-def pinned(index: int) -> Iterator[None]:
-    """Inside the block every autotuned kernel launches its candidate ``index`` (modulo its
-    count, from its full list, also under the interpreter), untuned; afterwards each has its own
-    list and tuning cache back."""
-    saved = [(t, t.configs, t.cache) for t, _ in _TUNED]
+def forced(choice: dict[Any, triton.Config]) -> Iterator[None]:
+    """Inside the block each autotuned kernel in ``choice`` launches only the candidate given
+    for it, untuned; afterwards each has its own list and tuning cache back."""
+    saved = [(t, t.configs, t.cache) for t in choice]
     try:
-        for t, full in _TUNED:
-            t.configs, t.cache = [full[index % len(full)]], {}
+        for t, config in choice.items():
+            t.configs, t.cache = [config], {}
         yield
     finally:
         for t, configs, cache in saved:
             t.configs, t.cache = configs, cache
+
+
+def pinned(index: int) -> contextlib.AbstractContextManager[None]:
+    """:func:`forced` for every autotuned kernel: its candidate ``index`` (modulo its count, from
+    its full list, also under the interpreter)."""
+    return forced({t: full[index % len(full)] for t, full in _TUNED})

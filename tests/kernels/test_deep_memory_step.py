@@ -435,19 +435,14 @@ def test_bias_kernels_in_row_blocks(br: int) -> None:
     several programs per head, the last one partial."""
     import triton
 
+    from mirasdsl.kernels import tuning
     from mirasdsl.kernels.deep_memory import _step_bwd, _step_fwd
 
     tuners = (_step_fwd._bias_kernel, _step_bwd._bwd_bias_kernel)
-    saved = [(t.configs, dict(t.cache)) for t in tuners]
-    try:
-        for t in tuners:
-            t.configs, t.cache = [triton.Config({"BR": br}, num_warps=4, num_stages=1)], {}
+    with tuning.forced({t: triton.Config({"BR": br}, num_warps=4, num_stages=1) for t in tuners}):
         for bias in ("huber", "lp"):
             test_step_matches_the_pytorch_step("gelu", True, True, bias, True, 12)
             test_step_gradients_match_autograd_of_the_pytorch_step("gelu", True, True, bias, True, 40, False)
-    finally:
-        for t, (configs, cache) in zip(tuners, saved):
-            t.configs, t.cache = configs, cache
 
 
 def test_loop_launches_tuned_kernels_past_the_autotuner_after_the_first_chunk(

@@ -289,17 +289,13 @@ def test_triton_channel_diagonal_by_rows(regime: str) -> None:
     forced, at odd T and K, gates mixed and near 0."""
     import triton
 
+    from mirasdsl.kernels import tuning
     from mirasdsl.kernels.delta import _tl_bwd
 
     inputs = make_inputs(1, 70, 2, 20, 12, "channel", regime, seed=19)
     ref = run_with_grads(recurrent_delta_rule, inputs)
-    t = _tl_bwd.intra_bwd_channel_kernel
-    saved = (t.configs, dict(t.cache))
-    try:
-        t.configs, t.cache = [triton.Config({"DIAG": 1}, num_warps=4, num_stages=1)], {}
+    with tuning.forced({_tl_bwd.intra_bwd_channel_kernel: triton.Config({"DIAG": 1}, num_warps=4, num_stages=1)}):
         got = run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE)
-    finally:
-        t.configs, t.cache = saved
     assert_close(got, ref, 1e-4)
 
 
@@ -311,19 +307,14 @@ def test_triton_tuned_value_blocks(bv: int) -> None:
     interpreter runs only the default, so force each."""
     import triton
 
+    from mirasdsl.kernels import tuning
     from mirasdsl.kernels.delta import _tl_bwd, _tl_fwd
 
     inputs = make_inputs(2, 70, 1, 24, 80, "channel", seed=17)
     ref = run_with_grads(recurrent_delta_rule, inputs)
     tuners = (_tl_fwd.state_fwd_kernel, _tl_bwd.state_bwd_kernel, _tl_fwd.output_kernel)
-    saved = [(t.configs, dict(t.cache)) for t in tuners]
-    try:
-        for t in tuners:
-            t.configs, t.cache = [triton.Config({"BV": bv}, num_warps=4, num_stages=1)], {}
+    with tuning.forced({t: triton.Config({"BV": bv}, num_warps=4, num_stages=1) for t in tuners}):
         got = run_with_grads(triton_fn(), inputs, device=TRITON_DEVICE)
-    finally:
-        for t, (configs, cache) in zip(tuners, saved):
-            t.configs, t.cache = configs, cache
     assert_close(got, ref, 1e-4)
 
 

@@ -204,19 +204,14 @@ def test_triton_wide_value_tiles(gate: str) -> None:
     force it."""
     import triton
 
+    from mirasdsl.kernels import tuning
     from mirasdsl.kernels.gla import chunk as gla_chunk
 
     x = make_inputs(1, 37, 1, 24, 80, gate, 1.0, seed=15)
     tuners = (gla_chunk._fwd_o_kernel, gla_chunk._bwd_dv_kernel, gla_chunk._fwd_state_kernel,
               gla_chunk._bwd_state_kernel)
-    saved = [(t.configs, dict(t.cache)) for t in tuners]
-    try:
-        for t in tuners:
-            t.configs, t.cache = [triton.Config({"WIDE": 1}, num_warps=8, num_stages=1)], {}
+    with tuning.forced({t: triton.Config({"WIDE": 1}, num_warps=8, num_stages=1) for t in tuners}):
         got = run_with_grads(chunk_gla, x, chunk_size=16)
-    finally:
-        for t, (configs, cache) in zip(tuners, saved):
-            t.configs, t.cache = configs, cache
     assert_close(got, run_with_grads(recurrent_gla, x), TOL_TRITON)
 
 
