@@ -250,14 +250,18 @@ def test_triton_low_precision(dtype: torch.dtype, gate: str) -> None:
 
 # ------------------------------------------------------------------ GPU, real sizes
 
+def bf16_case(B: int, T: int, H: int, D: int, gate: str, seed: int, device: str = "cuda") -> None:
+    """Triton on bf16 inputs (gates of strength 0.05) against the fp32 chunked form on the same
+    rounded values, on ``device`` (the CPU: the interpreter with the GPU's rounding): every output
+    and gradient finite and within the issue's bf16 tolerance."""
+    x = make_inputs(B, T, H, D, D, gate, 0.05, dtype=torch.bfloat16, seed=seed, device=device)
+    assert_close(run_with_grads(chunk_gla, x), run_with_grads(chunk_gla_torch, as_fp32_leaves(x)), TOL_LOW)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("gate", ["none", "scalar", "channel"])
 def test_triton_gpu_bf16(gate: str) -> None:
-    x = make_inputs(2, 4096, 4, 128, 128, gate, 0.05, dtype=torch.bfloat16, seed=20,
-                    device="cuda")
-    got = run_with_grads(chunk_gla, x)
-    ref = run_with_grads(chunk_gla_torch, as_fp32_leaves(x))
-    assert_close(got, ref, 5e-3)  # the issue's bf16 tolerance
+    bf16_case(2, 4096, 4, 128, gate, seed=20)
 
 
 @pytest.mark.gpu
@@ -266,11 +270,7 @@ def test_triton_gpu_bf16(gate: str) -> None:
 def test_triton_gpu_long_sequence(gate: str) -> None:
     """T = 65536 in bf16, each gate mode (the dense kernels for none / scalar, the sub-chunked ones
     per channel): finite, and within tolerance of the fp32 chunked form."""
-    x = make_inputs(1, 65536, 2, 128, 128, gate, 0.05, dtype=torch.bfloat16, seed=21,
-                    device="cuda")
-    got = run_with_grads(chunk_gla, x)
-    ref = run_with_grads(chunk_gla_torch, as_fp32_leaves(x))
-    assert_close(got, ref, 5e-3)  # the issue's bf16 tolerance
+    bf16_case(1, 65536, 2, 128, gate, seed=21)
 
 
 @pytest.mark.slow
@@ -279,8 +279,7 @@ def test_triton_long_bf16_under_the_interpreter(gate: str) -> None:
     """The long-sequence check on the CPU: T = 4096 (64 chunks) in bf16, width 16, the GPU's
     bf16 / tf32 rounding emulated, against the fp32 chunked form: the rounding carried from chunk
     to chunk (states kept in bf16 for the backward) stays within the bf16 tolerance."""
-    x = make_inputs(1, 4096, 1, 16, 16, gate, 0.05, dtype=torch.bfloat16, seed=21)
-    assert_close(run_with_grads(chunk_gla, x), run_with_grads(chunk_gla_torch, as_fp32_leaves(x)), TOL_LOW)
+    bf16_case(1, 4096, 1, 16, gate, seed=21, device="cpu")
 
 
 # ------------------------------------------------------------------ compiled for Hopper, no GPU
